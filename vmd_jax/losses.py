@@ -1,0 +1,236 @@
+"""Objectives of masked diffusion (MD4) and variational masked diffusion (VMD).
+
+Pure JAX: functions of arrays, a PRNG key and a ``denoise_fn`` callable; no Flax,
+no config. All values are per sequence, in nats, shape [B].
+
+Notation: tokens x_0 in {0..V-1}^N, mask id m = V, schedule alpha(t), and
+``denoise_fn(x_t, t) -> logits [B, N, V]`` (VMD: ``denoise_fn(x_t, t, z)``). The
+logits cover the V tokens only, so the mask is never predicted.
+
+MD4 continuous-time NELBO (Shi et al. 2024, eq. 4):
+
+  L = E_{t~U(0,1)} [ -alpha'(t) / (1 - alpha(t))
+                      * sum_{n: x_t^n = m} -log p_theta(x_0^n | x_t, t) ]
+      + N (1 - alpha(0)) log V        (reconstruction)
+      + N alpha(1) log V              (prior)
+
+The last two terms vanish as eps -> 0 and make a zero-logit denoiser's NELBO
+exactly N log V. With eps > 0 they make L a bound for the model whose prior
+reveals each token with probability alpha(1) as a uniform value and whose
+reconstruction of the eps fraction still masked at t = 0 is uniform; with the
+exact denoiser L then lies within 2 eps (N log V - log p(x_0)) of -log p(x_0)
+(equal at eps = 0), and its p-weighted mean is >= H(p). Discrete time with T steps: t = (floor(u T) + 1) / T, s = t - 1/T
+and weight T (alpha(s) - alpha(t)) / (1 - alpha(t)) on the same cross-entropy.
+
+VMD (Zhang et al. 2025): a latent z ~ q(z | x_0 [, x_t]) = N(mu, diag(sigma^2)),
+the denoiser conditioned on z, and
+
+  L_VMD = E_t E_{z~q} [ L_t(x_0 | z) ] + beta * KL(q(z | .) || N(0, I)).
+
+With beta = 1 and an encoder that sees x_0 only this is a valid bound on
+-log p(x_0) (``bound``); an encoder that also sees x_t gives no likelihood bound.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from vmd_jax.forward import mask_tokens
+
+DenoiseFn = Callable[..., jax.Array]
+
+
+def stratified_times(key, batch_size: int):
+  """Low-variance times t_i = (u_0 + i / B) mod 1 with one u_0 ~ U(0, 1), shape [B]."""
+  u0 = jax.random.uniform(key, ())
+  return jnp.mod(u0 + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
+
+
+def discretize_times(t, num_steps: int):
+  """Maps t in [0, 1) onto the T-step grid: returns (t', s) with
+  t' = (floor(t T) + 1) / T in {1/T, ..., 1} and s = t' - 1/T."""
+  t_disc = (jnp.floor(t * num_steps) + 1.0) / num_steps
+  return t_disc, t_disc - 1.0 / num_steps
+
+
+def token_log_likelihood(logits, x0):
+  """log softmax(logits)[x_0^n] for every position, float32 [B, N]."""
+  chex.assert_rank(logits, 3)
+  chex.assert_equal_shape_prefix([logits, x0], 2)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(log_probs, x0[..., None], axis=-1)[..., 0]
+
+
+def masked_cross_entropy(logits, x0, xt, mask_id: int):
+  """sum_{n: x_t^n = m} -log p(x_0^n | x_t), shape [B]."""
+  masked = (xt == mask_id).astype(jnp.float32)
+  return -jnp.sum(token_log_likelihood(logits, x0) * masked, axis=-1)
+
+
+def bits_per_token(nats, num_tokens):
+  """Converts a NELBO in nats per sequence into bits per token: nats / (N ln 2)."""
+  return nats / (num_tokens * math.log(2.0))
+
+
+def _infer_vocab_size(denoise_fn, *args) -> int:
+  return jax.eval_shape(denoise_fn, *args).shape[-1]
+
+
+def _draw_times(key, batch_size, t, antithetic):
+  if t is not None:
+    return key, jnp.asarray(t, jnp.float32)
+  key, t_key = jax.random.split(key)
+  if antithetic:
+    return key, stratified_times(t_key, batch_size)
+  return key, jax.random.uniform(t_key, (batch_size,))
+
+
+def _diffusion_weight(schedule, t, num_steps):
+  """Returns (the time of x_t, the weight on its masked cross-entropy)."""
+  if num_steps is None:
+    return t, schedule.weight(t)
+  t_disc, s = discretize_times(t, num_steps)
+  alpha_t, alpha_s = schedule.alpha(t_disc), schedule.alpha(s)
+  return t_disc, num_steps * (alpha_s - alpha_t) / (1.0 - alpha_t)
+
+
+def _nelbo_at(denoise_fn, x0, xt, t, weight, schedule, vocab_size):
+  """The NELBO's terms given the draw x_t at time t (see the module docstring)."""
+  batch_size, num_tokens = x0.shape
+  logits = denoise_fn(xt, t)
+  chex.assert_shape(logits, (batch_size, num_tokens, vocab_size))
+  diffusion = weight * masked_cross_entropy(logits, x0, xt, vocab_size)
+  log_v = math.log(vocab_size)
+  one = jnp.ones((batch_size,), jnp.float32)
+  recon = one * num_tokens * (1.0 - schedule.alpha(jnp.float32(0.0))) * log_v
+  prior = one * num_tokens * schedule.alpha(jnp.float32(1.0)) * log_v
+  return {"diffusion": diffusion, "reconstruction": recon, "prior": prior,
+          "nelbo": diffusion + recon + prior, "t": t}
+
+
+def md4_nelbo_terms(denoise_fn: DenoiseFn, x0, key, schedule, *,
+                    vocab_size: int | None = None, t=None, noise=None,
+                    num_steps: int | None = None, antithetic: bool = True):
+  """MD4's NELBO and its terms, one Monte Carlo sample of t per sequence.
+
+  Args:
+    denoise_fn: ``(x_t int [B, N], t float [B]) -> logits [B, N, V]``.
+    x0: int [B, N] clean tokens in [0, V).
+    key: PRNG key for t (unless given) and the masking noise (unless given).
+    schedule: a ``vmd_jax.schedules.Schedule``.
+    vocab_size: V; inferred from the logits' shape when None.
+    t: optional float [B] times in [0, 1).
+    noise: optional float [B, N] masking uniforms (see ``mask_tokens``).
+    num_steps: None for continuous time, else T for the T-step discrete NELBO.
+    antithetic: draw t stratified over the batch (``stratified_times``).
+
+  Returns:
+    dict of float32 [B] in nats: ``diffusion``, ``reconstruction``, ``prior`` and
+    ``nelbo`` (their sum); ``t`` is the time of x_t (on the T-step grid in
+    discrete time).
+  """
+  chex.assert_rank(x0, 2)
+  batch_size = x0.shape[0]
+  key, t = _draw_times(key, batch_size, t, antithetic)
+  if vocab_size is None:
+    vocab_size = _infer_vocab_size(denoise_fn, x0, t)
+  t, weight = _diffusion_weight(schedule, t, num_steps)
+  xt = mask_tokens(x0, t, schedule, vocab_size, key=key, noise=noise)
+  return _nelbo_at(denoise_fn, x0, xt, t, weight, schedule, vocab_size)
+
+
+def md4_nelbo(denoise_fn: DenoiseFn, x0, key, schedule, **kwargs):
+  """Per-sequence MD4 NELBO in nats, float32 [B]; see ``md4_nelbo_terms``.
+
+  ``md4_nelbo(denoise_fn, x0, key, get_schedule("linear"))`` with
+  ``denoise_fn(xt, t) -> logits [B, N, V]`` and ``x0`` int [B, N] in [0, V).
+  """
+  return md4_nelbo_terms(denoise_fn, x0, key, schedule, **kwargs)["nelbo"]
+
+
+# ----------------------------------------------------------------------------
+# VMD: a diagonal Gaussian latent.
+
+
+class DiagonalGaussian(NamedTuple):
+  """q(z) = N(mean, diag(exp(logvar))), each [B, D]."""
+
+  mean: jax.Array
+  logvar: jax.Array
+
+  def sample(self, key):
+    """Reparameterised z = mean + exp(logvar / 2) * eps, eps ~ N(0, I)."""
+    eps = jax.random.normal(key, self.mean.shape, self.mean.dtype)
+    return self.mean + jnp.exp(0.5 * self.logvar) * eps
+
+  def kl_per_dim(self):
+    """KL(q || N(0, I)) per dimension: (mean^2 + exp(logvar) - 1 - logvar) / 2, [B, D]."""
+    return 0.5 * (jnp.square(self.mean) + jnp.exp(self.logvar) - 1.0 - self.logvar)
+
+  def kl_standard_normal(self):
+    """KL(q || N(0, I)) in nats, [B]."""
+    return jnp.sum(self.kl_per_dim(), axis=-1)
+
+  def log_prob(self, z):
+    """log q(z), [B]."""
+    return -0.5 * jnp.sum(
+        math.log(2 * math.pi) + self.logvar + jnp.square(z - self.mean) * jnp.exp(-self.logvar),
+        axis=-1)
+
+
+def free_bits_kl(kl_per_dim, free_bits: float):
+  """Free bits (Kingma et al. 2016): sum_d max(KL_d, lambda), [B].
+
+  Dimensions whose KL is below lambda nats get no gradient pushing them to the
+  prior. ``free_bits = 0`` gives the plain KL.
+  """
+  if free_bits <= 0.0:
+    return jnp.sum(kl_per_dim, axis=-1)
+  return jnp.sum(jnp.maximum(kl_per_dim, free_bits), axis=-1)
+
+
+def vmd_loss(denoise_fn: DenoiseFn, encode_fn: Callable, x0, key, schedule, *,
+             beta: float = 0.1, free_bits: float = 0.0,
+             vocab_size: int | None = None, t=None, noise=None,
+             num_steps: int | None = None, antithetic: bool = True):
+  """VMD objective  L_t(x_0 | z) + beta * KL(q || N(0, I)),  z ~ q reparameterised.
+
+  Args:
+    denoise_fn: ``(x_t, t, z [B, D]) -> logits [B, N, V]``.
+    encode_fn: ``(x_0, x_t, t) -> (mean [B, D], logvar [B, D])``; an encoder of
+      x_0 alone ignores its last two arguments.
+    x0, key, schedule, vocab_size, t, noise, num_steps, antithetic: as in
+      ``md4_nelbo_terms``.
+    beta: weight of the KL term (PAPERS.md section 5: 0.1 works, 1 collapses).
+    free_bits: nats per latent dimension below which the KL is not penalised.
+
+  Returns:
+    dict of float32 [B] in nats: ``loss`` (what to minimise), ``nelbo`` (the
+    z-conditioned NELBO) and its terms ``diffusion``, ``reconstruction`` and
+    ``prior`` as in ``md4_nelbo_terms``, ``kl`` (the true
+    KL), ``bound`` = nelbo + kl (a bound on -log p(x_0) only for an x_0-only
+    encoder), and ``t``.
+  """
+  chex.assert_rank(x0, 2)
+  batch_size = x0.shape[0]
+  key, t = _draw_times(key, batch_size, t, antithetic)
+  if vocab_size is None:
+    stats = jax.eval_shape(encode_fn, x0, x0, t)
+    vocab_size = _infer_vocab_size(denoise_fn, x0, t, stats[0])
+  mask_key, z_key = jax.random.split(key)
+  t, weight = _diffusion_weight(schedule, t, num_steps)
+  xt = mask_tokens(x0, t, schedule, vocab_size, key=mask_key, noise=noise)
+  posterior = DiagonalGaussian(*encode_fn(x0, xt, t))
+  chex.assert_rank(posterior.mean, 2)
+  z = posterior.sample(z_key)
+  terms = _nelbo_at(lambda x, s: denoise_fn(x, s, z), x0, xt, t, weight, schedule,
+                    vocab_size)
+  kl_dims = posterior.kl_per_dim()
+  kl = jnp.sum(kl_dims, axis=-1)
+  return {**terms, "loss": terms["nelbo"] + beta * free_bits_kl(kl_dims, free_bits),
+          "kl": kl, "bound": terms["nelbo"] + kl}
