@@ -158,7 +158,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
     else:
       num_masked = jnp.sum(masked, axis=-1)
       ratio = (1.0 - schedule.alpha(times[i + 1])) / (1.0 - schedule.alpha(times[i]))
-      keep = jnp.where(last, 0, jnp.floor(num_masked * ratio).astype(jnp.int32))
+      keep = jnp.floor(num_masked * ratio + 1e-6).astype(jnp.int32)  # 1e-6: round-off
+      keep = jnp.where(last, 0, keep)
       scores = _confidence(logits, order, reveal_key)
       reveal = _reveal_top(scores, masked, num_masked - keep)
     return jnp.where(reveal, values, x)

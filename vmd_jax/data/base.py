@@ -1,0 +1,44 @@
+"""The interface every dataset implements.
+
+Training batches are a pure function of (seed, step): a run resumed from a
+checkpoint at step k sees exactly the batches an uninterrupted run sees, with
+no iterator state to save. Evaluation batches cover the evaluation split once,
+in order; padding (rows or tokens) carries weight 0.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Iterator
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+class Dataset(abc.ABC):
+  """Sequences of ``seq_len`` tokens in [0, vocab_size); the mask id is vocab_size.
+
+  Batches are dicts of numpy arrays:
+    ``x0``: int32 [B, N] clean tokens;
+    ``weight``: float32 [B, N] token weights (1 real, 0 padding or already
+      counted); train batches may omit it (all ones);
+    optional ``given``: bool [B, N], positions fixed at sampling time (a prompt,
+      a Sudoku's givens).
+  """
+
+  vocab_size: int
+  seq_len: int
+
+  @abc.abstractmethod
+  def train_batch(self, step: int, batch_size: int) -> Batch:
+    """The training batch of ``step``; deterministic in (the dataset's seed, step)."""
+
+  @abc.abstractmethod
+  def eval_batches(self, batch_size: int) -> Iterator[Batch]:
+    """The evaluation split once, in fixed order; every batch has ``batch_size`` rows."""
+
+
+def rng_for_step(seed: int, step: int) -> np.random.Generator:
+  """An independent numpy generator for each (seed, step)."""
+  return np.random.default_rng([seed, step])
