@@ -104,13 +104,16 @@ def _nelbo_at(denoise_fn, x0, xt, t, weight, schedule, vocab_size):
   batch_size, num_tokens = x0.shape
   logits = denoise_fn(xt, t)
   chex.assert_shape(logits, (batch_size, num_tokens, vocab_size))
-  diffusion = weight * masked_cross_entropy(logits, x0, xt, vocab_size)
+  masked = (xt == vocab_size).astype(jnp.float32)
+  diffusion_per_token = -weight[:, None] * token_log_likelihood(logits, x0) * masked
+  diffusion = jnp.sum(diffusion_per_token, axis=-1)
   log_v = math.log(vocab_size)
   one = jnp.ones((batch_size,), jnp.float32)
   recon = one * num_tokens * (1.0 - schedule.alpha(jnp.float32(0.0))) * log_v
   prior = one * num_tokens * schedule.alpha(jnp.float32(1.0)) * log_v
+  per_token = diffusion_per_token + ((recon + prior) / num_tokens)[:, None]
   return {"diffusion": diffusion, "reconstruction": recon, "prior": prior,
-          "nelbo": diffusion + recon + prior, "t": t}
+          "nelbo": diffusion + recon + prior, "per_token": per_token, "t": t}
 
 
 def md4_nelbo_terms(denoise_fn: DenoiseFn, x0, key, schedule, *,
@@ -131,8 +134,10 @@ def md4_nelbo_terms(denoise_fn: DenoiseFn, x0, key, schedule, *,
 
   Returns:
     dict of float32 [B] in nats: ``diffusion``, ``reconstruction``, ``prior`` and
-    ``nelbo`` (their sum); ``t`` is the time of x_t (on the T-step grid in
-    discrete time).
+    ``nelbo`` (their sum); ``per_token`` [B, N], each token's share (its weighted
+    cross-entropy plus 1/N of the boundary terms; sums to ``nelbo``), for
+    token-weighted averages such as bits per character over padded windows;
+    ``t`` is the time of x_t (on the T-step grid in discrete time).
   """
   chex.assert_rank(x0, 2)
   batch_size = x0.shape[0]
