@@ -1,0 +1,280 @@
+"""Denoiser, LatentEncoder and the transformer blocks: shapes, init, masks, KV cache."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vmd_jax import losses
+from vmd_jax.forward import mask_tokens
+from vmd_jax.models import Denoiser, LatentEncoder, collect_kv
+from vmd_jax.models.encoder import soft_clip
+from vmd_jax.models.transformer import KV_COLLECTION, Attention
+from vmd_jax.schedules import get_schedule
+
+V, N, B, D = 5, 8, 3, 2
+SMALL = dict(vocab_size=V, width=32, depth=2, num_heads=4)
+MODES = ["adaln", "add", "prefix"]
+
+
+def make(latent_mode="adaln", latent_dim=D, **kwargs):
+  return Denoiser(**SMALL, latent_dim=latent_dim, latent_mode=latent_mode, **kwargs)
+
+
+def length(mode, latent_dim=D):
+  """N, or N - 1 where a latent (or cls) token is prepended: the transformer
+  then runs on N tokens again and eager ops reuse their compiled shapes."""
+  return N - 1 if mode in ("prefix", "cls") and latent_dim else N
+
+
+def inputs(seed=0, latent_dim=D, n=N):
+  rng = np.random.default_rng(seed)
+  xt = jnp.asarray(rng.integers(0, V + 1, (B, n)), jnp.int32)
+  t = jnp.asarray(rng.uniform(size=(B,)), jnp.float32)
+  z = jnp.asarray(rng.normal(size=(B, latent_dim)), jnp.float32) if latent_dim else None
+  return xt, t, z
+
+
+def tokens(seed=0, n=N):
+  """Clean tokens x_0, int [B, n] in [0, V)."""
+  return jnp.asarray(np.random.default_rng(seed).integers(0, V, (B, n)), jnp.int32)
+
+
+def randomize(params, seed=1, scale=0.1):
+  """Adds N(0, scale^2) to every parameter, so zero-initialised layers (head,
+  adaLN) stop hiding the paths under test."""
+  rng = np.random.default_rng(seed)  # numpy: jax.random compiles slowly on CPU
+  return jax.tree.map(
+      lambda p: jnp.asarray(np.asarray(p) + scale * rng.normal(size=p.shape), p.dtype), params)
+
+
+def init(model, xt, t, z=None, **kwargs):
+  return model.init(jax.random.key(0), xt, t, z, **kwargs)
+
+
+@pytest.mark.parametrize("mode,latent_dim", [("adaln", 0)] + [(m, D) for m in MODES])
+def test_logits_shape_dtype_and_zero_at_init(mode, latent_dim):
+  model, n = make(mode, latent_dim), length(mode, latent_dim)
+  xt, t, z = inputs(latent_dim=latent_dim, n=n)
+  variables = init(model, xt, t, z)
+  assert set(variables) == {"params"}
+  logits = model.apply(variables, xt, t, z)
+  chex.assert_shape(logits, (B, n, V))
+  chex.assert_type(logits, jnp.float32)
+  np.testing.assert_array_equal(logits, 0.0)
+  logits = model.apply(randomize(variables), xt, t, z)
+  assert np.all(np.isfinite(logits)) and np.abs(logits).max() > 1e-2
+
+
+def test_md4_nelbo_at_init_is_n_log_v():
+  model = make(latent_dim=0)
+  x0, (_, t, _) = tokens(), inputs(latent_dim=0)
+  variables = init(model, x0, t)
+  denoise = lambda xt, t: model.apply(variables, xt, t)
+  schedule = get_schedule("linear")
+  key = jax.random.key(4)
+  noise = jnp.asarray(np.random.default_rng(6).uniform(size=(B, N)), jnp.float32)
+  terms = losses.md4_nelbo_terms(denoise, x0, key, schedule, t=t, noise=noise)
+  # Zero logits: each masked token costs exactly log V, ...
+  xt = mask_tokens(x0, t, schedule, V, noise=noise)
+  num_masked = jnp.sum(xt == V, axis=-1)
+  np.testing.assert_allclose(terms["diffusion"], schedule.weight(t) * num_masked * math.log(V),
+                             rtol=1e-5)
+  # ... so with everything masked (one discrete step) the NELBO is N log V, up to
+  # md4's eps terms: N log V ((1 - 2 eps) / (1 - eps) + 2 eps).
+  nelbo = losses.md4_nelbo(denoise, x0, key, schedule, num_steps=1,
+                           noise=jnp.full((B, N), 0.5))
+  eps = schedule.eps
+  np.testing.assert_allclose(nelbo, N * math.log(V) * ((1 - 2 * eps) / (1 - eps) + 2 * eps),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_latent_changes_logits(mode):
+  model = make(mode)
+  xt, t, z = inputs(n=length(mode))
+  params = randomize(init(model, xt, t, z))
+  a = model.apply(params, xt, t, z)
+  b = model.apply(params, xt, t, z + 1.0)
+  assert np.abs(a - b).max() > 1e-3
+
+
+def block_mask(block_ids_q, block_ids_k):
+  """True where query and key are in the same block, [1, 1, Nq, Nk]."""
+  return (block_ids_q[:, None] == block_ids_k[None, :])[None, None]
+
+
+@pytest.mark.parametrize("mode,latent_dim", [("adaln", 0), ("prefix", D)])
+def test_attention_mask_blocks_information(mode, latent_dim):
+  model, n = make(mode, latent_dim), length(mode, latent_dim)
+  xt, t, z = inputs(latent_dim=latent_dim, n=n)
+  blocks = jnp.arange(n) // (N // 2)
+  mask = block_mask(blocks, blocks)
+  params = randomize(init(model, xt, t, z, attention_mask=mask))
+  xt2 = xt.at[:, -1].set((xt[:, -1] + 1) % (V + 1))  # a token of the second block
+  a = model.apply(params, xt, t, z, attention_mask=mask)
+  b = model.apply(params, xt2, t, z, attention_mask=mask)
+  first = slice(0, N // 2)
+  np.testing.assert_array_equal(a[:, first], b[:, first])
+  assert np.abs(a[:, N // 2:] - b[:, N // 2:]).max() > 1e-4
+  c = model.apply(params, xt2, t, z)  # without the mask it does flow
+  assert np.abs(a[:, first] - c[:, first]).max() > 1e-4
+
+
+def test_denoiser_kv_cache_equals_block_causal_pass():
+  # Block diffusion: the clean first block is cached, the second block attends to
+  # it and to itself; one pass over both with a block-causal mask must agree.
+  model = make(latent_dim=0)
+  m = N // 2
+  xt, t, _ = inputs(latent_dim=0)
+  blocks = jnp.arange(N) // m
+  causal = (blocks[:, None] >= blocks[None, :])[None, None]
+  params = randomize(init(model, xt, t))
+  full = model.apply(params, xt, t, attention_mask=causal)
+  positions = jnp.arange(N)[None]
+  _, state = model.apply(params, xt[:, :m], t, positions=positions[:, :m],
+                         mutable=[KV_COLLECTION])
+  cache = collect_kv(state[KV_COLLECTION])
+  assert len(cache) == SMALL["depth"]
+  cached = model.apply(params, xt[:, m:], t, positions=positions[:, m:], kv_prefix=cache)
+  np.testing.assert_allclose(cached, full[:, m:], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_kv_prefix_equals_concatenated_sequence():
+  m, n, heads, width = N // 2, N // 2, 4, 32
+  attn = Attention(heads)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(B, m + n, width)), jnp.float32)
+  positions = jnp.arange(m + n)[None]
+  mask = jnp.asarray((rng.uniform(size=(1, 1, m + n, m + n)) < 0.6) | np.eye(m + n, dtype=bool))
+  params = randomize(attn.init(jax.random.key(2), x, positions, mask))
+  full = attn.apply(params, x, positions, mask)
+  _, state = attn.apply(params, x[:, :m], positions[:, :m], mask[:, :, :m, :m],
+                        mutable=[KV_COLLECTION])
+  k, v = state[KV_COLLECTION]["kv"]
+  chex.assert_shape([k, v], (B, m, heads, width // heads))
+  cached = attn.apply(params, x[:, m:], positions[:, m:], mask[:, :, m:], kv_prefix=(k, v))
+  np.testing.assert_allclose(cached, full[:, m:], atol=1e-5)
+
+
+def test_rope_makes_logits_shift_invariant():
+  model = make(latent_dim=0)
+  xt, t, _ = inputs(latent_dim=0)
+  params = randomize(init(model, xt, t))
+  a = model.apply(params, xt, t)
+  b = model.apply(params, xt, t, positions=jnp.arange(N)[None] + 7)
+  np.testing.assert_allclose(a, b, atol=1e-4)
+  c = model.apply(params, xt, t, positions=jnp.arange(N)[None][:, ::-1])
+  assert np.abs(a - c).max() > 1e-3
+
+
+def test_bfloat16_compute_returns_float32_logits():
+  model, ref_model = make("prefix", dtype=jnp.bfloat16), make("prefix")
+  xt, t, z = inputs(n=length("prefix"))
+  shapes = jax.eval_shape(lambda: init(model, xt, t, z))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))
+  params = randomize(init(ref_model, xt, t, z))  # the same params; bf16 compute
+  logits = jax.jit(model.apply)(params, xt, t, z)  # one compile, not ~100 bf16 ops
+  chex.assert_type(logits, jnp.float32)
+  assert np.all(np.isfinite(logits))
+  ref = ref_model.apply(params, xt, t, z)
+  assert np.abs(logits - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_cond_dim_sets_the_conditioning_size():
+  xt, t, z = inputs()
+  shapes = jax.eval_shape(lambda: init(make("adaln", cond_dim=16), xt, t, z))["params"]
+  assert shapes["latent_proj"]["kernel"].shape == (D, 16)
+  assert shapes["transformer"]["block_0"]["ada_ln"]["kernel"].shape == (16, 6 * SMALL["width"])
+
+
+def test_per_token_time_and_latent():
+  model = make("adaln")
+  xt, t, z = inputs()
+  params = randomize(init(model, xt, t, z))
+  a = model.apply(params, xt, t, z)
+  b = model.apply(params, xt, jnp.repeat(t[:, None], N, 1),
+                  jnp.repeat(z[:, None], N, 1))
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_dropout_only_when_training():
+  model = make(latent_dim=0, dropout_rate=0.5)
+  xt, t, _ = inputs(latent_dim=0)
+  params = randomize(init(model, xt, t))
+  np.testing.assert_array_equal(model.apply(params, xt, t), model.apply(params, xt, t))
+  a = model.apply(params, xt, t, train=True, rngs={"dropout": jax.random.key(0)})
+  assert np.abs(a - model.apply(params, xt, t)).max() > 1e-3
+
+
+def test_denoiser_errors():
+  xt, t, z = inputs()
+  with pytest.raises(ValueError, match="latent_mode.*'adaln', 'add', 'prefix'"):
+    init(make("film"), xt, t, z)
+  with pytest.raises(ValueError, match="latent_dim"):
+    init(make("adaln"), xt, t, None)
+  with pytest.raises(ValueError, match="latent_dim"):
+    init(make(latent_dim=0), xt, t, z)
+  with pytest.raises(ValueError, match="latent_dim"):
+    init(make("add"), xt, t, jnp.ones((B, D + 1)))
+
+
+def encoder(**kwargs):
+  return LatentEncoder(**SMALL, latent_dim=D, **kwargs)
+
+
+def init_encoder(enc, x0, xt=None):
+  return enc.init(jax.random.key(0), x0, xt)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("sees_xt", [False, True])
+def test_encoder_outputs(pooling, sees_xt):
+  enc = encoder(sees_xt=sees_xt, pooling=pooling)
+  x0 = tokens(n=length(pooling))
+  xt = jnp.where(jnp.arange(x0.shape[1]) % 2 == 0, V, x0)
+  params = init_encoder(enc, x0, xt)
+  mean, logvar = enc.apply(params, x0, xt)
+  chex.assert_shape([mean, logvar], (B, D))
+  chex.assert_type([mean, logvar], jnp.float32)
+  assert np.all(np.isfinite(mean)) and np.all(np.isfinite(logvar))
+  # Near N(0, I) at init, but a function of x_0.
+  assert np.abs(mean).max() < 1.0 and np.abs(logvar).max() < 1.0
+  mean2, _ = enc.apply(params, (x0 + 1) % V, xt)
+  assert np.abs(mean - mean2).max() > 1e-4
+  mean3, _ = enc.apply(params, x0, jnp.full_like(xt, V))
+  if sees_xt:
+    assert np.abs(mean - mean3).max() > 1e-4
+  else:
+    np.testing.assert_array_equal(mean, mean3)
+
+
+def test_encoder_errors_and_soft_clip():
+  x0 = jnp.zeros((B, N), jnp.int32)
+  with pytest.raises(ValueError, match="pooling.*'mean', 'cls'"):
+    init_encoder(encoder(pooling="max"), x0)
+  with pytest.raises(ValueError, match="xt"):
+    init_encoder(encoder(sees_xt=True), x0)
+  x = np.concatenate([np.linspace(-1e3, -15.0, 50), np.linspace(-15.0, 2.0, 1701)[1:],
+                      np.linspace(2.0, 1e3, 50)[1:]]).astype(np.float32)  # holds 0
+  y = np.asarray(soft_clip(x, -10.0, 5.0))
+  assert np.all(y >= -10.0) and np.all(y <= 5.0) and np.all(np.diff(y) >= 0)
+  inner = (x >= -15.0) & (x <= 2.0)  # strictly inside and increasing, in float32
+  assert np.all(y[inner] > -10.0) and np.all(y[inner] < 5.0)
+  assert np.all(np.diff(y[inner]) > 0)
+  assert abs(y[x == 0.0][0]) < 0.01
+
+
+def test_vmd_loss_runs_with_the_models():
+  model, enc = make("adaln"), encoder(sees_xt=True)
+  x0 = tokens()
+  xt, t, z = inputs()
+  dparams, eparams = init(model, xt, t, z), init_encoder(enc, x0, xt)
+  out = losses.vmd_loss(lambda x, s, z: model.apply(dparams, x, s, z),
+                        lambda x0, xt, t: enc.apply(eparams, x0, xt),
+                        x0, jax.random.key(1), get_schedule("linear"))
+  chex.assert_shape(out["loss"], (B,))
+  assert np.all(np.isfinite(out["loss"])) and np.all(out["kl"] >= 0)

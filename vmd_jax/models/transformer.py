@@ -1,0 +1,211 @@
+"""Transformer building blocks: RoPE, attention with a KV prefix, adaLN-zero block.
+
+Shapes: B batch, N tokens, W width, H heads, Dh = W / H head size, C the
+conditioning size. ``dtype`` is the compute dtype of the matmuls (e.g. bf16),
+``param_dtype`` that of the parameters; softmax, layer norms and the residual
+stream are float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+KV = tuple[jax.Array, jax.Array]
+
+# The collection and name under which ``Attention`` sows this call's rotated (k, v).
+KV_COLLECTION = "kv_cache"
+
+
+def apply_rope(x, positions, base: float = 10000.0):
+  """Rotary position embedding (Su et al. 2021), half-split form.
+
+  With x = [x1, x2] split along the head dimension and theta_j = base^(-2j/Dh),
+    rope(x)_p = [x1 cos(p theta) - x2 sin(p theta), x2 cos(p theta) + x1 sin(p theta)],
+  so <rope(q)_p, rope(k)_r> depends on p - r only.
+
+  Args:
+    x: [B, N, H, Dh], Dh even.
+    positions: int [B or 1, N].
+    base: the frequency base.
+
+  Returns:
+    [B, N, H, Dh] in x's dtype (computed in float32).
+  """
+  half = x.shape[-1] // 2
+  if 2 * half != x.shape[-1]:
+    raise ValueError(f"RoPE needs an even head size, got {x.shape[-1]}")
+  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions.astype(jnp.float32)[..., None, None] * freqs  # [B, N, 1, Dh/2]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with RoPE and an optional KV prefix.
+
+  out = softmax(q k^T / sqrt(Dh) + log mask) v over the keys [k_prefix ; k],
+  q and k rotated by ``apply_rope`` at their positions.
+
+  The rotated (k, v) of this call (not the prefix) are sown into the
+  ``"kv_cache"`` collection as ``"kv"`` (in ``apply`` with that collection
+  mutable, never in ``init``). Concatenated along axis 1 over calls they form a
+  ``kv_prefix`` for later calls, and attention with the prefix equals attention
+  over the concatenated sequence.
+  """
+
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  rope_base: float = 10000.0
+
+  @nn.compact
+  def __call__(self, x, positions, mask=None, kv_prefix: KV | None = None):
+    """x: [B, N, W]; positions: int [B or 1, N]; mask: bool broadcastable to
+    [B, H, N, M + N] (True: may attend); kv_prefix: (k, v), each [B, M, H, Dh],
+    already rotated. Returns [B, N, W] in ``dtype``."""
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+    head_dim = width // self.num_heads
+    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="qkv")(x)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q = apply_rope(q, positions, self.rope_base)
+    k = apply_rope(k, positions, self.rope_base)
+    if not self.is_initializing():
+      self.sow(KV_COLLECTION, "kv", (k, v), reduce_fn=lambda _, new: new,
+               init_fn=lambda: None)
+    if mask is not None and jnp.ndim(mask) < 4:  # e.g. [N, M + N]
+      mask = jnp.reshape(mask, (1,) * (4 - jnp.ndim(mask)) + jnp.shape(mask))
+    if kv_prefix is not None:
+      k = jnp.concatenate([kv_prefix[0].astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([kv_prefix[1].astype(v.dtype), v], axis=1)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # float32 softmax
+    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype,
+                           param_dtype=self.param_dtype, name="out")(out)
+
+
+class GLUMLP(nn.Module):
+  """SwiGLU (Shazeer 2020): W_out (silu(x W_a) * (x W_b)), hidden size ``hidden``."""
+
+  hidden: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    a, b = jnp.split(nn.Dense(2 * self.hidden, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="wi")(x), 2, axis=-1)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="wo")(nn.silu(a) * b)
+
+
+def layer_norm(x):
+  """Float32 LayerNorm without learned scale or bias (adaLN supplies them)."""
+  return nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32)(
+      x.astype(jnp.float32))
+
+
+def modulate(x, shift, scale):
+  """adaLN: x (1 + scale) + shift."""
+  return x * (1.0 + scale) + shift
+
+
+def ada_ln(c, num: int, width: int, param_dtype: Dtype, name: str):
+  """``num`` modulation vectors from c [B, 1 or N, C]: a zero-initialised
+  Dense(silu(c)) (DiT's adaLN-zero), each float32 [B, 1 or N, width]."""
+  mod = nn.Dense(num * width, kernel_init=nn.initializers.zeros,
+                 param_dtype=param_dtype, name=name)(nn.silu(c.astype(jnp.float32)))
+  return jnp.split(mod, num, axis=-1)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block with adaLN-zero conditioning (Peebles & Xie 2023):
+
+    (s1, a1, g1, s2, a2, g2) = Dense_0(silu(c))
+    x = x + (g0 + g1) * Attn(LN(x) (1 + a1) + s1)
+    x = x + (g0 + g2) * MLP(LN(x) (1 + a2) + s2)
+
+  with g0 = ``gate_offset``. With g0 = 0 (adaLN-zero) the gates start at zero
+  and the block starts as the identity; g0 = 1 starts as a plain pre-LN block.
+  """
+
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  gate_offset: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, c, positions, mask=None, kv_prefix: KV | None = None, *,
+               deterministic: bool = True):
+    """x: float32 [B, N, W]; c: [B, 1 or N, C]; positions, mask, kv_prefix as in
+    ``Attention``. Returns float32 [B, N, W]."""
+    width = x.shape[-1]
+    s1, a1, g1, s2, a2, g2 = ada_ln(c, 6, width, self.param_dtype, "ada_ln")
+    h = modulate(layer_norm(x), s1, a1).astype(self.dtype)
+    h = Attention(self.num_heads, self.dtype, self.param_dtype, name="attn")(
+        h, positions, mask, kv_prefix)
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    x = x + (self.gate_offset + g1) * h.astype(jnp.float32)
+    h = modulate(layer_norm(x), s2, a2).astype(self.dtype)
+    h = GLUMLP(int(self.mlp_ratio * width), self.dtype, self.param_dtype, name="mlp")(h)
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return x + (self.gate_offset + g2) * h.astype(jnp.float32)
+
+
+class Transformer(nn.Module):
+  """``depth`` Blocks then a final adaLN-modulated LayerNorm, float32 [B, N, W].
+
+  ``kv_prefix`` is None or one (k, v) per layer; the per-layer (k, v) of this
+  call are sown into ``"kv_cache"`` (see ``Attention``).
+  """
+
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  gate_offset: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, c, positions, mask=None, kv_prefix=None, *,
+               deterministic: bool = True):
+    if kv_prefix is not None and len(kv_prefix) != self.depth:
+      raise ValueError(f"kv_prefix has {len(kv_prefix)} layers, expected depth={self.depth}")
+    x = x.astype(jnp.float32)
+    for i in range(self.depth):
+      x = Block(self.num_heads, self.mlp_ratio, self.dropout_rate, self.dtype,
+                self.param_dtype, self.gate_offset, name=f"block_{i}")(
+                    x, c, positions, mask, None if kv_prefix is None else kv_prefix[i],
+                    deterministic=deterministic)
+    shift, scale = ada_ln(c, 2, x.shape[-1], self.param_dtype, "final_ada_ln")
+    return modulate(layer_norm(x), shift, scale)
+
+
+def collect_kv(kv_cache) -> list[KV]:
+  """The per-layer rotated (k, v), each [B, N, H, Dh], in layer order, from the
+  ``"kv_cache"`` collection returned by ``apply(..., mutable=["kv_cache"])`` of a
+  ``Transformer`` or of a module holding one as ``"transformer"`` (``Denoiser``)."""
+  tree = kv_cache.get("transformer", kv_cache)
+  depth = sum(name.startswith("block_") for name in tree)
+  return [tree[f"block_{i}"]["attn"]["kv"] for i in range(depth)]
+
+
+def timestep_embedding(t, dim: int = 256, max_period: float = 10000.0,
+                       scale: float = 1000.0):
+  """Sinusoidal features of s = scale * t: [cos(s w_j), sin(s w_j)] with
+  w_j = max_period^(-j / (dim/2)), j < dim/2. t: [...] -> float32 [..., dim]."""
+  half = dim // 2
+  freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = scale * t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
