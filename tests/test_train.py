@@ -1,0 +1,181 @@
+"""The trainer: end to end through main, exact resume, multi-device equality, bad configs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from vmd_jax import checkpoint, config as config_lib, train
+from vmd_jax.data import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(kind="vmd", steps=20):
+  c = config_lib.load_config_file(os.path.join(REPO, "configs", f"synthetic_{kind}.py"))
+  c.data.synthetic = "two_token_uniform"
+  c.model.width = c.model.encoder_width = 16
+  c.model.depth = c.model.encoder_depth = 1
+  c.model.num_heads = c.model.encoder_heads = 2
+  c.train.batch_size = 32
+  c.train.num_steps = steps
+  c.train.log_every = 5
+  c.train.checkpoint_every = 10
+  c.train.warmup_steps = 2
+  c.prior.components = 4
+  c.prior.fit_samples = 256
+  c.prior.fit_iters = 10
+  c.eval.num_samples = 200
+  c.eval.batch_size = 100
+  c.eval.settings = "random:1,random:2"
+  c.data.num_eval = 200
+  return c
+
+
+def test_main_runs_end_to_end(tmp_path):
+  """python -m vmd_jax.main on a tiny config: checkpoint, eval.json, figure, metrics."""
+  workdir = tmp_path / "run"
+  args = [sys.executable, "-m", "vmd_jax.main", "--config=configs/synthetic_vmd.py",
+          f"--workdir={workdir}", "--config.data.synthetic=two_token_uniform",
+          "--config.model.width=16", "--config.model.encoder_width=16",
+          "--config.model.depth=1", "--config.model.encoder_depth=1",
+          "--config.train.num_steps=12", "--config.train.batch_size=32",
+          "--config.train.log_every=6", "--config.prior.components=4",
+          "--config.prior.fit_samples=256", "--config.eval.num_samples=200",
+          "--config.eval.settings=random:1", "--config.data.num_eval=100"]
+  out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((workdir / "eval.json").read_text())
+  assert set(result["samples"]) == {"random:1", "random:1/mixture"}
+  for metrics in result["samples"].values():
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["nfe"] == 1
+  # 100 sequences of 2 tokens, each weight 1.
+  assert result["nelbo"]["eval_tokens"] == 200
+  assert 0 < result["nelbo"]["nelbo_nats_per_token"] < 2 * np.log(10)
+  assert (workdir / "checkpoints" / "12").is_dir()
+  assert (workdir / "joint_random_1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert (workdir / "prior.npz").exists()
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert "steps_per_sec" in out.stderr and "ETA" in out.stderr
+
+
+class Interrupt(Exception):
+  pass
+
+
+def final_params(workdir):
+  c = tiny_config("md4")
+  state = train.init_state(*_model_and_tx(c), jax.random.key(0), np.zeros((1, 2), np.int32))
+  return checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).restore(state)
+
+
+def _model_and_tx(c):
+  from vmd_jax import builders
+  return builders.build_model(c, builders.build_dataset(c)), train.make_optimizer(c.train)
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+  c = tiny_config("md4")
+  c.eval.settings = "random:1"
+  train.train_and_evaluate(c, str(tmp_path / "straight"))
+
+  real_batch = synthetic.ProbabilityTable.train_batch
+  def dying_batch(self, step, batch_size):
+    if step == 13:
+      raise Interrupt("killed")
+    return real_batch(self, step, batch_size)
+  monkeypatch.setattr(synthetic.ProbabilityTable, "train_batch", dying_batch)
+  with pytest.raises(Interrupt):
+    train.train_and_evaluate(c, str(tmp_path / "resumed"))
+  assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["10"]
+  monkeypatch.setattr(synthetic.ProbabilityTable, "train_batch", real_batch)
+  train.train_and_evaluate(c, str(tmp_path / "resumed"))
+
+  a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
+  assert int(a.step) == int(b.step) == 20
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_corrupt_checkpoint_is_named_and_kept(tmp_path):
+  c = tiny_config("md4", steps=10)
+  c.eval.settings = "random:1"
+  train.train_and_evaluate(c, str(tmp_path))
+  step_dir = tmp_path / "checkpoints" / "10"
+  for root, _, files in os.walk(step_dir):
+    for f in files:
+      if "manifest" in f or f.endswith(".ocdbt") or "d" == os.path.basename(root):
+        with open(os.path.join(root, f), "wb") as fh:
+          fh.write(b"garbage")
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint step 10 in .* left in place"):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert step_dir.is_dir()
+
+
+EIGHT_DEVICES = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from test_train import tiny_config, _model_and_tx
+from vmd_jax import builders, train
+assert jax.device_count() == 8
+c = tiny_config("vmd")
+model, tx = _model_and_tx(c)
+data = builders.build_dataset(c)
+x0 = data.train_batch(0, 32)["x0"]
+losses = []
+for devices in (jax.devices()[:1], jax.devices()):
+  mesh = train.make_mesh(devices)
+  rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  state = jax.jit(lambda k: train.init_state(model, tx, k, x0[:1]), out_shardings=rep)(jax.random.key(0))
+  step = jax.jit(train.make_train_step(model, tx, 0, 0.9), in_shardings=(rep, dat), out_shardings=(rep, rep))
+  for i in range(3):
+    state, m = step(state, jax.device_put(data.train_batch(i, 32)["x0"], dat))
+  losses.append(float(m["loss"]))
+  print(len(devices), "devices: loss", losses[-1], "sharding", state.params["denoiser"]["params"]["head"]["kernel"].sharding)
+np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+print("OK")
+"""
+
+
+def test_train_step_on_eight_devices_matches_one(tmp_path):
+  script = tmp_path / "eight.py"
+  script.write_text(EIGHT_DEVICES)
+  out = subprocess.run([sys.executable, str(script), REPO], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.kind", "gpt", r"config.model.kind = 'gpt'; accepted values: \['md4', 'vmd'\]"),
+    ("diffusion.schedule", "cos", r"config.diffusion.schedule = 'cos'; accepted"),
+    ("train.num_steps", 0, r"config.train.num_steps = 0; must be > 0"),
+    ("eval.settings", "top_prob:0", r"ORDER:NFE with NFE >= 1"),
+    ("eval.settings", "greedy:4", r"'greedy'; accepted values"),
+    ("model.width", 31, r"config.model.width = 31 is not divisible by config.model.num_heads"),
+])
+def test_bad_config_values_are_named(field, value, message):
+  c = tiny_config()
+  group, key = field.split(".")
+  c[group][key] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(c)
+
+
+def test_unknown_config_keys_fail_at_once(tmp_path):
+  c = tiny_config()
+  c.train.unlock()
+  c.train.num_stepz = 5
+  with pytest.raises(ValueError, match=r"unknown config key 'train.num_stepz'"):
+    config_lib.validate(c)
+  out = subprocess.run([sys.executable, "-m", "vmd_jax.main", "--config=configs/synthetic_md4.py",
+                        f"--workdir={tmp_path}", "--config.train.num_stepz=5"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "num_stepz" in out.stderr
+  assert not os.listdir(tmp_path)  # nothing written
