@@ -1,0 +1,370 @@
+"""Block diffusion (BD3-LM, Arriola et al. 2025): the block NELBO and a block sampler.
+
+Pure JAX over callables, no config. Tokens x_0 in {0..V-1}^L, mask id V, L split
+into K = L / L' blocks of L' tokens; x^b is block b, x^{<b} the blocks before it.
+
+Likelihood (PAPERS.md section 3):
+
+  log p(x_0) = sum_b log p(x^b | x^{<b}),
+
+and every block gets its own masked diffusion with its own time t_b, conditioned
+on the clean earlier blocks:
+
+  L_block = sum_b E_{t_b ~ U(0,1)} [ -alpha'(t_b) / (1 - alpha(t_b))
+                 * sum_{n in b: x_t^n = m} -log p_theta(x_0^n | x_t^b, x_0^{<b}, t_b) ]
+            + L (1 - alpha(0)) log V + L alpha(1) log V.
+
+L' = L is MD4's NELBO (``losses.md4_nelbo_terms``); L' = 1 with eps = 0 is the
+autoregressive loss sum_n -log p(x^n | x^{<n}) (the one-token block is masked
+with probability 1 - alpha(t) and int_0^1 -alpha'(t) dt = 1).
+
+Vectorised training: one network call on the 2L tokens [x_t ; x_0] with RoPE
+positions [0..L-1, 0..L-1] and ``block_diffusion_mask``. Clean tokens carry time
+t = 0 (they are x at time 0), in training as in the sampler's prefill.
+
+The callable interface (``BlockDenoiseFn``), shared by the loss and the sampler:
+
+  denoise_fn(x int [B, n], t float [B, n], positions int [1, n],
+             mask bool [n, M + n], kv_prefix=None, *, z=None) -> logits [B, n, V]
+  prefill_fn(x, t, positions, mask, kv_prefix=None, *, z=None)
+      -> per layer (k, v), each [B, n, ...]  (the keys/values of these n tokens)
+
+``kv_prefix`` is None or, per layer, (k, v) [B, M, ...] of M earlier tokens; the
+mask covers [prefix keys ; own keys]. ``z`` (VMD) is a latent per token
+[B, n, D], only passed when the caller gives one. ``denoiser_fns`` builds both
+from a ``vmd_jax.models.Denoiser`` and its params.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from vmd_jax.forward import mask_tokens
+from vmd_jax.losses import _diffusion_weight, stratified_times, token_log_likelihood
+from vmd_jax.sampling import sample
+
+BlockDenoiseFn = Callable[..., jax.Array]
+PrefillFn = Callable[..., list]
+
+
+def _num_blocks(seq_len: int, block_size: int) -> int:
+  if block_size < 1 or seq_len % block_size:
+    raise ValueError(f"block_size must be >= 1 and divide seq_len={seq_len}, "
+                     f"got block_size={block_size}")
+  return seq_len // block_size
+
+
+def block_ids(seq_len: int, block_size: int):
+  """The block of every position, n // L', int32 [L]."""
+  _num_blocks(seq_len, block_size)
+  return jnp.arange(seq_len, dtype=jnp.int32) // block_size
+
+
+def block_causal_mask(seq_len: int, block_size: int):
+  """bool [L, L]: query n may attend key k iff block(k) <= block(n)."""
+  ids = block_ids(seq_len, block_size)
+  return ids[:, None] >= ids[None, :]
+
+
+def block_diffusion_mask(seq_len: int, block_size: int):
+  """BD3-LM's mask for the vectorised input [x_t ; x_0], bool [2L, 2L].
+
+  With b(n) the block of position n (queries rows, keys columns):
+
+    noisy query n, noisy key k:  b(k) == b(n)   (its own noisy block)
+    noisy query n, clean key k:  b(k) <  b(n)   (the clean earlier blocks)
+    clean query n, noisy key k:  never
+    clean query n, clean key k:  b(k) <= b(n)   (block-causal)
+  """
+  ids = block_ids(seq_len, block_size)
+  same = ids[:, None] == ids[None, :]
+  before = ids[:, None] > ids[None, :]
+  causal = ids[:, None] >= ids[None, :]
+  top = jnp.concatenate([same, before], axis=1)
+  bottom = jnp.concatenate([jnp.zeros_like(same), causal], axis=1)
+  return jnp.concatenate([top, bottom], axis=0)
+
+
+def per_token(values, block_size: int):
+  """Repeats per-block values [B, K, ...] to per-token values [B, K L', ...]."""
+  return jnp.repeat(values, block_size, axis=1)
+
+
+def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size: int, *,
+                      vocab_size: int | None = None, t=None, noise=None,
+                      clip=(0.0, 1.0), z=None, num_steps: int | None = None,
+                      antithetic: bool = True):
+  """The block-diffusion NELBO (module docstring), one t per block and sequence.
+
+  One network call on [x_t ; x_0] (length 2L) with ``block_diffusion_mask``;
+  the logits of the x_0 half are ignored.
+
+  Clipped schedule (BD3-LM): with ``clip = (beta, omega)`` other than (0, 1) the
+  mask rate r = 1 - alpha(t) is drawn uniformly in [beta, omega], i.e.
+  t = alpha^{-1}(1 - r), and the weight stays -alpha'(t) / (1 - alpha(t)). This
+  is a lower-variance training objective, NOT a bound on -log p(x_0): evaluate
+  with the default (0, 1).
+
+  Args:
+    denoise_fn: ``(x [B, 2L], t [B, 2L], positions [1, 2L], mask [2L, 2L]) ->
+      logits [B, 2L, V]`` (with ``z=`` [B, 2L, D] when ``z`` is given).
+    x0: int [B, L] clean tokens in [0, V).
+    key: PRNG key for t (unless given) and the masking noise (unless given).
+    schedule: a ``vmd_jax.schedules.Schedule``.
+    block_size: L', dividing L.
+    vocab_size: V; inferred from the logits' shape when None.
+    t: optional float [B, K] uniforms in [0, 1): the block times themselves for
+      clip = (0, 1), else mapped through the clipped mask rate.
+    noise: optional float [B, L] masking uniforms (position n of block b is
+      masked iff noise >= alpha(t_b)).
+    clip: (beta, omega), the range of the mask rate; see above.
+    z: optional float [B, K, D] latent per block (VMD), passed per token.
+    num_steps: None for continuous time, else the T-step discrete NELBO per block
+      (as in ``losses.md4_nelbo_terms``).
+    antithetic: draw each block's times stratified over the batch
+      (``losses.stratified_times``, an independent offset per block), else i.i.d.
+
+  Returns:
+    dict of float32 [B] in nats: ``diffusion``, ``reconstruction``, ``prior``,
+    ``nelbo`` (their sum); ``per_token`` [B, L] (each token's share, summing to
+    ``nelbo``), ``per_block`` [B, K] (each block's share), ``t`` [B, K] the time
+    of each block's x_t, and ``xt`` [B, L].
+  """
+  chex.assert_rank(x0, 2)
+  batch_size, seq_len = x0.shape
+  num_blocks = _num_blocks(seq_len, block_size)
+  beta, omega = clip
+  if not 0.0 <= beta < omega <= 1.0:
+    raise ValueError(f"clip must be (beta, omega) with 0 <= beta < omega <= 1, got {clip}")
+  t_key, noise_key = jax.random.split(key) if key is not None else (None, None)
+  if t is None:
+    keys = jax.random.split(t_key, num_blocks)
+    if antithetic:
+      t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(keys)
+    else:
+      t = jax.random.uniform(t_key, (batch_size, num_blocks))
+  t = jnp.asarray(t, jnp.float32)
+  chex.assert_shape(t, (batch_size, num_blocks))
+  if (beta, omega) != (0.0, 1.0):
+    t = schedule.inverse(1.0 - (beta + (omega - beta) * t))
+  t, weight = _diffusion_weight(schedule, t, num_steps)  # [B, K] each
+
+  if noise is None:
+    noise = jax.random.uniform(noise_key, x0.shape)
+  chex.assert_equal_shape([noise, x0])
+  if vocab_size is None:
+    probe = jax.ShapeDtypeStruct((batch_size, 2 * seq_len), x0.dtype)
+    args = (probe, jax.ShapeDtypeStruct((batch_size, 2 * seq_len), jnp.float32),
+            jnp.zeros((1, 2 * seq_len), jnp.int32), jnp.zeros((2 * seq_len,) * 2, bool))
+    kw = {} if z is None else {"z": jnp.zeros(z.shape[:1] + (2 * seq_len,) + z.shape[2:])}
+    vocab_size = jax.eval_shape(lambda *a: denoise_fn(*a, **kw), *args).shape[-1]
+  # x_t block by block: each block is an MD4 forward draw at its own time.
+  xt = mask_tokens(x0.reshape(-1, block_size), t.reshape(-1), schedule, vocab_size,
+                   noise=noise.reshape(-1, block_size)).reshape(x0.shape)
+
+  x_in = jnp.concatenate([xt, x0], axis=1)
+  t_tok = per_token(t, block_size)
+  t_in = jnp.concatenate([t_tok, jnp.zeros_like(t_tok)], axis=1)
+  positions = jnp.tile(jnp.arange(seq_len, dtype=jnp.int32), 2)[None]
+  mask = block_diffusion_mask(seq_len, block_size)
+  kw = {}
+  if z is not None:
+    chex.assert_rank(z, 3)
+    z_tok = per_token(z, block_size)
+    kw["z"] = jnp.concatenate([z_tok, z_tok], axis=1)
+  logits = denoise_fn(x_in, t_in, positions, mask, **kw)
+  chex.assert_shape(logits, (batch_size, 2 * seq_len, vocab_size))
+  logits = logits[:, :seq_len]
+
+  masked = (xt == vocab_size).astype(jnp.float32)
+  diffusion_per_token = (-per_token(weight, block_size)
+                         * token_log_likelihood(logits, x0) * masked)
+  log_v = math.log(vocab_size)
+  one = jnp.ones((batch_size,), jnp.float32)
+  recon = one * seq_len * (1.0 - schedule.alpha(jnp.float32(0.0))) * log_v
+  prior = one * seq_len * schedule.alpha(jnp.float32(1.0)) * log_v
+  per_tok = diffusion_per_token + ((recon + prior) / seq_len)[:, None]
+  diffusion = jnp.sum(diffusion_per_token, axis=-1)
+  return {"diffusion": diffusion, "reconstruction": recon, "prior": prior,
+          "nelbo": diffusion + recon + prior, "per_token": per_tok,
+          "per_block": per_tok.reshape(batch_size, num_blocks, block_size).sum(-1),
+          "t": t, "xt": xt}
+
+
+def block_nelbo(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size: int, **kwargs):
+  """Per-sequence block NELBO in nats, float32 [B]; see ``block_nelbo_terms``."""
+  return block_nelbo_terms(denoise_fn, x0, key, schedule, block_size, **kwargs)["nelbo"]
+
+
+# ----------------------------------------------------------------------------
+# Sampling.
+
+
+def denoiser_fns(model, params):
+  """(denoise_fn, prefill_fn) of the ``BlockDenoiseFn`` interface for a
+  ``vmd_jax.models.Denoiser`` (its latent, if any, per token: "adaln"/"add").
+
+  prefill_fn runs ``apply(..., mutable=["kv_cache"])`` and returns
+  ``transformer.collect_kv`` of it: per layer the rotated (k, v) [B, n, H, Dh].
+  """
+  from vmd_jax.models.transformer import KV_COLLECTION, collect_kv  # Flax lives there
+
+  def denoise_fn(x, t, positions, mask, kv_prefix=None, *, z=None):
+    return model.apply(params, x, t, z, positions=positions, attention_mask=mask,
+                       kv_prefix=kv_prefix)
+
+  def prefill_fn(x, t, positions, mask, kv_prefix=None, *, z=None):
+    _, state = model.apply(params, x, t, z, positions=positions, attention_mask=mask,
+                           kv_prefix=kv_prefix, mutable=[KV_COLLECTION])
+    return collect_kv(state[KV_COLLECTION])
+
+  return denoise_fn, prefill_fn
+
+
+def _z_kw(z, block_index, block_size, length=None):
+  """The latent keyword for one block (length None) or the whole sequence."""
+  if z is None:
+    return {}
+  if length is None:
+    zb = jax.lax.dynamic_index_in_dim(z, block_index, axis=1, keepdims=True)
+    return {"z": jnp.repeat(zb, block_size, axis=1)}
+  return {"z": per_token(z, block_size)}
+
+
+def _prefix_mask(seq_len: int, block_size: int, block_index):
+  """bool [L', L + L']: the cached keys of blocks < b, then the block itself."""
+  valid = jnp.arange(seq_len) < block_index * block_size
+  return jnp.concatenate([jnp.broadcast_to(valid, (block_size, seq_len)),
+                          jnp.ones((block_size, block_size), bool)], axis=1)
+
+
+def init_kv_cache(prefill_fn: PrefillFn, x, *, z=None):
+  """A zero cache with room for all of x [B, L]: per layer (k, v) [B, L, ...]."""
+  seq_len = x.shape[1]
+  args = (x, jnp.zeros(x.shape, jnp.float32), jnp.arange(seq_len)[None],
+          jnp.ones((seq_len, seq_len), bool), None)
+  kw = {} if z is None else {"z": jnp.zeros(x.shape + z.shape[2:], jnp.float32)}
+  shapes = jax.eval_shape(lambda *a: prefill_fn(*a, **kw), *args)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def cached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, cache,
+                        block_size: int, *, z=None):
+  """Logits [B, L', V] of block b attending to the cache's blocks < b.
+
+  x_block: int [B, L']; t: float [B]; cache: per layer (k, v) [B, L, ...] whose
+  entries of blocks >= b are ignored (masked).
+  """
+  seq_len = jax.tree.leaves(cache)[0].shape[1]
+  positions = (block_index * block_size + jnp.arange(block_size))[None]
+  t_tok = jnp.broadcast_to(t[:, None], x_block.shape)
+  return denoise_fn(x_block, t_tok, positions, _prefix_mask(seq_len, block_size, block_index),
+                    cache, **_z_kw(z, block_index, block_size))
+
+
+def uncached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, x,
+                          block_size: int, *, z=None):
+  """The same logits by one uncached call on the whole sequence x [B, L] (its
+  blocks < b clean, block b replaced by x_block) with ``block_causal_mask``."""
+  seq_len = x.shape[1]
+  start = block_index * block_size
+  x = jax.lax.dynamic_update_slice_in_dim(x, x_block, start, axis=1)
+  in_block = block_ids(seq_len, block_size) == block_index
+  t_tok = jnp.where(in_block[None], t[:, None], 0.0)
+  logits = denoise_fn(x, t_tok, jnp.arange(seq_len)[None],
+                      block_causal_mask(seq_len, block_size), None,
+                      **_z_kw(z, block_index, block_size, seq_len))
+  return jax.lax.dynamic_slice_in_dim(logits, start, block_size, axis=1)
+
+
+def prefill_block(prefill_fn: PrefillFn, x_block, block_index, cache, block_size: int, *,
+                  z=None):
+  """Runs the clean block b (t = 0) once, attending to the cache's blocks < b, and
+  writes its (k, v) into the cache at positions [b L', (b + 1) L')."""
+  seq_len = jax.tree.leaves(cache)[0].shape[1]
+  start = block_index * block_size
+  positions = (start + jnp.arange(block_size))[None]
+  new = prefill_fn(x_block, jnp.zeros(x_block.shape, jnp.float32), positions,
+                   _prefix_mask(seq_len, block_size, block_index), cache,
+                   **_z_kw(z, block_index, block_size))
+  return jax.tree.map(
+      lambda c, n: jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), start, axis=1),
+      cache, new)
+
+
+def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, x_init,
+                 block_size: int, num_steps_per_block: int, schedule,
+                 order: str = "ancestral", *, vocab_size: int | None = None,
+                 temperature: float = 1.0, top_p: float | None = None,
+                 grid: str = "linear", reuse_logits: bool = True,
+                 use_cache: bool = True, z=None, return_nfe: bool = False):
+  """Generates the masked positions of x_init block by block, left to right.
+
+  Block b is generated by ``sampling.sample`` (any of its orders, with key
+  fold_in(key, b)) with a denoiser that sees block b at time t and the clean
+  blocks < b. With ``use_cache`` those are read from a preallocated KV cache
+  [B, L, ...] per layer, masked by length; after block b is done it is run once
+  more (``prefill_block``, t = 0) to write its keys/values (skipped for the last
+  block). Without the cache every call recomputes the prefix: one call on the
+  whole sequence with ``block_causal_mask``; the two give the same logits (up to
+  float round-off) and so the same samples. Blocks run under ``lax.scan``; wrap
+  the call in ``jax.jit`` with the integer/str arguments static.
+
+  Args:
+    denoise_fn, prefill_fn: the ``BlockDenoiseFn`` interface (module docstring);
+      prefill_fn may be None with use_cache=False.
+    key: PRNG key.
+    x_init: int [B, L]; the mask id V marks positions to generate, other
+      positions (a prompt) are kept.
+    block_size: L', dividing L.
+    num_steps_per_block, order, temperature, top_p, grid, reuse_logits: as in
+      ``sampling.sample`` for each block.
+    schedule: the ``Schedule`` the model was trained with.
+    vocab_size: V; inferred from the logits' shape when None.
+    use_cache: KV cache (True) or full recomputation (False).
+    z: optional float [B, K, D] latent per block (VMD: z_b ~ p(z) per block).
+    return_nfe: also return the number of denoiser calls (prefill calls not
+      counted), int32 scalar.
+
+  Returns:
+    int [B, L] samples, or (samples, nfe).
+  """
+  chex.assert_rank(x_init, 2)
+  batch_size, seq_len = x_init.shape
+  num_blocks = _num_blocks(seq_len, block_size)
+  if use_cache and prefill_fn is None:
+    raise ValueError("use_cache=True needs a prefill_fn")
+  if vocab_size is None:
+    probe = jax.eval_shape(
+        lambda x: uncached_block_logits(denoise_fn, x[:, :block_size], jnp.zeros(batch_size),
+                                        0, x, block_size, z=z), x_init)
+    vocab_size = probe.shape[-1]
+  cache = init_kv_cache(prefill_fn, x_init, z=z) if use_cache else None
+
+  def step(carry, b):
+    x, cache, nfe = carry
+    x_block = jax.lax.dynamic_slice_in_dim(x, b * block_size, block_size, axis=1)
+    if use_cache:
+      fn = lambda xb, t: cached_block_logits(denoise_fn, xb, t, b, cache, block_size, z=z)
+    else:
+      fn = lambda xb, t: uncached_block_logits(denoise_fn, xb, t, b, x, block_size, z=z)
+    x_block, calls = sample(fn, jax.random.fold_in(key, b), x_block, num_steps_per_block,
+                            schedule, order, vocab_size=vocab_size, temperature=temperature,
+                            top_p=top_p, grid=grid, reuse_logits=reuse_logits,
+                            return_nfe=True)
+    x = jax.lax.dynamic_update_slice_in_dim(x, x_block, b * block_size, axis=1)
+    if use_cache:
+      cache = jax.lax.cond(
+          b < num_blocks - 1,
+          lambda c: prefill_block(prefill_fn, x_block, b, c, block_size, z=z),
+          lambda c: c, cache)
+    return (x, cache, nfe + calls), None
+
+  (x, _, nfe), _ = jax.lax.scan(step, (x_init, cache, jnp.int32(0)),
+                                jnp.arange(num_blocks, dtype=jnp.int32))
+  return (x, nfe) if return_nfe else x
