@@ -193,6 +193,10 @@ def evaluate_workdir(workdir: str, data: str | None = None, settings: str | None
     if field is None:
       raise ValueError(f"--data is supported for sudoku and synthetic runs, not {config.data.name!r}")
     config.data[field] = data
+    if field == "sudoku_eval" and config.data.num_eval:
+      # The run's num_eval (e.g. 1000) caps the rows read, but a smaller file is whole.
+      from vmd_jax.data import sudoku
+      config.data.num_eval = min(config.data.num_eval, len(sudoku.load_sudoku_csv(data).puzzles))
   if settings:
     config.eval.settings = settings
   config_lib.validate(config)

@@ -1,0 +1,127 @@
+"""End to end on real data: Sudoku from ../shared/data and text8-format local text.
+
+Tiny models and few steps: these check the plumbing (configs, data, training,
+eval.json, re-evaluation on another CSV), not the numbers.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from vmd_jax import config as config_lib, evaluate, train
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SUDOKU_CSV = SHARED_DATA / "sudoku_rohanrao9m_10k_tilmanschweitzer.csv"
+TEXT8_FIXTURE = next((REPO / "tests" / "data" / "text8").glob("*.txt"))
+SUDOKU_SETTINGS = "top_prob:2,top_prob_margin:2"
+
+
+def _csv_slice(src: Path, dst: Path, start: int, rows: int) -> Path:
+  lines = src.read_text().splitlines()
+  dst.write_text("\n".join([lines[0]] + lines[1 + start:1 + start + rows]) + "\n")
+  return dst
+
+
+def _tiny(c, steps=6):
+  c.model.width = c.model.encoder_width = 16
+  c.model.depth = c.model.encoder_depth = 1
+  c.model.num_heads = c.model.encoder_heads = 2
+  c.train.batch_size = 8
+  c.train.num_steps = steps
+  c.train.warmup_steps = 2
+  c.train.log_every = 3
+  c.train.checkpoint_every = steps
+  return c
+
+
+@pytest.fixture(scope="module")
+def sudoku_csvs(tmp_path_factory):
+  if not SUDOKU_CSV.is_file():
+    pytest.skip(f"{SUDOKU_CSV} not found")
+  d = tmp_path_factory.mktemp("sudoku_data")
+  return (_csv_slice(SUDOKU_CSV, d / "train.csv", 0, 48),
+          _csv_slice(SUDOKU_CSV, d / "held_out.csv", 48, 16),
+          _csv_slice(SUDOKU_CSV, d / "other.csv", 64, 12))
+
+
+@pytest.mark.parametrize("kind", ["md4", "vmd"])
+def test_sudoku_config_defaults(kind):
+  """The shipped configs point at files that exist and carry the paper's settings."""
+  c = config_lib.validate(config_lib.load_config_file(str(REPO / "configs" / f"sudoku_{kind}.py")))
+  assert c.data.name == "sudoku" and c.model.kind == kind and c.data.num_eval == 1000
+  train_paths = c.data.sudoku_train.split(",")
+  assert len(train_paths) == 2 and c.data.sudoku_eval not in train_paths
+  if SHARED_DATA.is_dir():
+    for p in train_paths + [c.data.sudoku_eval]:
+      assert Path(p).resolve().parent == SHARED_DATA.resolve() and Path(p).is_file(), p
+  assert [s for s in config_lib.parse_eval_settings(c.eval.settings)] == [
+      (o, n) for n in (5, 10, 20) for o in ("top_prob", "top_prob_margin")]
+
+
+def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs):
+  train_csv, held_out, other = sudoku_csvs
+  c = _tiny(config_lib.load_config_file(str(REPO / "configs" / "sudoku_md4.py")))
+  c.data.sudoku_train = str(train_csv)
+  c.data.sudoku_eval = str(held_out)
+  c.data.num_eval = 14  # the first 14 of 16; re-evaluation on 12 rows takes all 12
+  c.eval.settings = SUDOKU_SETTINGS
+  c.eval.batch_size = 16
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(c, str(workdir))
+
+  result = json.loads((workdir / "eval.json").read_text())
+  assert set(result["samples"]) == set(SUDOKU_SETTINGS.split(","))
+  for metrics in result["samples"].values():
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_puzzles"] == 14
+    assert 1 <= metrics["nfe"] <= 2
+  assert math.isfinite(result["nelbo"]["nelbo_bits_per_token"])
+  assert result["nelbo"]["eval_tokens"] == 14 * 81
+
+  out = evaluate.evaluate_workdir(str(workdir), data=str(other), settings="top_prob_margin:2")
+  written = json.loads((workdir / "eval_other.json").read_text())
+  assert set(written["samples"]) == {"top_prob_margin:2"}
+  for metrics in written["samples"].values():
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_puzzles"] == 12
+  assert written["nelbo"]["eval_tokens"] == 12 * 81
+  assert out["samples"].keys() == written["samples"].keys()
+
+
+def test_sudoku_missing_csv_fails_before_training(tmp_path, sudoku_csvs):
+  c = _tiny(config_lib.load_config_file(str(REPO / "configs" / "sudoku_md4.py")))
+  missing = tmp_path / "no_such_puzzles.csv"
+  c.data.sudoku_train = f"{sudoku_csvs[0]},{missing}"
+  c.data.sudoku_eval = str(sudoku_csvs[1])
+  c.data.num_eval = 0
+  workdir = tmp_path / "run"
+  with pytest.raises(FileNotFoundError, match="no_such_puzzles.csv"):
+    train.train_and_evaluate(c, str(workdir))
+  assert not (workdir / "checkpoints").exists() and not (workdir / "eval.json").exists()
+
+
+def test_text8_local_train_and_bpc(tmp_path):
+  c = _tiny(config_lib.load_config_file(str(REPO / "configs" / "text8_md4.py")))
+  c.data.text8_source = "local"
+  c.data.text8_path = str(TEXT8_FIXTURE)
+  c.data.text8_data_dir = str(tmp_path / "tfds")
+  c.data.seq_len = 64
+  c.eval.batch_size = 64
+  c.eval.nelbo_samples = 2
+  c.eval.settings = "ancestral:4"
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(c, str(workdir))
+
+  result = json.loads((workdir / "eval.json").read_text())
+  nelbo = result["nelbo"]
+  from vmd_jax.data import text8
+  test_chars = len(text8.read_local_text(TEXT8_FIXTURE))
+  s, e = text8.split_bounds(test_chars)["test"]
+  assert nelbo["eval_tokens"] == e - s
+  assert 0 < nelbo["nelbo_bits_per_token"] < 20
+  assert nelbo["nelbo_bits_per_token_stderr"] > 0
+  assert nelbo["time_samples_per_sequence"] == 2
+  texts = result["samples"]["ancestral:4"]["text"]
+  assert len(texts) == 4 and all(len(t) == 64 for t in texts)
+  assert all(set(t) <= set("abcdefghijklmnopqrstuvwxyz ") for t in texts)
