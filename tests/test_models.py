@@ -161,7 +161,7 @@ def test_attention_kv_prefix_equals_concatenated_sequence():
 
 
 def test_rope_makes_logits_shift_invariant():
-  model = make(latent_dim=0)
+  model = make(latent_dim=0, absolute_positions=False)
   xt, t, _ = inputs(latent_dim=0)
   params = randomize(init(model, xt, t))
   a = model.apply(params, xt, t)
@@ -169,6 +169,20 @@ def test_rope_makes_logits_shift_invariant():
   np.testing.assert_allclose(a, b, atol=1e-4)
   c = model.apply(params, xt, t, positions=jnp.arange(N)[None][:, ::-1])
   assert np.abs(a - c).max() > 1e-3
+
+
+def test_absolute_positions_break_the_all_mask_symmetry():
+  """An all-mask input: with RoPE alone every position gets the same logits (the
+  values attended to are all equal), so z could never say 'position n holds k+n';
+  absolute positions make the logits position-dependent."""
+  xt = jnp.full((B, N), V, jnp.int32)
+  t = jnp.full((B,), 0.9)
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(B, D)), jnp.float32)
+  for absolute, differs in ((False, False), (True, True)):
+    model = make("adaln", D, absolute_positions=absolute)
+    logits = np.asarray(model.apply(randomize(init(model, xt, t, z)), xt, t, z))
+    spread = np.abs(logits - logits[:, :1]).max()
+    assert (spread > 1e-3) == differs, (absolute, spread)
 
 
 def test_bfloat16_compute_returns_float32_logits():

@@ -49,6 +49,10 @@ class Denoiser(nn.Module):
     time_conditioning: feed t to adaLN; without it c = 0 (plus the latent).
     cond_dim: C, the size of the conditioning vector c that drives adaLN;
       None: width (md4's text8 model uses 64).
+    absolute_positions: add sinusoidal features of ``positions`` to the token
+      embeddings. RoPE alone is blind to absolute position when every token is
+      the mask, so without them an all-mask input gets the same distribution at
+      every position (fatal for one-step generation from z).
     latent_dim: D, 0 for no latent.
     latent_mode: how z enters: "adaln" (Dense(z) added to the time embedding
       that drives adaLN), "add" (Dense(z) added to every token embedding) or
@@ -66,6 +70,7 @@ class Denoiser(nn.Module):
   param_dtype: Dtype = jnp.float32
   time_conditioning: bool = True
   cond_dim: int | None = None
+  absolute_positions: bool = True
   latent_dim: int = 0
   latent_mode: str = "adaln"
 
@@ -108,6 +113,12 @@ class Denoiser(nn.Module):
     cond_dim = self.cond_dim or self.width
     h = nn.Embed(self.vocab_size + 1, self.width, param_dtype=self.param_dtype,
                  name="embed")(xt).astype(jnp.float32)
+    if self.absolute_positions:
+      # RoPE alone cannot tell positions apart when every token is the mask (all
+      # values equal), so one-step generation from z would give every position
+      # the same distribution; sinusoidal absolute positions break that symmetry.
+      h = h + timestep_embedding(jnp.broadcast_to(positions, xt.shape).astype(jnp.float32),
+                                 self.width, scale=1.0)
     if self.time_conditioning:
       c = timestep_embedding(t)
       c = nn.Dense(cond_dim, param_dtype=self.param_dtype, name="time_mlp_0")(c)
