@@ -8,8 +8,6 @@ sweep: ``runs.NAME`` is a full run config for each row of a table.
 
 from __future__ import annotations
 
-from typing import Any
-
 import ml_collections
 
 SCHEDULES = ("linear", "cosine", "polynomial", "loglinear")
@@ -197,10 +195,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of("eval.grid", e.grid, ("linear", "cosine"))
   parse_eval_settings(e.settings)
   return config
-
-
-def to_dict(config) -> dict[str, Any]:
-  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
 def load_config_file(path: str, *args):

@@ -29,6 +29,7 @@ from absl import logging
 
 from vmd_jax import config as config_lib
 from vmd_jax import prior as prior_lib
+from vmd_jax.losses import DiagonalGaussian
 from vmd_jax.data.atomic import atomic_write_path, write_json
 from vmd_jax.model import MaskedDiffusion
 
@@ -73,8 +74,7 @@ def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir: str):
   x0 = dataset.train_batch(2**31 - 1, config.prior.fit_samples)["x0"]
   encode = jax.jit(lambda x: tuple(model.encode_posteriors(params, x)))
   chunks = [encode(jnp.asarray(x0[i:i + 4096])) for i in range(0, len(x0), 4096)]
-  posterior = type(model.encode_posteriors(params, jnp.asarray(x0[:1])))(
-      *(jnp.concatenate(parts) for parts in zip(*chunks)))
+  posterior = DiagonalGaussian(*(jnp.concatenate(parts) for parts in zip(*chunks)))
   gmm = prior_lib.fit_aggregate_posterior_prior(
       posterior, jax.random.key(config.seed + 1), config.prior.components, config.prior.fit_iters)
   with atomic_write_path(path) as tmp:
