@@ -65,11 +65,15 @@ def sudoku_base():
   c.model.depth = 3
   c.model.num_heads = 4
   c.model.dropout = 0.0
+  # Learned absolute positions: with the sinusoid (+ RoPE, both 1-D) the loss
+  # stayed at 81 log 9 = 178 nats for 1,200 steps; learned embeddings of the 81
+  # cells (free to encode row, column and box) reach 115 nats by step 500.
+  c.model.position_embedding = "learned"
 
   c.diffusion.schedule = "linear"
 
   c.train.batch_size = 32
-  c.train.num_steps = 8000
+  c.train.num_steps = 4000
   c.train.lr = 1e-3
   c.train.warmup_steps = 500
   c.train.weight_decay = 0.01

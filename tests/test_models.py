@@ -178,11 +178,16 @@ def test_absolute_positions_break_the_all_mask_symmetry():
   xt = jnp.full((B, N), V, jnp.int32)
   t = jnp.full((B,), 0.9)
   z = jnp.asarray(np.random.default_rng(0).normal(size=(B, D)), jnp.float32)
-  for absolute, differs in ((False, False), (True, True)):
-    model = make("adaln", D, absolute_positions=absolute)
-    logits = np.asarray(model.apply(randomize(init(model, xt, t, z)), xt, t, z))
+  for kwargs, differs in (({"absolute_positions": False}, False),
+                          ({"absolute_positions": True}, True),
+                          ({"absolute_positions": False, "learned_positions": N}, True)):
+    model = make("adaln", D, **kwargs)
+    params = init(model, xt, t, z)
+    if "learned_positions" in kwargs:
+      assert params["params"]["position_embed"]["embedding"].shape == (N, model.width)
+    logits = np.asarray(model.apply(randomize(params), xt, t, z))
     spread = np.abs(logits - logits[:, :1]).max()
-    assert (spread > 1e-3) == differs, (absolute, spread)
+    assert (spread > 1e-3) == differs, (kwargs, spread)
 
 
 def test_bfloat16_compute_returns_float32_logits():

@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 
 from vmd_jax.forward import mask_tokens
-from vmd_jax.losses import _diffusion_weight, stratified_times, token_log_likelihood
+from vmd_jax.losses import (DiagonalGaussian, _diffusion_weight, free_bits_kl, stratified_times,
+                            token_log_likelihood)
 from vmd_jax.sampling import sample
 
 BlockDenoiseFn = Callable[..., jax.Array]
@@ -201,14 +202,50 @@ def block_nelbo(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size: int, 
   return block_nelbo_terms(denoise_fn, x0, key, schedule, block_size, **kwargs)["nelbo"]
 
 
+def block_vmd_loss(denoise_fn: BlockDenoiseFn, encode_fn: Callable, x0, key, schedule,
+                   block_size: int, *, beta: float = 0.1, free_bits: float = 0.0, **kwargs):
+  """Block VMD: one latent per block, z_b ~ q(z_b | x_0) reparameterised, each
+  with its own N(0, I) prior:
+
+    loss = L_block(x_0 | z_1..z_K) + beta * sum_b KL(q(z_b | x_0) || N(0, I)).
+
+  With beta = 1 (and an encoder of x_0 alone, as here) nelbo + kl bounds
+  -log p(x_0).
+
+  Args:
+    denoise_fn: as in ``block_nelbo_terms`` (takes ``z=`` [B, 2L, D]).
+    encode_fn: ``x_0 [B, L] -> (mean, logvar)``, each float [B, K, D].
+    x0, key, schedule, block_size: as in ``block_nelbo_terms``.
+    beta: KL weight; free_bits: nats per latent dimension and block below which
+      the KL is not penalised (``losses.free_bits_kl``).
+    **kwargs: passed to ``block_nelbo_terms`` (t, noise, clip, vocab_size, ...).
+
+  Returns:
+    ``block_nelbo_terms``'s dict (``nelbo`` conditioned on z) plus ``loss``,
+    ``kl`` [B] (summed over blocks and dimensions) and ``bound`` = nelbo + kl.
+  """
+  chex.assert_rank(x0, 2)
+  z_key, key = jax.random.split(key)
+  posterior = DiagonalGaussian(*encode_fn(x0))
+  chex.assert_rank(posterior.mean, 3)
+  chex.assert_axis_dimension(posterior.mean, 1, _num_blocks(x0.shape[1], block_size))
+  z = posterior.sample(z_key)
+  terms = block_nelbo_terms(denoise_fn, x0, key, schedule, block_size, z=z, **kwargs)
+  kl_dims = posterior.kl_per_dim().reshape(x0.shape[0], -1)
+  kl = jnp.sum(kl_dims, axis=-1)
+  return {**terms, "loss": terms["nelbo"] + beta * free_bits_kl(kl_dims, free_bits),
+          "kl": kl, "bound": terms["nelbo"] + kl}
+
+
 # ----------------------------------------------------------------------------
 # Sampling.
 
 
-def denoiser_fns(model, params):
+def denoiser_fns(model, params, *, train: bool = False, rngs=None):
   """(denoise_fn, prefill_fn) of the ``BlockDenoiseFn`` interface for a
   ``vmd_jax.models.Denoiser`` (its latent, if any, per token: "adaln"/"add").
 
+  ``train`` turns dropout on in denoise_fn (``rngs`` then holds a "dropout" key).
   prefill_fn runs ``apply(..., mutable=["kv_cache"])`` and returns
   ``transformer.collect_kv`` of it: per layer the rotated (k, v) [B, n, H, Dh].
   """
@@ -216,7 +253,7 @@ def denoiser_fns(model, params):
 
   def denoise_fn(x, t, positions, mask, kv_prefix=None, *, z=None):
     return model.apply(params, x, t, z, positions=positions, attention_mask=mask,
-                       kv_prefix=kv_prefix)
+                       kv_prefix=kv_prefix, train=train, rngs=rngs)
 
   def prefill_fn(x, t, positions, mask, kv_prefix=None, *, z=None):
     _, state = model.apply(params, x, t, z, positions=positions, attention_mask=mask,

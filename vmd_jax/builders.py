@@ -46,13 +46,27 @@ def build_model(config, dataset: base.Dataset) -> MaskedDiffusion:
       vocab_size=dataset.vocab_size, width=m.width, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.mlp_ratio, dropout_rate=m.dropout, dtype=dtype,
       time_conditioning=m.time_conditioning, latent_dim=m.latent_dim if vmd else 0,
+      learned_positions=dataset.seq_len if m.position_embedding == "learned" else 0,
       latent_mode=m.latent_mode)
   encoder = None
   if vmd:
     encoder = LatentEncoder(
         vocab_size=dataset.vocab_size, width=m.encoder_width, depth=m.encoder_depth,
         num_heads=m.encoder_heads, latent_dim=m.latent_dim, sees_xt=m.encoder_sees_xt,
-        pooling=m.encoder_pooling, dropout_rate=m.dropout, dtype=dtype)
+        pooling=m.encoder_pooling, dropout_rate=m.dropout, dtype=dtype,
+        block_size=f.block_size)
+  if f.block_size and dataset.seq_len % f.block_size:
+    raise ValueError(f"config.diffusion.block_size = {f.block_size} does not divide the "
+                     f"sequence length {dataset.seq_len} of {config.data.name!r}")
+  if f.block_size:
+    from vmd_jax.config import parse_eval_settings
+    blocks = dataset.seq_len // f.block_size
+    for order, nfe in parse_eval_settings(config.eval.settings):
+      if nfe % blocks:
+        raise ValueError(f"config.eval.settings {order}:{nfe}: the NFE must be a multiple of "
+                         f"the {blocks} blocks (each block gets NFE / {blocks} steps)")
   return MaskedDiffusion(denoiser=denoiser, schedule=build_schedule(config), encoder=encoder,
                          beta=f.beta, free_bits=f.free_bits,
-                         loss_steps=f.loss_steps or None, antithetic=f.antithetic)
+                         loss_steps=f.loss_steps or None, antithetic=f.antithetic,
+                         block_size=f.block_size or None,
+                         train_mask_rate=(f.train_mask_rate_min, f.train_mask_rate_max))

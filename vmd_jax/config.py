@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.dtype = "float32"           # compute dtype, one of DTYPES
   c.model.time_conditioning = True
+  c.model.position_embedding = "sinusoidal"  # absolute positions: "sinusoidal" or "learned"
   c.model.latent_dim = 2              # VMD only
   c.model.latent_mode = "adaln"       # how z enters the denoiser, one of LATENT_MODES
   c.model.encoder_width = 64
@@ -64,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.antithetic = True       # stratified times over the batch
   c.diffusion.beta = 0.1              # VMD KL weight (1 collapses, PAPERS.md section 5)
   c.diffusion.free_bits = 0.0         # nats per latent dimension
+  c.diffusion.block_size = 0          # 0 = one block (MD4/VMD); L' = block diffusion
+  c.diffusion.train_mask_rate_min = 0.0  # block training's clipped mask rate U[min, max]
+  c.diffusion.train_mask_rate_max = 1.0  # (BD3-LM; evaluation always uses U[0, 1])
 
   c.prior = ml_collections.ConfigDict()
   c.prior.kind = "standard_normal"    # one of PRIORS: the z prior used at sampling
@@ -157,6 +161,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of("model.latent_mode", m.latent_mode, LATENT_MODES)
   _one_of("model.dtype", m.dtype, DTYPES)
   _one_of("model.encoder_pooling", m.encoder_pooling, ("mean", "cls"))
+  _one_of("model.position_embedding", m.position_embedding, ("sinusoidal", "learned"))
   for name in ("width", "depth", "num_heads", "mlp_ratio", "encoder_width", "encoder_depth",
                "encoder_heads"):
     _positive(f"model.{name}", m[name])
@@ -175,6 +180,22 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _positive("diffusion.loss_steps", f.loss_steps, allow_zero=True)
   _positive("diffusion.beta", f.beta, allow_zero=True)
   _positive("diffusion.free_bits", f.free_bits, allow_zero=True)
+  if not isinstance(f.block_size, int) or f.block_size < 0:
+    raise ValueError(f"config.diffusion.block_size = {f.block_size!r}; must be an int >= 0")
+  if not 0.0 <= f.train_mask_rate_min < f.train_mask_rate_max <= 1.0:
+    raise ValueError("config.diffusion.train_mask_rate_min/max = "
+                     f"{f.train_mask_rate_min!r}/{f.train_mask_rate_max!r}; need "
+                     "0 <= min < max <= 1")
+  if (f.train_mask_rate_min, f.train_mask_rate_max) != (0.0, 1.0) and not f.block_size:
+    raise ValueError("config.diffusion.train_mask_rate_min/max need "
+                     "config.diffusion.block_size > 0")
+  if f.block_size and m.kind == "vmd":
+    if m.latent_mode == "prefix":
+      raise ValueError("config.model.latent_mode = 'prefix' is not supported with "
+                       "config.diffusion.block_size > 0 (use 'adaln' or 'add')")
+    if m.encoder_sees_xt or m.encoder_pooling != "mean":
+      raise ValueError("block VMD (config.diffusion.block_size > 0) needs "
+                       "config.model.encoder_sees_xt = False and encoder_pooling = 'mean'")
   _one_of("prior.kind", p.kind, PRIORS)
   if p.kind == "mixture" and m.kind != "vmd":
     raise ValueError("config.prior.kind = 'mixture' needs config.model.kind = 'vmd'")

@@ -2,8 +2,13 @@
 
 ``MaskedDiffusion`` holds a ``Denoiser`` (and for VMD a ``LatentEncoder``) and a
 schedule. It gives the trainer and the evaluator the same few calls whatever the
-model kind: ``init``, ``loss`` (a dict of named per-sequence terms), ``nelbo``
-and ``sample``. Parameters are ``{"denoiser": ..., "encoder": ...}``.
+model kind: ``init``, ``loss`` (a dict of named per-sequence terms), ``sample``
+and ``encode_posteriors``. Parameters are ``{"denoiser": ..., "encoder": ...}``.
+
+With ``block_size`` L' the model is block diffusion (``vmd_jax.block``): the
+block NELBO in training and evaluation, blocks generated left to right with a KV
+cache, and for VMD one latent per block (the encoder built with the same
+``block_size``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from vmd_jax import losses, sampling
+from vmd_jax import block, losses, sampling
 from vmd_jax.models import Denoiser, LatentEncoder
 from vmd_jax.schedules import Schedule
 
@@ -37,6 +42,8 @@ class MaskedDiffusion:
   free_bits: float = 0.0
   loss_steps: int | None = None   # None: continuous-time NELBO
   antithetic: bool = True
+  block_size: int | None = None   # None: one block (plain masked diffusion)
+  train_mask_rate: tuple[float, float] = (0.0, 1.0)  # block training's clipped rate
 
   @property
   def vocab_size(self) -> int:
@@ -75,10 +82,15 @@ class MaskedDiffusion:
     """Per-sequence terms in nats, each float32 [B]; ``loss`` is what to minimise.
 
     MD4: loss = nelbo. VMD: loss = nelbo(z) + beta * KL (see ``losses.vmd_loss``).
+    Blocks: ``block.block_nelbo_terms`` / ``block.block_vmd_loss``, whose ``t``
+    is [B, K]; with ``train`` the mask rate is drawn from ``train_mask_rate``
+    (evaluation, ``train=False``, always uses the unclipped bound).
     """
     key, dropout_key, enc_key = jax.random.split(key, 3)
     common = dict(vocab_size=self.vocab_size, t=t, noise=noise,
                   num_steps=self.loss_steps, antithetic=self.antithetic)
+    if self.block_size:
+      return self._block_loss(params, x0, key, dropout_key, enc_key, train, common)
     denoise = self.denoise_fn(params, train=train, rng=dropout_key)
     if self.encoder is None:
       terms = losses.md4_nelbo_terms(denoise, x0, key, self.schedule, **common)
@@ -87,27 +99,65 @@ class MaskedDiffusion:
     return losses.vmd_loss(denoise, encode, x0, key, self.schedule, beta=self.beta,
                            free_bits=self.free_bits, **common)
 
+  def _block_loss(self, params, x0, key, dropout_key, enc_key, train, common):
+    rngs = {"dropout": dropout_key} if train else None
+    denoise, _ = block.denoiser_fns(self.denoiser, params["denoiser"], train=train, rngs=rngs)
+    clip = self.train_mask_rate if train else (0.0, 1.0)
+    if self.encoder is None:
+      terms = block.block_nelbo_terms(denoise, x0, key, self.schedule, self.block_size,
+                                      clip=clip, **common)
+      return {**terms, "loss": terms["nelbo"]}
+    encode = lambda x: self.encode_fn(params, train=train, rng=enc_key)(x, x, None)
+    return block.block_vmd_loss(denoise, encode, x0, key, self.schedule, self.block_size,
+                                beta=self.beta, free_bits=self.free_bits, clip=clip, **common)
+
+  def num_blocks(self, seq_len: int) -> int:
+    """K = N / L' (1 without blocks)."""
+    if not self.block_size:
+      return 1
+    if seq_len % self.block_size:
+      raise ValueError(f"block_size {self.block_size} does not divide the sequence "
+                       f"length {seq_len}")
+    return seq_len // self.block_size
+
   def sample(self, params, key, x_init, num_steps: int, order: str, *,
-             prior: PriorSampler | None = None, **sampler_kwargs):
+             prior: PriorSampler | None = None, use_cache: bool = True, **sampler_kwargs):
     """Samples (and the number of network calls) for ``x_init`` (mask id = V).
 
-    VMD draws one z per sequence from ``prior`` (default N(0, I)) and keeps it
-    for every step.
+    ``num_steps`` is the NFE in total: with K blocks each block gets
+    num_steps / K steps (the KV-cache prefill calls are not counted). VMD draws
+    one z per sequence (per block with blocks) from ``prior`` (default N(0, I))
+    and keeps it for every step. ``use_cache``: blocks read the clean earlier
+    blocks from a KV cache (else they are recomputed; same samples).
     """
-    denoise = self.denoise_fn(params)
+    z = None
     if self.encoder is not None:
       z_key, key = jax.random.split(key)
       prior = prior or standard_normal_prior(self.latent_dim)
-      z = prior(z_key, x_init.shape[0])
-      fn = lambda xt, t: denoise(xt, t, z)
-    else:
-      fn = lambda xt, t: denoise(xt, t)
+      blocks = self.num_blocks(x_init.shape[1]) if self.block_size else 1
+      z = prior(z_key, x_init.shape[0] * blocks)
+      if self.block_size:
+        z = z.reshape(x_init.shape[0], blocks, self.latent_dim)
+    if self.block_size:
+      blocks = self.num_blocks(x_init.shape[1])
+      if num_steps % blocks:
+        raise ValueError(f"NFE {num_steps} is not a multiple of the {blocks} blocks")
+      denoise, prefill = block.denoiser_fns(self.denoiser, params["denoiser"])
+      return block.block_sample(denoise, prefill, key, x_init, self.block_size,
+                                num_steps // blocks, self.schedule, order,
+                                vocab_size=self.vocab_size, use_cache=use_cache, z=z,
+                                return_nfe=True, **sampler_kwargs)
+    denoise = self.denoise_fn(params)
+    fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
     return sampling.sample(fn, key, x_init, num_steps, self.schedule, order=order,
                            vocab_size=self.vocab_size, return_nfe=True, **sampler_kwargs)
 
   def encode_posteriors(self, params, x0):
     """q(z | x_0) for a batch with x_t all masks (what an x_0-only encoder sees),
-    as ``losses.DiagonalGaussian``."""
+    as ``losses.DiagonalGaussian`` [B, D] (with blocks, [B K, D]: every block's
+    latent has the same prior, so the prior is fitted to all of them)."""
     xt = jnp.full_like(x0, self.vocab_size)
     t = jnp.ones((x0.shape[0],), jnp.float32)
-    return losses.DiagonalGaussian(*self.encode_fn(params)(x0, xt, t))
+    mean, logvar = self.encode_fn(params)(x0, xt, t)
+    return losses.DiagonalGaussian(mean.reshape(-1, self.latent_dim),
+                                   logvar.reshape(-1, self.latent_dim))

@@ -80,7 +80,8 @@ def make_train_step(model: MaskedDiffusion, tx, seed: int, ema_decay: float):
       ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
     else:
       ema = params
-    metrics = {k: jnp.mean(v) for k, v in terms.items() if k not in ("t", "per_token")}
+    # Per-sequence terms [B] only (not t, x_t or per-token / per-block shares).
+    metrics = {k: jnp.mean(v) for k, v in terms.items() if k != "t" and v.ndim == 1}
     metrics["grad_norm"] = optax.tree.norm(grads)
     return TrainState(state.step + 1, params, opt_state, ema), metrics
 

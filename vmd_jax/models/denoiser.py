@@ -53,6 +53,9 @@ class Denoiser(nn.Module):
       embeddings. RoPE alone is blind to absolute position when every token is
       the mask, so without them an all-mask input gets the same distribution at
       every position (fatal for one-step generation from z).
+    learned_positions: P > 0 adds a learned embedding of each position in
+      [0, P) instead of the sinusoidal one (e.g. Sudoku, whose rows, columns and
+      boxes are not a 1-D distance); 0 keeps the sinusoid.
     latent_dim: D, 0 for no latent.
     latent_mode: how z enters: "adaln" (Dense(z) added to the time embedding
       that drives adaLN), "add" (Dense(z) added to every token embedding) or
@@ -71,6 +74,7 @@ class Denoiser(nn.Module):
   time_conditioning: bool = True
   cond_dim: int | None = None
   absolute_positions: bool = True
+  learned_positions: int = 0
   latent_dim: int = 0
   latent_mode: str = "adaln"
 
@@ -113,7 +117,10 @@ class Denoiser(nn.Module):
     cond_dim = self.cond_dim or self.width
     h = nn.Embed(self.vocab_size + 1, self.width, param_dtype=self.param_dtype,
                  name="embed")(xt).astype(jnp.float32)
-    if self.absolute_positions:
+    if self.learned_positions:
+      h = h + nn.Embed(self.learned_positions, self.width, param_dtype=self.param_dtype,
+                       name="position_embed")(jnp.broadcast_to(positions, xt.shape))
+    elif self.absolute_positions:
       # RoPE alone cannot tell positions apart when every token is the mask (all
       # values equal), so one-step generation from z would give every position
       # the same distribution; sinusoidal absolute positions break that symmetry.

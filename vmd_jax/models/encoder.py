@@ -5,6 +5,10 @@
   g = mean_n h_n  or  h_cls                               [B, W]
   (mean, raw) = Dense_{2D}(g),  logvar = soft_clip(raw, logvar_min, logvar_max)
 
+Block VMD (``block_size`` L' > 0): one latent per block, q(z_b | x_0^{<=b}). The
+transformer is block-causal (a token of block b sees the blocks <= b) and g_b is
+the mean of h over block b, so mean and logvar are [B, K, D] with K = N / L'.
+
 The blocks are the denoiser's adaLN blocks with a zero conditioning (C = 1), so
 their modulation is a learned bias: a LayerNorm affine and a residual gate 1 + g,
 g = 0 at init (a plain pre-LN block; with adaLN-zero gates a "cls" token would
@@ -45,6 +49,8 @@ class LatentEncoder(nn.Module):
     logvar_min, logvar_max: the range of the soft clip on logvar.
     init_scale: the output Dense's kernel ~ N(0, init_scale^2 / W), so q starts
       near N(0, I) but depends on x_0.
+    block_size: 0 for one latent per sequence; L' > 0 for one latent per block
+      of L' tokens (block-causal attention, mean pooling per block).
   """
 
   vocab_size: int
@@ -61,6 +67,7 @@ class LatentEncoder(nn.Module):
   logvar_min: float = -10.0
   logvar_max: float = 5.0
   init_scale: float = 0.1
+  block_size: int = 0
 
   @nn.compact
   def __call__(self, x0, xt=None, *, train: bool = False):
@@ -68,10 +75,13 @@ class LatentEncoder(nn.Module):
     the encoder fits ``vmd_loss``'s ``encode_fn(x0, xt, t)``).
 
     Returns:
-      (mean, logvar), float32 [B, D] each.
+      (mean, logvar), float32 [B, D] each ([B, K, D] with ``block_size``).
     """
     if self.pooling not in POOLINGS:
       raise ValueError(f"unknown pooling {self.pooling!r}; accepted: {list(POOLINGS)}")
+    if self.block_size and (self.pooling != "mean" or x0.shape[1] % self.block_size):
+      raise ValueError(f"block_size={self.block_size} needs pooling='mean' and a length "
+                       f"divisible by it; got pooling={self.pooling!r}, length {x0.shape[1]}")
     if self.sees_xt and xt is None:
       raise ValueError("sees_xt=True needs xt")
     batch_size, length = x0.shape
@@ -87,10 +97,17 @@ class LatentEncoder(nn.Module):
       h = jnp.concatenate([jnp.broadcast_to(cls, (batch_size, 1, self.width)), h], 1)
       positions = jnp.arange(-1, length)[None]
     c = jnp.zeros((batch_size, 1, 1), jnp.float32)  # only the adaLN biases act
+    mask = None
+    if self.block_size:
+      block = jnp.arange(length) // self.block_size
+      mask = block[:, None] >= block[None, :]
     h = Transformer(self.depth, self.num_heads, self.mlp_ratio, self.dropout_rate,
                     self.dtype, self.param_dtype, gate_offset=1.0, name="transformer")(
-                        h, c, positions, deterministic=not train)
-    pooled = h[:, 0] if self.pooling == "cls" else jnp.mean(h, axis=1)
+                        h, c, positions, mask, deterministic=not train)
+    if self.block_size:
+      pooled = jnp.mean(h.reshape(batch_size, -1, self.block_size, h.shape[-1]), axis=2)
+    else:
+      pooled = h[:, 0] if self.pooling == "cls" else jnp.mean(h, axis=1)
     kernel_init = nn.initializers.variance_scaling(self.init_scale**2, "fan_in", "normal")
     out = nn.Dense(2 * self.latent_dim, kernel_init=kernel_init, dtype=jnp.float32,
                    param_dtype=self.param_dtype, name="head")(pooled)

@@ -1,0 +1,170 @@
+"""Block diffusion wired into the model, the config and the trainer: the block
+loss through ``MaskedDiffusion``, block VMD's per-block latents, cached sampling
+through the model, and a block run end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vmd_jax import builders, config as config_lib
+from vmd_jax.model import MaskedDiffusion
+from vmd_jax.models import Denoiser, LatentEncoder
+from vmd_jax.schedules import get_schedule
+
+from test_train import REPO, tiny_config
+
+V, L, B, D = 5, 8, 4, 2
+
+
+def randomize(params, seed=0, scale=0.3):
+  """Every parameter N(0, scale^2): logits far from the zero head's uniform."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params)
+
+
+def model_and_params(block_size, latent_dim=0, seed=0, **kwargs):
+  den = Denoiser(vocab_size=V, width=16, depth=2, num_heads=2, mlp_ratio=2.0,
+                 latent_dim=latent_dim)
+  enc = None
+  if latent_dim:
+    enc = LatentEncoder(vocab_size=V, width=16, depth=1, num_heads=2, latent_dim=latent_dim,
+                        block_size=block_size or 0)
+  model = MaskedDiffusion(den, get_schedule("linear"), enc, block_size=block_size, **kwargs)
+  x0 = tokens()
+  return model, randomize(model.init(jax.random.key(seed), x0), seed)
+
+
+def tokens(seed=1):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, V, (B, L)), jnp.int32)
+
+
+def test_one_block_of_length_l_is_the_md4_loss():
+  """block_size = L through the model (a 2L-token call with the block-diffusion
+  mask) gives MD4's per-sequence NELBO for the same times and masking noise."""
+  plain, params = model_and_params(None)
+  blocked = MaskedDiffusion(plain.denoiser, plain.schedule, block_size=L)
+  x0 = tokens()
+  t = jnp.asarray([0.1, 0.4, 0.7, 0.95])
+  noise = jax.random.uniform(jax.random.key(3), x0.shape)
+  a = plain.loss(params, x0, jax.random.key(0), t=t, noise=noise)
+  b = blocked.loss(params, x0, jax.random.key(0), t=t[:, None], noise=noise)
+  assert float(jnp.min(a["nelbo"])) > 1.0  # not the trivial all-unmasked case
+  np.testing.assert_allclose(a["nelbo"], b["nelbo"], rtol=2e-5)
+  np.testing.assert_allclose(a["per_token"], b["per_token"], rtol=2e-5, atol=1e-6)
+
+
+def test_clipped_mask_rate_only_in_training():
+  model, params = model_and_params(2)
+  clipped = MaskedDiffusion(model.denoiser, model.schedule, block_size=2,
+                            train_mask_rate=(0.45, 0.95))
+  x0, key = tokens(), jax.random.key(4)
+  # Evaluation (train=False) ignores the clip: the same unclipped bound.
+  np.testing.assert_array_equal(model.loss(params, x0, key)["nelbo"],
+                                clipped.loss(params, x0, key)["nelbo"])
+  # Training draws every block's mask rate 1 - alpha(t) inside [0.45, 0.95].
+  t = clipped.loss(params, x0, key, train=True)["t"]
+  rate = 1.0 - model.schedule.alpha(t)
+  assert t.shape == (B, L // 2)
+  assert float(rate.min()) >= 0.45 - 1e-5 and float(rate.max()) <= 0.95 + 1e-5
+
+
+def test_block_encoder_is_block_causal_and_per_block():
+  """q(z_b | x_0^{<=b}): one latent per block, unchanged by later blocks."""
+  enc = LatentEncoder(vocab_size=V, width=16, depth=2, num_heads=2, latent_dim=D, block_size=2)
+  x0 = tokens()
+  params = randomize(enc.init(jax.random.key(0), x0))
+  mean, logvar = enc.apply(params, x0)
+  assert mean.shape == logvar.shape == (B, L // 2, D)
+  changed = x0.at[:, 4:].set((x0[:, 4:] + 1) % V)  # blocks 2 and 3 only
+  mean2, _ = enc.apply(params, changed)
+  np.testing.assert_allclose(mean[:, :2], mean2[:, :2], rtol=1e-5, atol=1e-6)
+  assert float(jnp.max(jnp.abs(mean[:, 2:] - mean2[:, 2:]))) > 1e-3
+  with pytest.raises(ValueError, match="block_size=3 needs pooling='mean' and a length"):
+    LatentEncoder(vocab_size=V, width=16, depth=1, num_heads=2, latent_dim=D,
+                  block_size=3).init(jax.random.key(0), x0)
+
+
+def test_block_vmd_loss_terms():
+  """loss = nelbo(z) + beta KL with KL summed over blocks; bound = nelbo + KL;
+  with beta = 1 the loss is the bound."""
+  model, params = model_and_params(2, latent_dim=D, beta=1.0)
+  x0 = tokens()
+  terms = model.loss(params, x0, jax.random.key(5))
+  np.testing.assert_allclose(terms["loss"], terms["bound"], rtol=1e-6)
+  np.testing.assert_allclose(terms["bound"], terms["nelbo"] + terms["kl"], rtol=1e-6)
+  post = model.encode_posteriors(params, x0)
+  assert post.mean.shape == (B * L // 2, D)
+  kl = np.asarray(post.kl_per_dim()).reshape(B, -1).sum(-1)
+  np.testing.assert_allclose(terms["kl"], kl, rtol=1e-5)
+  assert float(jnp.min(terms["kl"])) > 0
+
+
+@pytest.mark.parametrize("latent_dim", [0, D])
+def test_model_samples_with_and_without_the_cache_agree(latent_dim):
+  model, params = model_and_params(2, latent_dim=latent_dim)
+  x_init = jnp.full((B, L), V, jnp.int32).at[:, 0].set(1)  # a one-token prompt
+  draw = jax.jit(lambda key, cache: model.sample(params, key, x_init, 8, "top_prob",
+                                                 use_cache=cache), static_argnums=1)
+  a, nfe = draw(jax.random.key(7), True)
+  b, _ = draw(jax.random.key(7), False)
+  np.testing.assert_array_equal(a, b)
+  assert int(nfe) == 8 and bool(jnp.all(a[:, 0] == 1)) and bool(jnp.all(a < V))
+  with pytest.raises(ValueError, match="NFE 6 is not a multiple of the 4 blocks"):
+    model.sample(params, jax.random.key(0), x_init, 6, "random")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("diffusion.block_size", -1, r"block_size = -1; must be an int >= 0"),
+    ("diffusion.train_mask_rate_min", 0.5, r"train_mask_rate_min/max need "
+     r"config.diffusion.block_size > 0"),
+    ("model.latent_mode", "prefix", r"'prefix' is not supported with"),
+])
+def test_bad_block_configs_are_named(field, value, message):
+  c = tiny_config("vmd")
+  if field != "diffusion.train_mask_rate_min":
+    c.diffusion.block_size = 1
+  group, key = field.split(".")
+  c[group][key] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(c)
+
+
+def test_block_size_and_nfe_must_fit_the_data():
+  c = tiny_config("md4")  # two tokens
+  c.diffusion.block_size = 3
+  with pytest.raises(ValueError, match=r"block_size = 3 does not divide the sequence length 2"):
+    builders.build_model(c, builders.build_dataset(c))
+  c.diffusion.block_size = 1
+  c.eval.settings = "random:3"
+  with pytest.raises(ValueError, match=r"random:3: the NFE must be a multiple of the 2 blocks"):
+    builders.build_model(c, builders.build_dataset(c))
+
+
+def test_block_vmd_runs_end_to_end(tmp_path):
+  """main with diffusion.block_size: trains, fits the per-block prior, evaluates."""
+  workdir = tmp_path / "run"
+  args = [sys.executable, "-m", "vmd_jax.main", "--config=configs/synthetic_vmd.py",
+          f"--workdir={workdir}", "--config.data.synthetic=d1",
+          "--config.diffusion.block_size=2", "--config.diffusion.train_mask_rate_min=0.2",
+          "--config.model.width=16", "--config.model.encoder_width=16",
+          "--config.model.depth=1", "--config.model.encoder_depth=1",
+          "--config.train.num_steps=6", "--config.train.batch_size=16",
+          "--config.train.log_every=3", "--config.prior.components=2",
+          "--config.prior.fit_samples=64", "--config.prior.fit_iters=5",
+          "--config.eval.num_samples=100", "--config.eval.batch_size=100",
+          "--config.eval.settings=random:2,top_prob:4", "--config.data.num_eval=50"]
+  out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((workdir / "eval.json").read_text())
+  assert set(result["samples"]) == {"random:2", "top_prob:4", "random:2/mixture",
+                                    "top_prob:4/mixture"}
+  assert [result["samples"][s]["nfe"] for s in ("random:2", "top_prob:4")] == [2, 4]
+  # An untrained 4-token model is near uniform: the bound is about log 10 per token.
+  assert result["nelbo"]["eval_tokens"] == 200
+  assert abs(result["nelbo"]["nelbo_nats_per_token"] - np.log(10)) < 0.3
