@@ -15,10 +15,11 @@ taken greedily (``eval.temperature = 0``: the argmax at each revealed cell), whi
 is what a planner that picks the most confident cells does, and makes the MDM
 numbers deterministic; ``--config.eval.temperature=1`` draws them instead.
 
-The defaults are a CPU-sized run: 8,000 steps of a 0.67M-parameter model, about
-47 minutes of training at the 0.35 s per step measured on 2 busy CPU cores, plus
-a few minutes of evaluation (70 network calls over the 1,000 puzzles); it is a
-smoke-scale run, not one expected to reach the paper's accuracies:
+The defaults are a CPU-sized run: 4,000 steps of a 0.67M-parameter model (learned
+position embeddings; see ``sudoku_base``), about 23 minutes of training at the
+0.35 s per step measured on 2 CPU cores, plus a few minutes of evaluation (70
+network calls over the 1,000 puzzles), so MD4 and VMD together fit in an hour;
+a small run, not one expected to reach the paper's accuracies:
 
   python -m vmd_jax.main --config=configs/sudoku_md4.py --workdir=runs/sudoku_md4
 
