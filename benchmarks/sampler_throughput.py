@@ -42,8 +42,8 @@ flags.DEFINE_integer("length", 256, "Sequence length L.")
 flags.DEFINE_list("block_sizes", ["4", "8", "16", "256"], "Block sizes L' (each divides L).")
 flags.DEFINE_integer("batch", 4, "Sequences generated per call.")
 flags.DEFINE_integer("steps_per_block", 4, "Steps per block in the steps_per_block regime.")
-flags.DEFINE_string("order", "top_prob", "Sampling order inside a block (top_prob: a fixed number of
-                    "tokens per step, so every step is a network call).")
+flags.DEFINE_string("order", "top_prob", "Sampling order inside a block (top_prob reveals a "
+                    "fixed number of tokens per step, so every step is a network call).")
 flags.DEFINE_integer("width", 128, "Denoiser width.")
 flags.DEFINE_integer("depth", 2, "Denoiser depth.")
 flags.DEFINE_integer("num_heads", 4, "Attention heads.")

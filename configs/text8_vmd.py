@@ -5,10 +5,13 @@ mask rate in training, KV-cached block sampling) with one latent per block:
 z_b ~ q(z_b | x_0^{<=b}) from a block-causal encoder over x_0 (mean-pooled per
 block), each z_b with its own N(0, I) prior, entering the denoiser through adaLN
 on every token of its block. The paper publishes no encoder or latent size;
-these are our choices: latent dimension 4 per block, a 4-layer width-384
-encoder, beta = 0.1 (beta = 1 collapses the latent, PAPERS.md section 5). The
-reported test BPC is nelbo(z) + KL summed over blocks, a bound on -log p(x_0)
-whatever beta was trained with, since the encoder sees x_0 only.
+these are our choices: latent dimension 4 per block and a 4-layer width-384
+encoder. The reported test BPC is nelbo(z) + KL summed over blocks, a bound on
+-log p(x_0) since the encoder sees x_0 only, and tight only when trained on it:
+beta = 1 (the ELBO). With beta = 0.1 (the synthetic setting that keeps z in use)
+a small run here put 125 nats of KL into the 16 latents of a 64-character window
+and the bound came out at 4.56 bits per character against block MDM's 2.66;
+use ``--config.diffusion.beta=0.1`` for few-step sampling, not for BPC.
 
   python -m vmd_jax.main --config=configs/text8_vmd.py --workdir=runs/text8_vmd \
       --config.data.text8_path=/data/text8.zip
@@ -40,6 +43,6 @@ def get_config():
   c.model.encoder_width = 384
   c.model.encoder_depth = 4
   c.model.encoder_heads = 6
-  c.diffusion.beta = 0.1
+  c.diffusion.beta = 1.0                   # the ELBO: the BPC is its bound
   c.prior.kind = "standard_normal"
   return c
