@@ -130,16 +130,15 @@ class MaskedDiffusion:
     and keeps it for every step. ``use_cache``: blocks read the clean earlier
     blocks from a KV cache (else they are recomputed; same samples).
     """
+    blocks = self.num_blocks(x_init.shape[1])
     z = None
     if self.encoder is not None:
       z_key, key = jax.random.split(key)
       prior = prior or standard_normal_prior(self.latent_dim)
-      blocks = self.num_blocks(x_init.shape[1]) if self.block_size else 1
       z = prior(z_key, x_init.shape[0] * blocks)
       if self.block_size:
         z = z.reshape(x_init.shape[0], blocks, self.latent_dim)
     if self.block_size:
-      blocks = self.num_blocks(x_init.shape[1])
       if num_steps % blocks:
         raise ValueError(f"NFE {num_steps} is not a multiple of the {blocks} blocks")
       denoise, prefill = block.denoiser_fns(self.denoiser, params["denoiser"])
