@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Creates .venv with the pinned dependencies and vmd_jax installed (editable), on a CPU machine.
-# GPU: afterwards `.venv/bin/pip install "jax[cuda12]==0.10.2"`; TPU: `"jax[tpu]==0.10.2"`.
+# Creates .venv with vmd_jax installed (editable) with every extra, at the tested
+# versions of launch/constraints.txt, on a CPU machine.
+# GPU: afterwards `.venv/bin/pip install -c launch/constraints.txt "jax[cuda12]"`;
+# TPU: `"jax[tpu]"`. Core only (losses and samplers): `pip install vmd_jax`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -c launch/constraints.txt -e '.[test]'

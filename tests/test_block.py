@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from vmd_jax import block, exact, losses
-from vmd_jax.models import Denoiser
+from vmd_jax.networks.adapters import block_denoiser_fns
+from vmd_jax.networks import Denoiser
 from vmd_jax.schedules import get_schedule
 
 V, L, B = 3, 4, 3
@@ -45,13 +46,13 @@ def test_masks_on_a_small_case():
   np.testing.assert_array_equal(mask, expected)
   np.testing.assert_array_equal(block.block_causal_mask(4, 2), expected[4:, 4:])
   np.testing.assert_array_equal(block.block_causal_mask(3, 1), np.tril(np.ones((3, 3), bool)))
-  with pytest.raises(ValueError, match="block_size.*seq_len=4"):
+  with pytest.raises(ValueError, match="divides the sequence length 4, got block_size=3"):
     block.block_diffusion_mask(4, 3)
 
 
 def test_block_size_l_is_md4():
   model, params = tiny_model()
-  denoise, _ = block.denoiser_fns(model, params)
+  denoise, _ = block_denoiser_fns(model, params)
   rng = np.random.default_rng(0)
   x0 = jnp.asarray(rng.integers(0, V, (B, L)), jnp.int32)
   t = jnp.asarray(rng.uniform(size=(B,)), jnp.float32)
@@ -74,7 +75,7 @@ def test_block_size_one_is_the_autoregressive_loss():
   running the model on (x^0, ..., x^{n-1}, m, x^{n+1}, ...) with a causal mask
   (token n sees itself, masked, and the clean tokens before it)."""
   model, params = tiny_model()
-  denoise, _ = block.denoiser_fns(model, params)
+  denoise, _ = block_denoiser_fns(model, params)
   rng = np.random.default_rng(1)
   x0 = jnp.asarray(rng.integers(0, V, (B, L)), jnp.int32)
   t = jnp.asarray(rng.uniform(0.2, 1.0, size=(B, L)), jnp.float32)
@@ -225,7 +226,7 @@ def prompt(batch_size, seed=0):
 @pytest.fixture(scope="module")
 def sampler_model():
   model, params = tiny_model(SV, seed=2)
-  return block.denoiser_fns(model, params)
+  return block_denoiser_fns(model, params)
 
 
 def check_cached_logits(denoise, prefill, z=None, seed=5):
@@ -256,7 +257,7 @@ def test_cached_logits_equal_uncached(sampler_model):
 def latent_model():
   model, params = tiny_model(SV, latent_dim=2, seed=3)
   z = jnp.asarray(np.random.default_rng(6).normal(size=(16, SL // SB, 2)), jnp.float32)
-  return (*block.denoiser_fns(model, params), z)
+  return (*block_denoiser_fns(model, params), z)
 
 
 @pytest.mark.parametrize("order,steps,latent", [("ancestral", 3, False),

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vmd_jax import builders, config as config_lib
-from vmd_jax.model import MaskedDiffusion
-from vmd_jax.models import Denoiser, LatentEncoder
+from vmd_jax.trainer import build, config as config_lib, evaluate
+from vmd_jax.networks import MaskedDiffusion
+from vmd_jax.networks import Denoiser, LatentEncoder
 from vmd_jax.schedules import get_schedule
 
 from test_train import REPO, tiny_config
@@ -138,12 +138,12 @@ def test_bad_block_configs_are_named(field, value, message):
 def test_block_size_and_nfe_must_fit_the_data():
   c = tiny_config("md4")  # two tokens
   c.diffusion.block_size = 3
-  with pytest.raises(ValueError, match=r"block_size = 3 does not divide the sequence length 2"):
-    builders.build_model(c, builders.build_dataset(c))
+  with pytest.raises(ValueError, match=r"divides the sequence length 2, got block_size=3"):
+    build.build_model(c, 4, 2)
   c.diffusion.block_size = 1
   c.eval.settings = "random:3"
   with pytest.raises(ValueError, match=r"random:3: the NFE must be a multiple of the 2 blocks"):
-    builders.build_model(c, builders.build_dataset(c))
+    evaluate.check_settings(c, build.build_model(c, 4, 2), 2)
 
 
 def test_block_vmd_runs_end_to_end(tmp_path):

@@ -7,7 +7,6 @@ import pytest
 
 from vmd_jax import exact
 from vmd_jax.data import synthetic
-from vmd_jax.data.atomic import atomic_write_path
 from vmd_jax.data.synthetic import ProbabilityTable, get_synthetic, synthetic_metrics
 
 
@@ -175,16 +174,3 @@ def test_joint_figure_is_png(tmp_path):
     synthetic.save_joint_figure(get_synthetic("d1").probs, np.zeros((4, 4), int), 10,
                                 tmp_path / "d1.png")
   assert not (tmp_path / "d1.png").exists()
-
-
-def test_atomic_write_failure_keeps_old_file(tmp_path):
-  path = tmp_path / "out.txt"
-  path.write_text("old")
-  with pytest.raises(RuntimeError):
-    with atomic_write_path(path) as tmp:
-      tmp.write_text("half")
-      raise RuntimeError("writer failed")
-  assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
-  with atomic_write_path(path) as tmp:
-    tmp.write_text("new")
-  assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]

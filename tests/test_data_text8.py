@@ -10,6 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vmd_jax.data import text8 as t8
+from vmd_jax.data import text8_builder as t8b
+from vmd_jax.data import text_sources as ts
 from vmd_jax.data import text_normalize as tn
 
 tfds.disable_progress_bar()
@@ -71,26 +73,26 @@ def test_check_text8_alphabet_names_source_char_and_offset():
 
 
 def test_split_bounds_standard_text8():
-  assert t8.split_bounds(100_000_000) == {
+  assert ts.split_bounds(100_000_000) == {
       "train": (0, 90_000_000), "validation": (90_000_000, 95_000_000),
       "test": (95_000_000, 100_000_000)}
 
 
 def test_local_builder_splits_and_reassembles_fixture(tmp_path):
-  builder = t8.prepare_local_text(FIXTURE, tmp_path, chunk_chars=5_000)
+  builder = t8b.prepare_local_text(FIXTURE, tmp_path, chunk_chars=5_000)
   expected = tn.encode(tn.normalize_text(FIXTURE.read_text(encoding="utf-8")))
   n = len(expected)
-  splits = {s: t8.load_split(builder, s) for s in t8.SPLITS}
+  splits = {s: t8b.load_split(builder, s) for s in ts.SPLITS}
   assert {s: len(v) for s, v in splits.items()} == {
       "train": n * 90 // 100, "validation": n * 95 // 100 - n * 90 // 100,
       "test": n - n * 95 // 100}
   assert builder.info.splits["train"].num_examples == -(-(n * 90 // 100) // 5_000)
-  np.testing.assert_array_equal(np.concatenate([splits[s] for s in t8.SPLITS]),
+  np.testing.assert_array_equal(np.concatenate([splits[s] for s in ts.SPLITS]),
                                 expected)
   # A second builder with the same config reads the prepared data back.
-  again = t8.Text8(data_dir=tmp_path, config=t8.local_text_config(
+  again = t8b.Text8(data_dir=tmp_path, config=t8b.local_text_config(
       FIXTURE, chunk_chars=5_000))
-  np.testing.assert_array_equal(t8.load_split(again, "test"), splits["test"])
+  np.testing.assert_array_equal(t8b.load_split(again, "test"), splits["test"])
   ds = t8.Text8Dataset.from_builder(again, seq_len=100)
   total = sum(b["weight"].sum() for b in ds.eval_batches(8, split="validation"))
   assert total == len(splits["validation"])
@@ -104,20 +106,20 @@ def test_unnormalised_bad_character_names_file_and_offset_and_cleans_up(tmp_path
   data_dir = tmp_path / "tfds"
   data_dir.mkdir()
   with pytest.raises(ValueError, match=r"b\.txt: character '\\n' at offset 7"):
-    t8.prepare_local_text(texts, data_dir, normalize=False)
+    t8b.prepare_local_text(texts, data_dir, normalize=False)
   assert _listing(data_dir) == []
   # A data_dir the failed call created itself is removed as well.
   with pytest.raises(ValueError, match="offset 7"):
-    t8.prepare_local_text(texts, tmp_path / "new_dir", normalize=False)
+    t8b.prepare_local_text(texts, tmp_path / "new_dir", normalize=False)
   assert not (tmp_path / "new_dir").exists()
 
 
 def test_unnormalised_clean_text_is_kept_verbatim(tmp_path):
   text = tn.normalize_text(FIXTURE.read_text(encoding="utf-8"))[:3_000]
   (tmp_path / "clean.txt").write_text(text)
-  builder = t8.prepare_local_text(tmp_path / "clean.txt", tmp_path / "tfds",
+  builder = t8b.prepare_local_text(tmp_path / "clean.txt", tmp_path / "tfds",
                                   normalize=False)
-  got = np.concatenate([t8.load_split(builder, s) for s in t8.SPLITS])
+  got = np.concatenate([t8b.load_split(builder, s) for s in ts.SPLITS])
   np.testing.assert_array_equal(got, tn.encode(text))
 
 
@@ -125,15 +127,15 @@ def test_missing_files_raise_file_not_found_and_leave_nothing(tmp_path):
   data_dir = tmp_path / "tfds"
   missing = tmp_path / "no_such.txt"
   with pytest.raises(FileNotFoundError, match=str(missing)):
-    t8.prepare_local_text(missing, data_dir)
+    t8b.prepare_local_text(missing, data_dir)
   missing_zip = tmp_path / "nowhere" / "text8.zip"
   with pytest.raises(FileNotFoundError,
                      match=f"{missing_zip}.*mattmahoney.net/dc/text8.zip"):
-    t8.prepare_text8(data_dir, local_path=missing_zip)
+    t8b.prepare_text8(data_dir, local_path=missing_zip)
   empty_manual = tmp_path / "manual"
   empty_manual.mkdir()
   with pytest.raises(FileNotFoundError, match=f"{empty_manual}.*text8.zip"):
-    t8.prepare_text8(data_dir, manual_dir=empty_manual, allow_download=False)
+    t8b.prepare_text8(data_dir, manual_dir=empty_manual, allow_download=False)
   assert not data_dir.exists()
 
 
@@ -149,15 +151,15 @@ def small_text8(monkeypatch):
 def test_text8_from_local_zip_and_manual_dir(tmp_path, small_text8):
   with zipfile.ZipFile(tmp_path / "text8.zip", "w") as archive:
     archive.writestr("text8", small_text8)
-  builder = t8.prepare_text8(tmp_path / "a", local_path=tmp_path / "text8.zip")
-  splits = [t8.load_split(builder, s) for s in t8.SPLITS]
+  builder = t8b.prepare_text8(tmp_path / "a", local_path=tmp_path / "text8.zip")
+  splits = [t8b.load_split(builder, s) for s in ts.SPLITS]
   assert [len(s) for s in splits] == [18_000, 1_000, 1_000]
   assert tn.decode(np.concatenate(splits)).encode() == small_text8
   manual = tmp_path / "manual"
   manual.mkdir()
   (manual / "text8").write_bytes(small_text8)
-  builder = t8.prepare_text8(tmp_path / "b", manual_dir=manual, allow_download=False)
-  np.testing.assert_array_equal(t8.load_split(builder, "test"), splits[2])
+  builder = t8b.prepare_text8(tmp_path / "b", manual_dir=manual, allow_download=False)
+  np.testing.assert_array_equal(t8b.load_split(builder, "test"), splits[2])
 
 
 def test_text8_download_used_only_without_local_copy(tmp_path, small_text8,
@@ -171,11 +173,11 @@ def test_text8_download_used_only_without_local_copy(tmp_path, small_text8,
     return tmp_path / "text8.zip"
 
   monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
-  builder = t8.prepare_text8(tmp_path / "tfds", manual_dir=tmp_path / "empty")
-  assert urls == [t8.TEXT8_URL]
-  assert len(t8.load_split(builder, "train")) == 18_000
-  t8.prepare_text8(tmp_path / "tfds2", local_path=tmp_path / "text8.zip")
-  assert urls == [t8.TEXT8_URL]  # a local path never downloads
+  builder = t8b.prepare_text8(tmp_path / "tfds", manual_dir=tmp_path / "empty")
+  assert urls == [ts.TEXT8_URL]
+  assert len(t8b.load_split(builder, "train")) == 18_000
+  t8b.prepare_text8(tmp_path / "tfds2", local_path=tmp_path / "text8.zip")
+  assert urls == [ts.TEXT8_URL]  # a local path never downloads
 
 
 def test_text8_failed_download_says_how_to_provide_it(tmp_path, monkeypatch):
@@ -185,7 +187,7 @@ def test_text8_failed_download_says_how_to_provide_it(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds.download.DownloadManager, "download", no_network)
   with pytest.raises(FileNotFoundError,
                      match=r"manual dir .*text8.zip failed \(ConnectionError"):
-    t8.prepare_text8(tmp_path / "tfds", manual_dir=tmp_path / "empty")
+    t8b.prepare_text8(tmp_path / "tfds", manual_dir=tmp_path / "empty")
   assert not (tmp_path / "tfds").exists()
 
 
@@ -194,16 +196,16 @@ def test_text8_wrong_length_or_checksum_is_rejected_and_cleaned_up(tmp_path,
   (tmp_path / "short").mkdir()
   (tmp_path / "short" / "text8").write_bytes(small_text8[:-1])
   with pytest.raises(ValueError, match="19,999 characters, expected 20,000"):
-    t8.prepare_text8(tmp_path / "tfds", local_path=tmp_path / "short")
+    t8b.prepare_text8(tmp_path / "tfds", local_path=tmp_path / "short")
   (tmp_path / "other").mkdir()
   (tmp_path / "other" / "text8").write_bytes(small_text8[::-1])
   with pytest.raises(ValueError, match="md5"):
-    t8.prepare_text8(tmp_path / "tfds", local_path=tmp_path / "other")
+    t8b.prepare_text8(tmp_path / "tfds", local_path=tmp_path / "other")
   assert not (tmp_path / "tfds").exists()
 
 
 def test_text8_checksum_is_registered_for_the_download():
-  info = t8.Text8.url_infos[t8.TEXT8_URL]
+  info = t8b.Text8.url_infos[ts.TEXT8_URL]
   assert int(info.size) == 31_344_016 and len(info.checksum) == 64
 
 

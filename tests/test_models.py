@@ -10,9 +10,9 @@ import pytest
 
 from vmd_jax import losses
 from vmd_jax.forward import mask_tokens
-from vmd_jax.models import Denoiser, LatentEncoder, collect_kv
-from vmd_jax.models.encoder import soft_clip
-from vmd_jax.models.transformer import KV_COLLECTION, Attention
+from vmd_jax.networks import Denoiser, LatentEncoder, collect_kv
+from vmd_jax.networks.encoder import soft_clip
+from vmd_jax.networks.transformer import KV_COLLECTION, Attention
 from vmd_jax.schedules import get_schedule
 
 V, N, B, D = 5, 8, 3, 2

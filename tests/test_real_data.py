@@ -1,4 +1,4 @@
-"""End to end on real data: Sudoku from ../shared/data and text8-format local text.
+"""End to end on real data: Sudoku fixtures (tests/data/sudoku) and text8-format local text.
 
 Tiny models and few steps: these check the plumbing (configs, data, training,
 eval.json, re-evaluation on another CSV), not the numbers.
@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from vmd_jax import config as config_lib, evaluate, train
+from vmd_jax.trainer import config as config_lib, evaluate, train
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SUDOKU_CSV = SHARED_DATA / "sudoku_rohanrao9m_10k_tilmanschweitzer.csv"
+SUDOKU_CSV = REPO / "tests" / "data" / "sudoku" / "sudoku_rohanrao9m_10k_tilmanschweitzer.csv"
 TEXT8_FIXTURE = next((REPO / "tests" / "data" / "text8").glob("*.txt"))
 SUDOKU_SETTINGS = "top_prob:2,top_prob_margin:2"
 
@@ -39,8 +38,6 @@ def _tiny(c, steps=6):
 
 @pytest.fixture(scope="module")
 def sudoku_csvs(tmp_path_factory):
-  if not SUDOKU_CSV.is_file():
-    pytest.skip(f"{SUDOKU_CSV} not found")
   d = tmp_path_factory.mktemp("sudoku_data")
   return (_csv_slice(SUDOKU_CSV, d / "train.csv", 0, 48),
           _csv_slice(SUDOKU_CSV, d / "held_out.csv", 48, 16),
@@ -49,14 +46,14 @@ def sudoku_csvs(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["md4", "vmd"])
 def test_sudoku_config_defaults(kind):
-  """The shipped configs point at files that exist and carry the paper's settings."""
+  """The shipped configs name the public files under VMD_SUDOKU_DIR (default
+  data/sudoku) and carry the paper's settings."""
   c = config_lib.validate(config_lib.load_config_file(str(REPO / "configs" / f"sudoku_{kind}.py")))
   assert c.data.name == "sudoku" and c.model.kind == kind and c.data.num_eval == 1000
   train_paths = c.data.sudoku_train.split(",")
   assert len(train_paths) == 2 and c.data.sudoku_eval not in train_paths
-  if SHARED_DATA.is_dir():
-    for p in train_paths + [c.data.sudoku_eval]:
-      assert Path(p).resolve().parent == SHARED_DATA.resolve() and Path(p).is_file(), p
+  names = sorted(Path(p).name for p in train_paths + [c.data.sudoku_eval])
+  assert names == sorted(p.name for p in SUDOKU_CSV.parent.glob("*.csv"))
   assert [s for s in config_lib.parse_eval_settings(c.eval.settings)] == [
       (o, n) for n in (5, 10, 20) for o in ("top_prob", "top_prob_margin")]
 
@@ -115,9 +112,9 @@ def test_text8_local_train_and_bpc(tmp_path):
 
   result = json.loads((workdir / "eval.json").read_text())
   nelbo = result["nelbo"]
-  from vmd_jax.data import text8
-  test_chars = len(text8.read_local_text(TEXT8_FIXTURE))
-  s, e = text8.split_bounds(test_chars)["test"]
+  from vmd_jax.data import text_sources
+  test_chars = len(text_sources.read_local_text(TEXT8_FIXTURE))
+  s, e = text_sources.split_bounds(test_chars)["test"]
   assert nelbo["eval_tokens"] == e - s
   assert 0 < nelbo["nelbo_bits_per_token"] < 20
   assert nelbo["nelbo_bits_per_token_stderr"] > 0

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from vmd_jax import checkpoint, config as config_lib, train
+from vmd_jax.trainer import build, checkpoint, config as config_lib, state as state_lib, train
 from vmd_jax.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,13 +69,13 @@ class Interrupt(Exception):
 
 def final_params(workdir):
   c = tiny_config("md4")
-  state = train.init_state(*_model_and_tx(c), jax.random.key(0), np.zeros((1, 2), np.int32))
+  state = state_lib.init_state(*_model_and_tx(c), jax.random.key(0), np.zeros((1, 2), np.int32))
   return checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).restore(state)
 
 
 def _model_and_tx(c):
-  from vmd_jax import builders
-  return builders.build_model(c, builders.build_dataset(c)), train.make_optimizer(c.train)
+  data = build.build_dataset(c)
+  return build.build_model(c, data.vocab_size, data.seq_len), state_lib.make_optimizer(c.train)
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -123,17 +123,17 @@ import jax, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 from test_train import tiny_config, _model_and_tx
-from vmd_jax import builders, train
+from vmd_jax.trainer import build, state as state_lib, train
 assert jax.device_count() == 8
 c = tiny_config("vmd")
 model, tx = _model_and_tx(c)
-data = builders.build_dataset(c)
+data = build.build_dataset(c)
 x0 = data.train_batch(0, 32)["x0"]
 losses = []
 for devices in (jax.devices()[:1], jax.devices()):
   mesh = train.make_mesh(devices)
   rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  state = jax.jit(lambda k: train.init_state(model, tx, k, x0[:1]), out_shardings=rep)(jax.random.key(0))
+  state = jax.jit(lambda k: state_lib.init_state(model, tx, k, x0[:1]), out_shardings=rep)(jax.random.key(0))
   step = jax.jit(train.make_train_step(model, tx, 0, 0.9), in_shardings=(rep, dat), out_shardings=(rep, rep))
   for i in range(3):
     state, m = step(state, jax.device_put(data.train_batch(i, 32)["x0"], dat))

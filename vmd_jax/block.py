@@ -3,7 +3,7 @@
 Pure JAX over callables, no config. Tokens x_0 in {0..V-1}^L, mask id V, L split
 into K = L / L' blocks of L' tokens; x^b is block b, x^{<b} the blocks before it.
 
-Likelihood (PAPERS.md section 3):
+Likelihood (Arriola et al. 2025, arXiv:2503.09573):
 
   log p(x_0) = sum_b log p(x^b | x^{<b}),
 
@@ -32,37 +32,37 @@ The callable interface (``BlockDenoiseFn``), shared by the loss and the sampler:
 ``kv_prefix`` is None or, per layer, (k, v) [B, M, ...] of M earlier tokens; the
 mask covers [prefix keys ; own keys]. ``z`` (VMD) is a latent per token
 [B, n, D], only passed when the caller gives one. ``denoiser_fns`` builds both
-from a ``vmd_jax.models.Denoiser`` and its params.
+from a ``vmd_jax.networks.Denoiser`` and its params (``vmd_jax.networks.adapters``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from vmd_jax.forward import mask_tokens
-from vmd_jax.losses import (DiagonalGaussian, _diffusion_weight, free_bits_kl, stratified_times,
-                            token_log_likelihood)
+from vmd_jax.forward import check_tokens, mask_tokens
+from vmd_jax.losses import (DiagonalGaussian, diffusion_weight, nelbo_from_logits,
+                            stratified_times, with_latent_kl)
 from vmd_jax.sampling import sample
 
 BlockDenoiseFn = Callable[..., jax.Array]
 PrefillFn = Callable[..., list]
 
 
-def _num_blocks(seq_len: int, block_size: int) -> int:
-  if block_size < 1 or seq_len % block_size:
-    raise ValueError(f"block_size must be >= 1 and divide seq_len={seq_len}, "
-                     f"got block_size={block_size}")
+def num_blocks(seq_len: int, block_size: int) -> int:
+  """K = L / L'. The one place that checks that L' >= 1 divides L."""
+  if not isinstance(block_size, int) or block_size < 1 or seq_len % block_size:
+    raise ValueError(f"block_size must be an int >= 1 that divides the sequence length "
+                     f"{seq_len}, got block_size={block_size!r}")
   return seq_len // block_size
 
 
 def block_ids(seq_len: int, block_size: int):
   """The block of every position, n // L', int32 [L]."""
-  _num_blocks(seq_len, block_size)
+  num_blocks(seq_len, block_size)
   return jnp.arange(seq_len, dtype=jnp.int32) // block_size
 
 
@@ -138,22 +138,22 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
   """
   chex.assert_rank(x0, 2)
   batch_size, seq_len = x0.shape
-  num_blocks = _num_blocks(seq_len, block_size)
+  blocks = num_blocks(seq_len, block_size)
   beta, omega = clip
   if not 0.0 <= beta < omega <= 1.0:
     raise ValueError(f"clip must be (beta, omega) with 0 <= beta < omega <= 1, got {clip}")
   t_key, noise_key = jax.random.split(key) if key is not None else (None, None)
   if t is None:
-    keys = jax.random.split(t_key, num_blocks)
+    keys = jax.random.split(t_key, blocks)
     if antithetic:
       t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(keys)
     else:
-      t = jax.random.uniform(t_key, (batch_size, num_blocks))
+      t = jax.random.uniform(t_key, (batch_size, blocks))
   t = jnp.asarray(t, jnp.float32)
-  chex.assert_shape(t, (batch_size, num_blocks))
+  chex.assert_shape(t, (batch_size, blocks))
   if (beta, omega) != (0.0, 1.0):
     t = schedule.inverse(1.0 - (beta + (omega - beta) * t))
-  t, weight = _diffusion_weight(schedule, t, num_steps)  # [B, K] each
+  t, weight = diffusion_weight(schedule, t, num_steps)  # [B, K] each
 
   if noise is None:
     noise = jax.random.uniform(noise_key, x0.shape)
@@ -164,6 +164,7 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
             jnp.zeros((1, 2 * seq_len), jnp.int32), jnp.zeros((2 * seq_len,) * 2, bool))
     kw = {} if z is None else {"z": jnp.zeros(z.shape[:1] + (2 * seq_len,) + z.shape[2:])}
     vocab_size = jax.eval_shape(lambda *a: denoise_fn(*a, **kw), *args).shape[-1]
+  check_tokens(x0, vocab_size, name="x0")
   # x_t block by block: each block is an MD4 forward draw at its own time.
   xt = mask_tokens(x0.reshape(-1, block_size), t.reshape(-1), schedule, vocab_size,
                    noise=noise.reshape(-1, block_size)).reshape(x0.shape)
@@ -182,19 +183,10 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
   chex.assert_shape(logits, (batch_size, 2 * seq_len, vocab_size))
   logits = logits[:, :seq_len]
 
-  masked = (xt == vocab_size).astype(jnp.float32)
-  diffusion_per_token = (-per_token(weight, block_size)
-                         * token_log_likelihood(logits, x0) * masked)
-  log_v = math.log(vocab_size)
-  one = jnp.ones((batch_size,), jnp.float32)
-  recon = one * seq_len * (1.0 - schedule.alpha(jnp.float32(0.0))) * log_v
-  prior = one * seq_len * schedule.alpha(jnp.float32(1.0)) * log_v
-  per_tok = diffusion_per_token + ((recon + prior) / seq_len)[:, None]
-  diffusion = jnp.sum(diffusion_per_token, axis=-1)
-  return {"diffusion": diffusion, "reconstruction": recon, "prior": prior,
-          "nelbo": diffusion + recon + prior, "per_token": per_tok,
-          "per_block": per_tok.reshape(batch_size, num_blocks, block_size).sum(-1),
-          "t": t, "xt": xt}
+  terms = nelbo_from_logits(logits, x0, xt, per_token(weight, block_size), schedule,
+                            vocab_size)
+  per_block = terms["per_token"].reshape(batch_size, blocks, block_size).sum(-1)
+  return {**terms, "per_block": per_block, "t": t, "xt": xt}
 
 
 def block_nelbo(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size: int, **kwargs):
@@ -228,39 +220,14 @@ def block_vmd_loss(denoise_fn: BlockDenoiseFn, encode_fn: Callable, x0, key, sch
   z_key, key = jax.random.split(key)
   posterior = DiagonalGaussian(*encode_fn(x0))
   chex.assert_rank(posterior.mean, 3)
-  chex.assert_axis_dimension(posterior.mean, 1, _num_blocks(x0.shape[1], block_size))
+  chex.assert_axis_dimension(posterior.mean, 1, num_blocks(x0.shape[1], block_size))
   z = posterior.sample(z_key)
   terms = block_nelbo_terms(denoise_fn, x0, key, schedule, block_size, z=z, **kwargs)
-  kl_dims = posterior.kl_per_dim().reshape(x0.shape[0], -1)
-  kl = jnp.sum(kl_dims, axis=-1)
-  return {**terms, "loss": terms["nelbo"] + beta * free_bits_kl(kl_dims, free_bits),
-          "kl": kl, "bound": terms["nelbo"] + kl}
+  return with_latent_kl(terms, posterior, beta, free_bits)
 
 
 # ----------------------------------------------------------------------------
 # Sampling.
-
-
-def denoiser_fns(model, params, *, train: bool = False, rngs=None):
-  """(denoise_fn, prefill_fn) of the ``BlockDenoiseFn`` interface for a
-  ``vmd_jax.models.Denoiser`` (its latent, if any, per token: "adaln"/"add").
-
-  ``train`` turns dropout on in denoise_fn (``rngs`` then holds a "dropout" key).
-  prefill_fn runs ``apply(..., mutable=["kv_cache"])`` and returns
-  ``transformer.collect_kv`` of it: per layer the rotated (k, v) [B, n, H, Dh].
-  """
-  from vmd_jax.models.transformer import KV_COLLECTION, collect_kv  # Flax lives there
-
-  def denoise_fn(x, t, positions, mask, kv_prefix=None, *, z=None):
-    return model.apply(params, x, t, z, positions=positions, attention_mask=mask,
-                       kv_prefix=kv_prefix, train=train, rngs=rngs)
-
-  def prefill_fn(x, t, positions, mask, kv_prefix=None, *, z=None):
-    _, state = model.apply(params, x, t, z, positions=positions, attention_mask=mask,
-                           kv_prefix=kv_prefix, mutable=[KV_COLLECTION])
-    return collect_kv(state[KV_COLLECTION])
-
-  return denoise_fn, prefill_fn
 
 
 def _z_kw(z, block_index, block_size, length=None):
@@ -373,7 +340,7 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
   """
   chex.assert_rank(x_init, 2)
   batch_size, seq_len = x_init.shape
-  num_blocks = _num_blocks(seq_len, block_size)
+  blocks = num_blocks(seq_len, block_size)
   if use_cache and prefill_fn is None:
     raise ValueError("use_cache=True needs a prefill_fn")
   if vocab_size is None:
@@ -381,6 +348,7 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
         lambda x: uncached_block_logits(denoise_fn, x[:, :block_size], jnp.zeros(batch_size),
                                         0, x, block_size, z=z), x_init)
     vocab_size = probe.shape[-1]
+  check_tokens(x_init, vocab_size, allow_mask=True, name="x_init")
   cache = init_kv_cache(prefill_fn, x_init, z=z) if use_cache else None
 
   def step(carry, b):
@@ -397,11 +365,11 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
     x = jax.lax.dynamic_update_slice_in_dim(x, x_block, b * block_size, axis=1)
     if use_cache:
       cache = jax.lax.cond(
-          b < num_blocks - 1,
+          b < blocks - 1,
           lambda c: prefill_block(prefill_fn, x_block, b, c, block_size, z=z),
           lambda c: c, cache)
     return (x, cache, nfe + calls), None
 
   (x, _, nfe), _ = jax.lax.scan(step, (x_init, cache, jnp.int32(0)),
-                                jnp.arange(num_blocks, dtype=jnp.int32))
+                                jnp.arange(blocks, dtype=jnp.int32))
   return (x, nfe) if return_nfe else x

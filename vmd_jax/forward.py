@@ -1,36 +1,96 @@
-"""The forward (masking) process of masked diffusion.
+"""The forward (masking) process of masked diffusion and its token conventions.
 
 q(x_t^n | x_0^n) = alpha(t) [x_t^n = x_0^n] + (1 - alpha(t)) [x_t^n = m],
 independently for every position n, where the mask id m is the vocabulary size V
 (tokens are 0..V-1). A position is masked when its uniform noise u^n satisfies
 u^n >= alpha(t), so the caller can pass the noise explicitly and get an exact,
 reproducible x_t.
+
+Token checks. Every entry point of the library (``md4_nelbo``, ``vmd_loss``,
+``block_nelbo``, ``block_vmd_loss``, ``sample``, ``block_sample``, the Prime and
+GenMD4 functions) calls ``check_tokens`` on its token arguments. On concrete
+arrays (no ``jax.jit``) a bad token raises ``ValueError`` naming the argument, the
+value and its position. Inside ``jax.jit`` values cannot be inspected; wrap the
+function with ``checked`` to get the same error from compiled code:
+
+>>> import jax, jax.numpy as jnp
+>>> from vmd_jax import forward
+>>> def f(x):
+...   forward.check_tokens(x, 4, name="x0")
+...   return x + 1
+>>> err, _ = jax.jit(forward.checked(f))(jnp.array([[0, 1, 5]]))
+>>> print(err.get().splitlines()[0])
+x0 holds token 5 at (0, 2), outside [0, 3] (V = 4) (`check` failed)
 """
 
 from __future__ import annotations
+
+import contextvars
+import functools
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
+
+_CHECKING = contextvars.ContextVar("vmd_jax_token_checks", default=False)
+
+
+def _allowed(vocab_size: int, allow_mask: bool) -> str:
+  if allow_mask:
+    return f"[0, {vocab_size}] (V = {vocab_size}, mask id {vocab_size})"
+  return f"[0, {vocab_size - 1}] (V = {vocab_size})"
 
 
 def check_tokens(x, vocab_size: int, *, allow_mask: bool = False, name: str = "x"):
-  """Raises ValueError if concrete tokens fall outside [0, V) (or [0, V] with masks).
+  """Checks that integer tokens lie in [0, V) (or [0, V] with ``allow_mask``).
 
-  A no-op on traced values (inside jit), where values cannot be inspected; the
-  data pipelines call it on every batch they load.
+  Concrete arrays: raises ``ValueError`` naming ``name``, the first bad value and
+  its index. Traced arrays (inside ``jax.jit``): a ``checkify`` check when the
+  caller is wrapped by ``checked``, else nothing (values cannot be inspected).
   """
+  hi = vocab_size if allow_mask else vocab_size - 1
   if isinstance(x, jax.core.Tracer):
+    if _CHECKING.get():
+      bad = (x < 0) | (x > hi)
+      flat = jnp.argmax(bad.ravel())
+      index = jnp.unravel_index(flat, x.shape)
+      where = ", ".join("{i%d}" % k for k in range(x.ndim))
+      checkify.check(~jnp.any(bad),
+                     f"{name} holds token {{v}} at ({where}), outside "
+                     f"{_allowed(vocab_size, allow_mask)}",
+                     v=x.ravel()[flat], **{f"i{k}": i for k, i in enumerate(index)})
     return
   x = np.asarray(x)
   if not np.issubdtype(x.dtype, np.integer):
     raise ValueError(f"{name} must hold integer tokens, got dtype {x.dtype}")
-  hi = vocab_size if allow_mask else vocab_size - 1
-  if x.size and (x.min() < 0 or x.max() > hi):
-    bad = x[(x < 0) | (x > hi)].ravel()[:5]
-    allowed = f"[0, {vocab_size}] (mask id {vocab_size})" if allow_mask else f"[0, {vocab_size - 1}]"
-    raise ValueError(f"{name} holds tokens outside the vocabulary {allowed}: {bad.tolist()}")
+  bad = (x < 0) | (x > hi)
+  if bad.any():
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{name} holds token {int(x[index])} at {index}, outside "
+                     f"{_allowed(vocab_size, allow_mask)}")
+
+
+def checked(fn):
+  """``checkify``-wrapped ``fn`` whose token checks also run under ``jax.jit``.
+
+  ``err, out = jax.jit(checked(fn))(*args)``; ``err.throw()`` raises the check's
+  message (``checkify.JaxRuntimeError``), ``err.get()`` returns it or None.
+  """
+  @functools.wraps(fn)
+  def with_checks(*args, **kwargs):
+    token = _CHECKING.set(True)
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _CHECKING.reset(token)
+  return checkify.checkify(with_checks, errors=checkify.user_checks)
+
+
+def infer_vocab_size(denoise_fn, *args, **kwargs) -> int:
+  """V, the last axis of ``denoise_fn(*args, **kwargs)``'s logits (no compute)."""
+  return jax.eval_shape(functools.partial(denoise_fn, **kwargs), *args).shape[-1]
 
 
 def mask_tokens(x0, t, schedule, mask_id: int, *, key=None, noise=None):

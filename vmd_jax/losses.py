@@ -40,7 +40,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from vmd_jax.forward import mask_tokens
+from vmd_jax.forward import check_tokens, infer_vocab_size, mask_tokens
 
 DenoiseFn = Callable[..., jax.Array]
 
@@ -77,10 +77,6 @@ def bits_per_token(nats, num_tokens):
   return nats / (num_tokens * math.log(2.0))
 
 
-def _infer_vocab_size(denoise_fn, *args) -> int:
-  return jax.eval_shape(denoise_fn, *args).shape[-1]
-
-
 def _draw_times(key, batch_size, t, antithetic):
   if t is not None:
     return key, jnp.asarray(t, jnp.float32)
@@ -90,8 +86,12 @@ def _draw_times(key, batch_size, t, antithetic):
   return key, jax.random.uniform(t_key, (batch_size,))
 
 
-def _diffusion_weight(schedule, t, num_steps):
-  """Returns (the time of x_t, the weight on its masked cross-entropy)."""
+def diffusion_weight(schedule, t, num_steps: int | None):
+  """(the time of x_t, the weight on its masked cross-entropy), same shape as t.
+
+  Continuous time: (t, -alpha'(t) / (1 - alpha(t))). T steps: (t', T (alpha(s) -
+  alpha(t')) / (1 - alpha(t'))) with t', s from ``discretize_times``.
+  """
   if num_steps is None:
     return t, schedule.weight(t)
   t_disc, s = discretize_times(t, num_steps)
@@ -99,13 +99,29 @@ def _diffusion_weight(schedule, t, num_steps):
   return t_disc, num_steps * (alpha_s - alpha_t) / (1.0 - alpha_t)
 
 
-def _nelbo_at(denoise_fn, x0, xt, t, weight, schedule, vocab_size):
-  """The NELBO's terms given the draw x_t at time t (see the module docstring)."""
+def nelbo_from_logits(logits, x0, xt, weight, schedule, vocab_size: int) -> dict:
+  """The NELBO's terms given one draw x_t and the denoiser's logits on it.
+
+  The core shared by MD4, VMD and block diffusion (module docstring):
+
+    diffusion = sum_{n: x_t^n = m} w^n * -log p(x_0^n | x_t),
+    reconstruction = N (1 - alpha(0)) log V,   prior = N alpha(1) log V.
+
+  Args:
+    logits: float [B, N, V].
+    x0, xt: int [B, N] clean and masked tokens.
+    weight: float [B] (one time per sequence) or [B, N] (per token, blocks).
+    schedule: the ``Schedule``; vocab_size: V.
+
+  Returns:
+    dict of float32 [B]: ``diffusion``, ``reconstruction``, ``prior``, ``nelbo``;
+    and ``per_token`` [B, N], each token's share (summing to ``nelbo``).
+  """
   batch_size, num_tokens = x0.shape
-  logits = denoise_fn(xt, t)
   chex.assert_shape(logits, (batch_size, num_tokens, vocab_size))
+  weight = weight[:, None] if weight.ndim == 1 else weight
   masked = (xt == vocab_size).astype(jnp.float32)
-  diffusion_per_token = -weight[:, None] * token_log_likelihood(logits, x0) * masked
+  diffusion_per_token = -weight * token_log_likelihood(logits, x0) * masked
   diffusion = jnp.sum(diffusion_per_token, axis=-1)
   log_v = math.log(vocab_size)
   one = jnp.ones((batch_size,), jnp.float32)
@@ -113,7 +129,7 @@ def _nelbo_at(denoise_fn, x0, xt, t, weight, schedule, vocab_size):
   prior = one * num_tokens * schedule.alpha(jnp.float32(1.0)) * log_v
   per_token = diffusion_per_token + ((recon + prior) / num_tokens)[:, None]
   return {"diffusion": diffusion, "reconstruction": recon, "prior": prior,
-          "nelbo": diffusion + recon + prior, "per_token": per_token, "t": t}
+          "nelbo": diffusion + recon + prior, "per_token": per_token}
 
 
 def md4_nelbo_terms(denoise_fn: DenoiseFn, x0, key, schedule, *,
@@ -143,10 +159,12 @@ def md4_nelbo_terms(denoise_fn: DenoiseFn, x0, key, schedule, *,
   batch_size = x0.shape[0]
   key, t = _draw_times(key, batch_size, t, antithetic)
   if vocab_size is None:
-    vocab_size = _infer_vocab_size(denoise_fn, x0, t)
-  t, weight = _diffusion_weight(schedule, t, num_steps)
+    vocab_size = infer_vocab_size(denoise_fn, x0, t)
+  check_tokens(x0, vocab_size, name="x0")
+  t, weight = diffusion_weight(schedule, t, num_steps)
   xt = mask_tokens(x0, t, schedule, vocab_size, key=key, noise=noise)
-  return _nelbo_at(denoise_fn, x0, xt, t, weight, schedule, vocab_size)
+  return {**nelbo_from_logits(denoise_fn(xt, t), x0, xt, weight, schedule, vocab_size),
+          "t": t}
 
 
 def md4_nelbo(denoise_fn: DenoiseFn, x0, key, schedule, **kwargs):
@@ -211,7 +229,7 @@ def vmd_loss(denoise_fn: DenoiseFn, encode_fn: Callable, x0, key, schedule, *,
       x_0 alone ignores its last two arguments.
     x0, key, schedule, vocab_size, t, noise, num_steps, antithetic: as in
       ``md4_nelbo_terms``.
-    beta: weight of the KL term (PAPERS.md section 5: 0.1 works, 1 collapses).
+    beta: weight of the KL term (README "VMD settings": 0.1 works, 1 collapses).
     free_bits: nats per latent dimension below which the KL is not penalised.
 
   Returns:
@@ -226,16 +244,27 @@ def vmd_loss(denoise_fn: DenoiseFn, encode_fn: Callable, x0, key, schedule, *,
   key, t = _draw_times(key, batch_size, t, antithetic)
   if vocab_size is None:
     stats = jax.eval_shape(encode_fn, x0, x0, t)
-    vocab_size = _infer_vocab_size(denoise_fn, x0, t, stats[0])
+    vocab_size = infer_vocab_size(denoise_fn, x0, t, stats[0])
+  check_tokens(x0, vocab_size, name="x0")
   mask_key, z_key = jax.random.split(key)
-  t, weight = _diffusion_weight(schedule, t, num_steps)
+  t, weight = diffusion_weight(schedule, t, num_steps)
   xt = mask_tokens(x0, t, schedule, vocab_size, key=mask_key, noise=noise)
   posterior = DiagonalGaussian(*encode_fn(x0, xt, t))
   chex.assert_rank(posterior.mean, 2)
   z = posterior.sample(z_key)
-  terms = _nelbo_at(lambda x, s: denoise_fn(x, s, z), x0, xt, t, weight, schedule,
-                    vocab_size)
-  kl_dims = posterior.kl_per_dim()
+  terms = nelbo_from_logits(denoise_fn(xt, t, z), x0, xt, weight, schedule, vocab_size)
+  return {**with_latent_kl(terms, posterior, beta, free_bits), "t": t}
+
+
+def with_latent_kl(terms: dict, posterior: DiagonalGaussian, beta: float,
+                   free_bits: float) -> dict:
+  """Adds VMD's latent terms to a z-conditioned NELBO's ``terms``:
+
+    kl = KL(q(z | .) || N(0, I)) summed over every latent (and block), [B];
+    loss = nelbo + beta * free_bits_kl;  bound = nelbo + kl.
+  """
+  batch_size = terms["nelbo"].shape[0]
+  kl_dims = posterior.kl_per_dim().reshape(batch_size, -1)
   kl = jnp.sum(kl_dims, axis=-1)
   return {**terms, "loss": terms["nelbo"] + beta * free_bits_kl(kl_dims, free_bits),
           "kl": kl, "bound": terms["nelbo"] + kl}

@@ -42,6 +42,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from vmd_jax.forward import check_tokens, infer_vocab_size
 from vmd_jax.schedules import time_grid
 
 ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
@@ -122,7 +123,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   batch_size, length = x_init.shape
   t_shape = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
   if vocab_size is None:
-    vocab_size = jax.eval_shape(denoise_fn, x_init, t_shape).shape[-1]
+    vocab_size = infer_vocab_size(denoise_fn, x_init, t_shape)
+  check_tokens(x_init, vocab_size, allow_mask=True, name="x_init")
   mask_id = vocab_size
 
   if order == "first_hitting":

@@ -38,6 +38,16 @@ class Dataset(abc.ABC):
   def eval_batches(self, batch_size: int) -> Iterator[Batch]:
     """The evaluation split once, in fixed order; every batch has ``batch_size`` rows."""
 
+  @abc.abstractmethod
+  def score_samples(self, draw, key, eval_config, figure_path=None) -> dict:
+    """This dataset's measure of sample quality, as a JSON-ready dict.
+
+    ``draw(key, x_init int [B, N]) -> (samples int [B, N], calls)`` generates the
+    masked positions (mask id ``vocab_size``) of ``x_init``; ``eval_config`` is
+    the run's ``config.eval`` (``num_samples``, ``batch_size``, ...);
+    ``figure_path``: where a dataset that draws a figure of its samples puts it.
+    """
+
 
 def rng_for_step(seed: int, step: int) -> np.random.Generator:
   """An independent numpy generator for each (seed, step)."""

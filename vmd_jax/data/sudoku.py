@@ -1,6 +1,6 @@
 """Sudoku puzzles and solutions from CSV files, and the solved-puzzle metric.
 
-File format (the files in shared/data): one header line, ``quizzes,solutions``
+File format: one header line, ``quizzes,solutions``
 or ``puzzle,solution``, then one row per puzzle, ``<puzzle>,<solution>``, LF or
 CRLF line endings. Each field is 81 characters, the grid row-major. Puzzle
 cells are ``1``-``9`` (a given) or ``0``/``.`` (empty); solution cells are ``1``-``9``.
@@ -54,7 +54,9 @@ def _unit_errors(grids: np.ndarray, first: int) -> dict[str, np.ndarray]:
 
 def _read_lines(path: Path) -> list[str]:
   if not path.is_file():
-    raise FileNotFoundError(f"Sudoku file not found: {path}")
+    raise FileNotFoundError(f"Sudoku file not found: {path} (get the public puzzles with "
+                            "`bash launch/get_sudoku.sh DIR`, or point config.data."
+                            "sudoku_train / sudoku_eval at your CSV files)")
   data = path.read_bytes()
   try:
     text = data.decode("utf-8-sig")
@@ -203,3 +205,35 @@ class SudokuDataset(base.Dataset):
       yield {"x0": np.concatenate([x0, np.zeros((pad, SEQ_LEN), np.int32)]),
              "given": np.concatenate([given, np.zeros((pad, SEQ_LEN), bool)]),
              "weight": weight}
+
+  def score_samples(self, draw, key, eval_config, figure_path=None) -> dict:
+    """The fraction of evaluation puzzles solved (``sudoku_accuracy``) from their
+    givens, with the empty cells masked."""
+    import jax
+    solved, total, calls = 0.0, 0.0, []
+    for i, batch in enumerate(self.eval_batches(eval_config.batch_size)):
+      x_init = np.where(batch["given"], batch["x0"], VOCAB_SIZE).astype(np.int32)
+      x, n = draw(jax.random.fold_in(key, i), x_init)
+      real = batch["weight"].max(-1) > 0
+      solved += sudoku_accuracy(np.asarray(x), batch["x0"], batch["given"],
+                                batch["weight"]) * real.sum()
+      total += real.sum()
+      calls.append(int(n))
+    return {"accuracy": solved / total, "num_puzzles": int(total), "nfe": max(calls)}
+
+
+def from_config(data_config, seed: int) -> SudokuDataset:
+  """The registry entry: ``data.sudoku_train`` (comma-separated CSV paths),
+  ``data.sudoku_eval``, ``data.num_eval`` (0: all rows), ``data.sudoku_augment``."""
+  train = [p.strip() for p in data_config.sudoku_train.split(",") if p.strip()]
+  return SudokuDataset(train, data_config.sudoku_eval, seed=seed,
+                       num_eval=data_config.num_eval or None,
+                       augment=data_config.sudoku_augment)
+
+
+def render(tokens) -> str:
+  """A grid of 81 tokens (0..8, mask 9) as nine lines of digits, ``.`` for a mask."""
+  digits = ["." if v == VOCAB_SIZE else str(int(v) + 1) for v in np.asarray(tokens).ravel()]
+  rows = [" ".join("".join(digits[r * 9 + c:r * 9 + c + 3]) for c in (0, 3, 6))
+          for r in range(9)]
+  return "\n".join(rows)

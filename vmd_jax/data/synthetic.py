@@ -1,4 +1,4 @@
-"""Synthetic joints over V^N sequences (VMD paper, PAPERS.md §2) and their metrics.
+"""Synthetic joints over V^N sequences (VMD paper, Zhang et al. 2025, arXiv:2510.23606) and their metrics.
 
 A joint is a probability vector ``probs`` of length V^N: entry j is the
 probability of ``exact.all_sequences(V, N)[j]``, the base-V digits of j
@@ -24,7 +24,6 @@ import numpy as np
 
 from vmd_jax import exact
 from vmd_jax.data import base
-from vmd_jax.data.atomic import atomic_write_path
 
 SUM_TOLERANCE = 1e-6
 # Evaluation samples come from base.rng_for_step(eval_seed, EVAL_STEP): no
@@ -118,11 +117,31 @@ class ProbabilityTable(base.Dataset):
       x0 = np.concatenate([x0, np.zeros((batch_size - real, self.seq_len), np.int32)])
       yield {"x0": x0, "weight": weight}
 
+  def score_samples(self, draw, key, eval_config, figure_path=None) -> dict:
+    """``eval_config.num_samples`` unconditional samples drawn in batches of
+    ``eval_config.batch_size``: ``synthetic_metrics`` (accuracy, KL, TV), the
+    calls made and, for 2-token joints with ``figure_path``, a PNG of the joint."""
+    import jax
+    chunks, calls = [], []
+    for i in range(0, eval_config.num_samples, eval_config.batch_size):
+      rows = min(eval_config.batch_size, eval_config.num_samples - i)
+      x_init = np.full((rows, self.seq_len), self.vocab_size, np.int32)
+      x, n = draw(jax.random.fold_in(key, i), x_init)
+      chunks.append(np.asarray(x))
+      calls.append(int(n))
+    samples = np.concatenate(chunks)
+    if figure_path is not None and self.seq_len == 2:
+      save_joint_figure(self.probs, samples, self.vocab_size, figure_path,
+                        title=Path(figure_path).stem)
+    return {**synthetic_metrics(self.probs, samples, self.vocab_size), "nfe": max(calls),
+            "num_samples": len(samples)}
 
-def from_npy(path: str | os.PathLike, vocab_size: int, seq_len: int, seed: int = 0,
+
+def from_npy(path: str | os.PathLike, vocab_size: int = 0, seq_len: int = 0, seed: int = 0,
              **kwargs) -> ProbabilityTable:
-  """A table from a ``.npy`` file holding float [V^N] or (V,)*N; kwargs go to
-  ``ProbabilityTable``. Missing file -> FileNotFoundError; bad contents ->
+  """A table from a ``.npy`` file holding float (V,)*N (V and N read from its
+  shape) or [V^N] (then ``vocab_size`` and ``seq_len`` must be given); kwargs go
+  to ``ProbabilityTable``. Missing file -> FileNotFoundError; bad contents ->
   ValueError naming the file."""
   path = Path(path)
   if not path.is_file():
@@ -131,6 +150,11 @@ def from_npy(path: str | os.PathLike, vocab_size: int, seq_len: int, seed: int =
     probs = np.load(path, allow_pickle=False)
   except ValueError as e:
     raise ValueError(f"{path}: not a numeric .npy array ({e})") from e
+  if not (vocab_size and seq_len):
+    if probs.ndim < 2 or len(set(probs.shape)) != 1:
+      raise ValueError(f"{path}: a table of shape {probs.shape} needs config.data.vocab_size "
+                       "and config.data.seq_len (or save it with shape (V,) * N)")
+    vocab_size, seq_len = probs.shape[0], probs.ndim
   kwargs.setdefault("name", str(path))
   return ProbabilityTable(probs, vocab_size, seq_len, seed=seed, **kwargs)
 
@@ -244,5 +268,22 @@ def save_joint_figure(probs, samples, vocab_size: int, path: str | os.PathLike,
   fig.colorbar(image, ax=list(axes), shrink=0.85, label="probability")
   if title:
     fig.suptitle(title)
-  with atomic_write_path(path) as tmp:
-    fig.savefig(tmp, format="png", dpi=100)
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  fig.savefig(tmp, format="png", dpi=100)
+  os.replace(tmp, path)  # atomic: a reader sees the old figure or the new one
+
+
+def from_config(data_config, seed: int) -> ProbabilityTable:
+  """The registry entry: ``data.npy_path`` (a table file) or the named table
+  ``data.synthetic``; ``data.num_eval`` evaluation sequences (0: the default)."""
+  kwargs = {"num_eval": data_config.num_eval} if data_config.num_eval else {}
+  if data_config.npy_path:
+    return from_npy(data_config.npy_path, data_config.vocab_size, data_config.seq_len,
+                    seed=seed, **kwargs)
+  return get_synthetic(data_config.synthetic, seed=seed, **kwargs)
+
+
+def render(tokens) -> str:
+  """A synthetic sequence as its tokens, e.g. ``3 4 5 6``."""
+  return " ".join(str(int(v)) for v in np.asarray(tokens).ravel())

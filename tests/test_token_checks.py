@@ -1,0 +1,89 @@
+"""Every library entry point rejects tokens outside the vocabulary, naming the
+argument, the value and where; under jit, ``forward.checked`` raises the same."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import checkify
+
+from vmd_jax import block, forward, losses, sampling
+from vmd_jax.schedules import get_schedule
+
+V, N = 4, 6
+SCHEDULE = get_schedule("linear")
+
+
+def denoise(x, t, z=None):
+  return jnp.zeros(x.shape + (V,))
+
+
+def encode(x0, xt=None, t=None):
+  return jnp.zeros((x0.shape[0], 2)), jnp.zeros((x0.shape[0], 2))
+
+
+def block_denoise(x, t, positions, mask, kv=None, *, z=None):
+  return jnp.zeros(x.shape + (V,))
+
+
+def block_encode(x0):
+  return jnp.zeros((x0.shape[0], N // 2, 2)), jnp.zeros((x0.shape[0], N // 2, 2))
+
+
+KEY = jax.random.key(0)
+LOSSES = {
+    "md4_nelbo": lambda x: losses.md4_nelbo(denoise, x, KEY, SCHEDULE),
+    "vmd_loss": lambda x: losses.vmd_loss(denoise, encode, x, KEY, SCHEDULE)["loss"],
+    "block_nelbo": lambda x: block.block_nelbo(block_denoise, x, KEY, SCHEDULE, 2),
+    "block_vmd_loss": lambda x: block.block_vmd_loss(block_denoise, block_encode, x, KEY,
+                                                     SCHEDULE, 2)["loss"],
+}
+SAMPLERS = {
+    "sample": lambda x: sampling.sample(denoise, KEY, x, 3, SCHEDULE),
+    "block_sample": lambda x: block.block_sample(block_denoise, None, KEY, x, 2, 1, SCHEDULE,
+                                                 use_cache=False),
+}
+
+
+def _with(value, index=(1, 4), fill=0):
+  x = np.full((2, N), fill, np.int32)
+  x[index] = value
+  return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("value", [V, V + 3, -1])
+def test_losses_reject_tokens_outside_the_vocabulary(name, value):
+  with pytest.raises(ValueError, match=rf"x0 holds token {value} at \(1, 4\), outside \[0, 3\]"):
+    LOSSES[name](_with(value))
+  assert np.all(np.isfinite(LOSSES[name](_with(2))))  # in range: fine
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("value", [V + 1, -2])
+def test_samplers_reject_bad_initial_tokens(name, value):
+  with pytest.raises(ValueError, match=rf"x_init holds token {value} at \(1, 4\), outside "
+                                       rf"\[0, 4\] \(V = 4, mask id 4\)"):
+    SAMPLERS[name](_with(value, fill=V))
+  x = SAMPLERS[name](_with(1, fill=V))  # masks and a prompt token: fine
+  assert int(x.max()) < V and int(x[1, 4]) == 1
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_checked_mode_raises_the_same_error_under_jit(name):
+  fn = jax.jit(forward.checked(LOSSES[name]))
+  err, _ = fn(_with(V))
+  with pytest.raises(checkify.JaxRuntimeError, match=r"x0 holds token 4 at \(1, 4\)"):
+    err.throw()
+  err, out = fn(_with(3))
+  assert err.get() is None and np.all(np.isfinite(out))
+
+
+def test_checked_sampler_under_jit():
+  err, _ = jax.jit(forward.checked(SAMPLERS["sample"]))(_with(7, index=(0, 2), fill=V))
+  assert "x_init holds token 7 at (0, 2)" in err.get()
+
+
+def test_check_tokens_rejects_float_tokens():
+  with pytest.raises(ValueError, match="x0 must hold integer tokens, got dtype float32"):
+    forward.check_tokens(np.zeros((1, 2), np.float32), V, name="x0")

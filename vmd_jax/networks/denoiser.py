@@ -1,0 +1,166 @@
+"""The masked-diffusion denoiser p_theta(x_0 | x_t, t [, z]) (md4's DiT-style model).
+
+  h = Embed_{V+1}(x_t)                                  [B, N, W]
+  c = MLP(sinusoid(1000 t)) [+ Dense(z) if latent_mode = "adaln"]   [B, C]
+  h = Transformer(h, c)   (adaLN-zero blocks, RoPE, final modulated LayerNorm)
+  logits = Dense_V(h)     zero-initialised, float32 [B, N, V]
+
+The head covers the V tokens only (the mask id V is never predicted), and at
+initialisation the logits are exactly 0, so MD4's NELBO is N log V.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vmd_jax.networks.transformer import Dtype, Transformer, timestep_embedding
+
+LATENT_MODES = ("adaln", "add", "prefix")
+
+
+def _per_token(x):
+  """[B, C] -> [B, 1, C]; [B, N, C] unchanged."""
+  return x[:, None] if x.ndim == 2 else x
+
+
+def _prefix_mask(mask, num_queries: int, num_keys: int):
+  """Adds the latent token in front of queries and keys: it attends to itself
+  only and every token attends to it; other pairs follow ``mask``."""
+  if mask is None:
+    mask = jnp.ones((1, 1, num_queries, num_keys), bool)
+  mask = jnp.broadcast_to(mask, mask.shape[:2] + (num_queries, num_keys))
+  mask = jnp.pad(mask, ((0, 0), (0, 0), (1, 0), (1, 0)), constant_values=False)
+  return mask.at[..., 0].set(True)
+
+
+class Denoiser(nn.Module):
+  """Bidirectional transformer denoiser, optionally conditioned on a latent z.
+
+  Attributes:
+    vocab_size: V; inputs are ids in [0, V], V being the mask.
+    width, depth, num_heads: transformer size (width divisible by num_heads,
+      width / num_heads even for RoPE).
+    mlp_ratio: the GLU's hidden size is int(mlp_ratio * width) (md4: 8/3, which
+      gives its 2048 at width 768).
+    dropout_rate: dropout after attention and MLP (active with ``train=True``,
+      which then needs a "dropout" rng).
+    dtype: compute dtype (e.g. jnp.bfloat16); params are ``param_dtype``.
+    time_conditioning: feed t to adaLN; without it c = 0 (plus the latent).
+    cond_dim: C, the size of the conditioning vector c that drives adaLN;
+      None: width (md4's text8 model uses 64).
+    absolute_positions: add sinusoidal features of ``positions`` to the token
+      embeddings. RoPE alone is blind to absolute position when every token is
+      the mask, so without them an all-mask input gets the same distribution at
+      every position (fatal for one-step generation from z).
+    learned_positions: P > 0 adds a learned embedding of each position in
+      [0, P) instead of the sinusoidal one (e.g. Sudoku, whose rows, columns and
+      boxes are not a 1-D distance); 0 keeps the sinusoid.
+    latent_dim: D, 0 for no latent.
+    latent_mode: how z enters: "adaln" (Dense(z) added to the time embedding
+      that drives adaLN), "add" (Dense(z) added to every token embedding) or
+      "prefix" (Dense(z) as one extra token in front, attending to itself only,
+      attended to by all, position 0, dropped from the output).
+  """
+
+  vocab_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  time_conditioning: bool = True
+  cond_dim: int | None = None
+  absolute_positions: bool = True
+  learned_positions: int = 0
+  latent_dim: int = 0
+  latent_mode: str = "adaln"
+
+  @nn.compact
+  def __call__(self, xt, t, z=None, *, train: bool = False, positions=None,
+               attention_mask=None, kv_prefix=None):
+    """Logits of x_0.
+
+    Args:
+      xt: int [B, N] in [0, V].
+      t: float [B] (or [B, N], a time per token, e.g. per block; or a scalar).
+      z: float [B, D] (or [B, N, D], a latent per token, for "adaln"/"add");
+        given iff latent_dim > 0.
+      train: enables dropout.
+      positions: int [B or 1, N] RoPE positions; default arange(N) (with a
+        kv_prefix of M tokens pass those of this call, e.g. M + arange(N)).
+      attention_mask: bool broadcastable to [B, heads, N, M + N] (True: may
+        attend); None lets every token see every token.
+      kv_prefix: None or, per layer, the rotated (k, v) [B, M, heads, Dh] of
+        earlier tokens, as sown into the "kv_cache" collection by an earlier call
+        (``apply(..., mutable=["kv_cache"])``, see ``transformer.collect_kv``).
+        Not with latent_mode="prefix".
+
+    Returns:
+      float32 logits [B, N, V].
+    """
+    if self.latent_mode not in LATENT_MODES:
+      raise ValueError(f"unknown latent_mode {self.latent_mode!r}; "
+                       f"accepted: {list(LATENT_MODES)}")
+    if (z is not None) != (self.latent_dim > 0):
+      raise ValueError(f"z must be given iff latent_dim > 0; latent_dim="
+                       f"{self.latent_dim}, z is {'given' if z is not None else 'None'}")
+    batch_size, length = xt.shape
+    if positions is None:
+      positions = jnp.arange(length)[None]
+    t = jnp.asarray(t, jnp.float32)
+    if t.ndim == 0:
+      t = jnp.full((batch_size,), t)
+
+    cond_dim = self.cond_dim or self.width
+    h = nn.Embed(self.vocab_size + 1, self.width, param_dtype=self.param_dtype,
+                 name="embed")(xt).astype(jnp.float32)
+    if self.learned_positions:
+      h = h + nn.Embed(self.learned_positions, self.width, param_dtype=self.param_dtype,
+                       name="position_embed")(jnp.broadcast_to(positions, xt.shape))
+    elif self.absolute_positions:
+      # RoPE alone cannot tell positions apart when every token is the mask (all
+      # values equal), so one-step generation from z would give every position
+      # the same distribution; sinusoidal absolute positions break that symmetry.
+      h = h + timestep_embedding(jnp.broadcast_to(positions, xt.shape).astype(jnp.float32),
+                                 self.width, scale=1.0)
+    if self.time_conditioning:
+      c = timestep_embedding(t)
+      c = nn.Dense(cond_dim, param_dtype=self.param_dtype, name="time_mlp_0")(c)
+      c = nn.Dense(cond_dim, param_dtype=self.param_dtype, name="time_mlp_1")(nn.silu(c))
+      c = _per_token(c)
+    else:
+      c = jnp.zeros((batch_size, 1, cond_dim), jnp.float32)
+
+    if z is not None:
+      if z.ndim not in (2, 3) or z.shape[-1] != self.latent_dim:
+        raise ValueError(f"z must be [B, latent_dim={self.latent_dim}] or "
+                         f"[B, N, latent_dim], got shape {z.shape}")
+      zp = nn.Dense(cond_dim if self.latent_mode == "adaln" else self.width,
+                    param_dtype=self.param_dtype, name="latent_proj")(z.astype(jnp.float32))
+      if self.latent_mode == "adaln":
+        c = c + _per_token(zp)
+      elif self.latent_mode == "add":
+        h = h + _per_token(zp)
+      else:
+        if z.ndim != 2:
+          raise ValueError(f"latent_mode='prefix' needs z of shape [B, D], got {z.shape}")
+        if kv_prefix is not None:
+          raise ValueError("kv_prefix is not supported with latent_mode='prefix'")
+        h = jnp.concatenate([zp[:, None], h], axis=1)
+        positions = jnp.concatenate(
+            [jnp.zeros_like(positions[:, :1]), positions], axis=1)
+        attention_mask = _prefix_mask(attention_mask, length, length)
+        if c.shape[1] > 1:
+          c = jnp.concatenate([c[:, :1], c], axis=1)
+
+    h = Transformer(self.depth, self.num_heads, self.mlp_ratio, self.dropout_rate,
+                    self.dtype, self.param_dtype, name="transformer")(
+                        h, c, positions, attention_mask, kv_prefix,
+                        deterministic=not train)
+    if self.latent_dim > 0 and self.latent_mode == "prefix":
+      h = h[:, 1:]
+    return nn.Dense(self.vocab_size, kernel_init=nn.initializers.zeros,
+                    dtype=jnp.float32, param_dtype=self.param_dtype, name="head")(h)

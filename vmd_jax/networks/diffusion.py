@@ -1,0 +1,153 @@
+"""A masked-diffusion model: Flax networks bound to the pure losses and samplers.
+
+``MaskedDiffusion`` holds a ``Denoiser`` (and for VMD a ``LatentEncoder``) and a
+schedule. It gives the trainer and the evaluator the same few calls whatever the
+model kind: ``init``, ``loss`` (a dict of named per-sequence terms), ``sample``
+and ``encode_posteriors``. Parameters are ``{"denoiser": ..., "encoder": ...}``.
+
+With ``block_size`` L' the model is block diffusion (``vmd_jax.block``): the
+block NELBO in training and evaluation, blocks generated left to right with a KV
+cache, and for VMD one latent per block (the encoder built with the same
+``block_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from vmd_jax import block, losses, sampling
+from vmd_jax.networks import adapters
+from vmd_jax.networks.denoiser import Denoiser
+from vmd_jax.networks.encoder import LatentEncoder
+from vmd_jax.schedules import Schedule
+
+Params = Any
+PriorSampler = Callable[[jax.Array, int], jax.Array]  # (key, batch) -> z [B, D]
+
+
+def standard_normal_prior(latent_dim: int) -> PriorSampler:
+  return lambda key, batch: jax.random.normal(key, (batch, latent_dim))
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedDiffusion:
+  """MD4 when ``encoder`` is None, VMD otherwise."""
+
+  denoiser: Denoiser
+  schedule: Schedule
+  encoder: LatentEncoder | None = None
+  beta: float = 0.1
+  free_bits: float = 0.0
+  loss_steps: int | None = None   # None: continuous-time NELBO
+  antithetic: bool = True
+  block_size: int | None = None   # None: one block (plain masked diffusion)
+  train_mask_rate: tuple[float, float] = (0.0, 1.0)  # block training's clipped rate
+
+  @property
+  def vocab_size(self) -> int:
+    return self.denoiser.vocab_size
+
+  @property
+  def latent_dim(self) -> int:
+    return self.encoder.latent_dim if self.encoder is not None else 0
+
+  def init(self, key, x0) -> Params:
+    """Parameters for int [B, N] inputs like ``x0``."""
+    k_den, k_enc = jax.random.split(key)
+    t = jnp.zeros((x0.shape[0],), jnp.float32)
+    z = jnp.zeros((x0.shape[0], self.latent_dim)) if self.encoder is not None else None
+    params = {"denoiser": self.denoiser.init(k_den, x0, t, z)}
+    if self.encoder is not None:
+      params["encoder"] = self.encoder.init(k_enc, x0, x0)
+    return params
+
+  def denoise_fn(self, params, *, train: bool = False, rng=None):
+    """``(x_t, t[, z]) -> logits``; dropout active when ``train`` (needs ``rng``)."""
+    return adapters.denoise_fn(self.denoiser, params["denoiser"], train=train, rng=rng)
+
+  def encode_fn(self, params, *, train: bool = False, rng=None):
+    """``(x_0, x_t, t) -> (mean, logvar)``."""
+    return adapters.encode_fn(self.encoder, params["encoder"], train=train, rng=rng)
+
+  def loss(self, params, x0, key, *, train: bool = False, t=None, noise=None):
+    """Per-sequence terms in nats, each float32 [B]; ``loss`` is what to minimise.
+
+    MD4: loss = nelbo. VMD: loss = nelbo(z) + beta * KL (see ``losses.vmd_loss``).
+    Blocks: ``block.block_nelbo_terms`` / ``block.block_vmd_loss``, whose ``t``
+    is [B, K]; with ``train`` the mask rate is drawn from ``train_mask_rate``
+    (evaluation, ``train=False``, always uses the unclipped bound).
+    """
+    key, dropout_key, enc_key = jax.random.split(key, 3)
+    common = dict(vocab_size=self.vocab_size, t=t, noise=noise,
+                  num_steps=self.loss_steps, antithetic=self.antithetic)
+    if self.block_size:
+      return self._block_loss(params, x0, key, dropout_key, enc_key, train, common)
+    denoise = self.denoise_fn(params, train=train, rng=dropout_key)
+    if self.encoder is None:
+      terms = losses.md4_nelbo_terms(denoise, x0, key, self.schedule, **common)
+      return {**terms, "loss": terms["nelbo"]}
+    encode = self.encode_fn(params, train=train, rng=enc_key)
+    return losses.vmd_loss(denoise, encode, x0, key, self.schedule, beta=self.beta,
+                           free_bits=self.free_bits, **common)
+
+  def _block_loss(self, params, x0, key, dropout_key, enc_key, train, common):
+    rngs = {"dropout": dropout_key} if train else None
+    denoise, _ = adapters.block_denoiser_fns(self.denoiser, params["denoiser"], train=train,
+                                             rngs=rngs)
+    clip = self.train_mask_rate if train else (0.0, 1.0)
+    if self.encoder is None:
+      terms = block.block_nelbo_terms(denoise, x0, key, self.schedule, self.block_size,
+                                      clip=clip, **common)
+      return {**terms, "loss": terms["nelbo"]}
+    encode = lambda x: self.encode_fn(params, train=train, rng=enc_key)(x, x, None)
+    return block.block_vmd_loss(denoise, encode, x0, key, self.schedule, self.block_size,
+                                beta=self.beta, free_bits=self.free_bits, clip=clip, **common)
+
+  def num_blocks(self, seq_len: int) -> int:
+    """K = N / L' (1 without blocks)."""
+    return block.num_blocks(seq_len, self.block_size) if self.block_size else 1
+
+  def sample(self, params, key, x_init, num_steps: int, order: str, *,
+             prior: PriorSampler | None = None, use_cache: bool = True, **sampler_kwargs):
+    """Samples (and the number of network calls) for ``x_init`` (mask id = V).
+
+    ``num_steps`` is the NFE in total: with K blocks each block gets
+    num_steps / K steps (the KV-cache prefill calls are not counted). VMD draws
+    one z per sequence (per block with blocks) from ``prior`` (default N(0, I))
+    and keeps it for every step. ``use_cache``: blocks read the clean earlier
+    blocks from a KV cache (else they are recomputed; same samples).
+    """
+    blocks = self.num_blocks(x_init.shape[1])
+    z = None
+    if self.encoder is not None:
+      z_key, key = jax.random.split(key)
+      prior = prior or standard_normal_prior(self.latent_dim)
+      z = prior(z_key, x_init.shape[0] * blocks)
+      if self.block_size:
+        z = z.reshape(x_init.shape[0], blocks, self.latent_dim)
+    if self.block_size:
+      if num_steps % blocks:
+        raise ValueError(f"NFE {num_steps} is not a multiple of the {blocks} blocks")
+      denoise, prefill = adapters.block_denoiser_fns(self.denoiser, params["denoiser"])
+      return block.block_sample(denoise, prefill, key, x_init, self.block_size,
+                                num_steps // blocks, self.schedule, order,
+                                vocab_size=self.vocab_size, use_cache=use_cache, z=z,
+                                return_nfe=True, **sampler_kwargs)
+    denoise = self.denoise_fn(params)
+    fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
+    return sampling.sample(fn, key, x_init, num_steps, self.schedule, order=order,
+                           vocab_size=self.vocab_size, return_nfe=True, **sampler_kwargs)
+
+  def encode_posteriors(self, params, x0):
+    """q(z | x_0) for a batch with x_t all masks (what an x_0-only encoder sees),
+    as ``losses.DiagonalGaussian`` [B, D] (with blocks, [B K, D]: every block's
+    latent has the same prior, so the prior is fitted to all of them)."""
+    xt = jnp.full_like(x0, self.vocab_size)
+    t = jnp.ones((x0.shape[0],), jnp.float32)
+    mean, logvar = self.encode_fn(params)(x0, xt, t)
+    return losses.DiagonalGaussian(mean.reshape(-1, self.latent_dim),
+                                   logvar.reshape(-1, self.latent_dim))

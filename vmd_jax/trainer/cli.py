@@ -1,0 +1,204 @@
+"""The command line: ``vmd-jax train | evaluate | sample`` (needs ``vmd_jax[train]``).
+
+  vmd-jax train --config=configs/synthetic_table.py --workdir=runs/table \
+      [--config.train.num_steps=100] [--distributed]
+  vmd-jax evaluate --workdir=DIR [--data=FILE] [--settings=top_prob:5,random:4]
+  vmd-jax sample --workdir=DIR [--num=16] [--steps=64] [--order=ancestral]
+
+``python -m vmd_jax.main`` is ``vmd-jax train``; ``python -m vmd_jax CMD`` is
+``vmd-jax CMD``. ``--config`` takes a config file's path or the name of one
+packaged in ``vmd_jax/configs`` (``--config=text8_vmd``). Bad input (an unknown
+or malformed config key, a missing file, a workdir that is a file) ends the
+command with one line on stderr naming the culprit and exit code 2.
+
+Multi-host: pass ``--distributed`` on every process (``jax.distributed.initialize``
+reads the coordinator from the environment on TPU pods and SLURM).
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+
+from absl import app, flags, logging
+
+from vmd_jax.trainer import config as config_lib
+
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "configs")
+DEFAULT_CONFIG = "synthetic_table"
+FLAGS = flags.FLAGS
+
+
+class InputError(Exception):
+  """Bad input from the command line: reported in one line, exit code 2."""
+
+
+def fail(message: str, prog: str = "vmd-jax"):
+  print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def resolve_config_path(value: str) -> str:
+  """A config file's path (``path[:args]``), or a packaged config's name."""
+  path, sep, args = value.partition(":")
+  if os.path.isfile(path):
+    return value
+  name = os.path.basename(path)
+  packaged = os.path.join(PACKAGED_CONFIGS, name if name.endswith(".py") else name + ".py")
+  if os.path.isfile(packaged):
+    return packaged + sep + args
+  known = sorted(f[:-3] for f in os.listdir(PACKAGED_CONFIGS)
+                 if f.endswith(".py") and not f.startswith("_"))
+  raise InputError(f"config file {path!r} not found (packaged configs: {', '.join(known)})")
+
+
+def check_overrides(argv: list[str]) -> list[str]:
+  """Resolves ``--config`` in ``argv`` and checks every ``--config.KEY=...``
+  against that config, before ml_collections sees them; returns the new argv."""
+  argv = list(argv)
+  index, value = None, DEFAULT_CONFIG
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      index, value = i, arg.split("=", 1)[1]
+  resolved = resolve_config_path(value)
+  if index is None:
+    argv.insert(1, f"--config={resolved}")
+  else:
+    argv[index] = f"--config={resolved}"
+  path, _, args = resolved.partition(":")
+  try:
+    config = config_lib.load_config_file(path, *([args] if args else []))
+  except Exception as e:  # a broken config file: its own error, in one line
+    raise InputError(f"config file {path}: {type(e).__name__}: {e}") from e
+  for arg in argv:
+    if arg.startswith("--config.") and "=" in arg:
+      key = arg[len("--config."):].split("=", 1)[0]
+      node, walked = config, []
+      for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node.keys():
+          raise InputError(config_lib.unknown_key_message(
+              ".".join(walked + [part]), node.keys() if hasattr(node, "keys") else []))
+        node = node[part]
+        walked.append(part)
+  return argv
+
+
+def _flags_parser(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e), argv[0])
+
+
+class _QuietLibraries:
+  """Drops the INFO lines orbax and TensorFlow write for every checkpoint."""
+
+  def filter(self, record):
+    return record.levelno > std_logging.INFO or not any(
+        s in record.pathname for s in ("/orbax/", "/tensorflow/", "/tensorstore/"))
+
+
+def _check_workdir(workdir: str):
+  if "://" not in workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise InputError(f"--workdir={workdir} is a file, not a directory")
+
+
+def _train(argv):
+  if len(argv) > 1:
+    raise InputError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax
+  _check_workdir(FLAGS.workdir)
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  from vmd_jax.trainer import sweep, train
+  try:
+    config = config_lib.validate(FLAGS.config)
+  except ValueError as e:
+    raise InputError(str(e)) from None
+  logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__, jax.process_count(),
+               jax.device_count(), jax.devices()[0].platform)
+  if "runs" in config:
+    sweep.run_sweep(config, FLAGS.workdir)
+  else:
+    train.train_and_evaluate(config, FLAGS.workdir)
+
+
+def _evaluate(argv):
+  import json
+  del argv
+  from vmd_jax.trainer.evaluate import evaluate_workdir
+  result = evaluate_workdir(FLAGS.workdir, FLAGS.data, FLAGS.settings, FLAGS.output)
+  print(json.dumps(result["samples"], indent=2))
+
+
+def _sample(argv):
+  del argv
+  from vmd_jax.trainer.sample import sample_workdir
+  print(sample_workdir(FLAGS.workdir, num=FLAGS.num, steps=FLAGS.steps, order=FLAGS.order,
+                       seed=FLAGS.seed, prior=FLAGS.prior, temperature=FLAGS.temperature,
+                       puzzles=FLAGS.puzzles))
+
+
+def _define_train_flags(argv):
+  from ml_collections import config_flags
+  argv = check_overrides(argv)
+  config_flags.DEFINE_config_file("config", None, "Experiment config file or name.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, metrics "
+                      "and eval.json.", required=True)
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first.")
+  return argv
+
+
+def _define_evaluate_flags(argv):
+  flags.DEFINE_string("workdir", None, "A trained vmd_jax workdir.", required=True)
+  flags.DEFINE_string("data", None, "Evaluation file: a Sudoku CSV or a .npy table.")
+  flags.DEFINE_string("settings", None, "ORDER:NFE pairs, e.g. top_prob:5,top_prob_margin:5.")
+  flags.DEFINE_string("output", None, "Output JSON name inside the workdir.")
+  return argv
+
+
+def _define_sample_flags(argv):
+  flags.DEFINE_string("workdir", None, "A trained vmd_jax workdir.", required=True)
+  flags.DEFINE_integer("num", 16, "Number of samples.", lower_bound=1)
+  flags.DEFINE_integer("steps", 0, "Network calls in total (NFE); 0: the sequence length.",
+                       lower_bound=0)
+  flags.DEFINE_string("order", "ancestral", "Sampling order (vmd_jax.sampling.ORDERS).")
+  flags.DEFINE_integer("seed", 0, "PRNG seed.", lower_bound=0)
+  flags.DEFINE_enum("prior", "standard_normal", ["standard_normal", "mixture"],
+                    "VMD: the latent's prior (mixture: the run's fitted prior.npz).")
+  flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 is greedy.", lower_bound=0.0)
+  flags.DEFINE_string("puzzles", None, "Sudoku: a CSV whose first --num puzzles are solved.")
+  return argv
+
+
+COMMANDS = {"train": (_define_train_flags, _train),
+            "evaluate": (_define_evaluate_flags, _evaluate),
+            "sample": (_define_sample_flags, _sample)}
+
+
+def run_command(command: str, argv: list[str]):
+  """Runs ``command`` with absl ``argv`` (argv[0] the program name)."""
+  define, main = COMMANDS[command]
+  try:
+    argv = define(argv)
+
+    def guarded(args):
+      try:
+        return main(args)
+      except InputError as e:
+        fail(str(e), argv[0])
+    app.run(guarded, argv=argv, flags_parser=_flags_parser)
+  except InputError as e:
+    fail(str(e), argv[0])
+
+
+def run(argv: list[str] | None = None):
+  """``vmd-jax COMMAND ...``: the console script."""
+  argv = sys.argv if argv is None else argv
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    fail(f"usage: vmd-jax {{{'|'.join(COMMANDS)}}} [--flags]; got {argv[1:2] or 'nothing'}")
+  run_command(argv[1], [f"vmd-jax {argv[1]}"] + argv[2:])

@@ -1,0 +1,265 @@
+"""The one place that lists every config field, its default and its valid values.
+
+Experiment files in ``configs/`` start from ``base_config()`` and override a few
+fields; ``validate(config)`` runs once at start and fails at once, naming the
+field, on an unknown key or a bad value. A config with a ``runs`` field is a
+sweep: ``runs.NAME`` is a full run config for each row of a table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+import ml_collections
+
+from vmd_jax import data as data_registry
+
+SCHEDULES = ("linear", "cosine", "polynomial", "loglinear")
+SAMPLING_ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
+MODEL_KINDS = ("md4", "vmd")
+LATENT_MODES = ("adaln", "add", "prefix")
+PRIORS = ("standard_normal", "mixture")
+DTYPES = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field with its default. Small enough to train on a CPU in minutes."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic"           # a vmd_jax.data registry name
+  c.data.synthetic = "d1"             # a named table (vmd_jax.data.synthetic) ...
+  c.data.npy_path = ""                # ... or a probability table in a .npy file
+  c.data.vocab_size = 0               # V and N of the .npy table
+  c.data.seq_len = 0
+  c.data.sudoku_train = ""            # comma-separated CSV paths
+  c.data.sudoku_eval = ""             # one CSV path
+  c.data.sudoku_augment = False       # random digit relabelling of each grid
+  c.data.text8_source = "local"       # "text8" (the real corpus) or "local" (any text)
+  c.data.text8_path = ""              # text8 / text8.zip, or local text file / folder
+  c.data.text8_data_dir = ""          # where tfds writes the prepared dataset
+  c.data.text8_normalize = True       # normalise local text to text8's alphabet
+  c.data.num_eval = 0                 # evaluation items (0 = the dataset's default / all)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.kind = "md4"                # one of MODEL_KINDS
+  c.model.width = 64
+  c.model.depth = 2
+  c.model.num_heads = 4
+  c.model.mlp_ratio = 4.0
+  c.model.dropout = 0.0
+  c.model.dtype = "float32"           # compute dtype, one of DTYPES
+  c.model.time_conditioning = True
+  c.model.position_embedding = "sinusoidal"  # absolute positions: "sinusoidal" or "learned"
+  c.model.latent_dim = 2              # VMD only
+  c.model.latent_mode = "adaln"       # how z enters the denoiser, one of LATENT_MODES
+  c.model.encoder_width = 64
+  c.model.encoder_depth = 1
+  c.model.encoder_heads = 4
+  c.model.encoder_sees_xt = False     # True gives no likelihood bound (README "VMD settings")
+  c.model.encoder_pooling = "mean"
+  c.model.cond_dim = 0                # adaLN conditioning width; 0 = width (md4's text8: 64)
+  c.model.logvar_min = -10.0          # VMD encoder: soft clip of log sigma^2
+  c.model.logvar_max = 5.0
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = "linear"     # one of SCHEDULES
+  c.diffusion.schedule_k = 1.0        # polynomial exponent
+  c.diffusion.eps = 1e-4              # md4's shift (loglinear: MDLM's eps)
+  c.diffusion.loss_steps = 0          # 0 = continuous-time NELBO, T = T-step NELBO
+  c.diffusion.antithetic = True       # stratified times over the batch
+  c.diffusion.beta = 0.1              # VMD KL weight (1 collapses, README "VMD settings")
+  c.diffusion.free_bits = 0.0         # nats per latent dimension
+  c.diffusion.block_size = 0          # 0 = one block (MD4/VMD); L' = block diffusion
+  c.diffusion.train_mask_rate_min = 0.0  # block training's clipped mask rate U[min, max]
+  c.diffusion.train_mask_rate_max = 1.0  # (BD3-LM; evaluation always uses U[0, 1])
+
+  c.prior = ml_collections.ConfigDict()
+  c.prior.kind = "standard_normal"    # one of PRIORS: the z prior used at sampling
+  c.prior.components = 16             # mixture: Gaussian components
+  c.prior.fit_samples = 20000         # mixture: encodings of training data it is fitted to
+  c.prior.fit_iters = 200             # mixture: EM iterations
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 256            # global, over all devices and hosts
+  c.train.num_steps = 3000
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 100
+  c.train.end_lr_factor = 0.01        # cosine decay to lr * end_lr_factor
+  c.train.weight_decay = 0.0
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.grad_clip = 1.0             # global-norm clipping; 0 = off
+  c.train.ema_decay = 0.999           # EMA weights for evaluation; 0 = off
+  c.train.log_every = 200
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 2
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 10000          # samples drawn per setting (synthetic)
+  c.eval.batch_size = 1000
+  c.eval.settings = "random:1,random:4"  # comma-separated ORDER:NFE pairs
+  c.eval.temperature = 1.0
+  c.eval.top_p = 1.0
+  c.eval.grid = "linear"
+  c.eval.nelbo_samples = 1            # time samples per sequence for the NELBO / BPC
+  return c
+
+
+def unknown_key_message(name: str, known) -> str:
+  """'unknown config key NAME; did you mean ...?' with the closest valid keys."""
+  leaf = name.rsplit(".", 1)[-1]
+  close = difflib.get_close_matches(leaf, list(known), n=3, cutoff=0.5)
+  prefix = name[:len(name) - len(leaf)]
+  hint = (f"did you mean {', '.join(repr(prefix + k) for k in close)}?" if close
+          else f"valid keys here: {sorted(known)}")
+  return f"unknown config key {name!r}; {hint}"
+
+
+def _check_keys(config, reference, path=""):
+  for key in config.keys():
+    name = f"{path}{key}"
+    if key == "runs" and not path:
+      continue
+    if key not in reference:
+      raise ValueError(unknown_key_message(name, reference.keys()))
+    value, ref = config[key], reference[key]
+    if isinstance(ref, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ValueError(f"config key {name!r} must be a group of fields")
+      _check_keys(value, ref, name + ".")
+
+
+def _check_finite(config, path="config"):
+  """Refuses NaN and infinity anywhere (``--config.train.lr=nan``)."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      _check_finite(value, f"{path}.{key}")
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"{path}.{key} = {value!r}; must be a finite number")
+
+
+def _one_of(name, value, allowed):
+  if value not in allowed:
+    raise ValueError(f"config.{name} = {value!r}; accepted values: {list(allowed)}")
+
+
+def _positive(name, value, allow_zero=False):
+  if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
+    raise ValueError(f"config.{name} = {value!r}; must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def parse_eval_settings(text: str) -> list[tuple[str, int]]:
+  """'top_prob:5,random:4' -> [('top_prob', 5), ('random', 4)]."""
+  settings = []
+  for item in filter(None, (s.strip() for s in text.split(","))):
+    order, _, nfe = item.partition(":")
+    _one_of("eval.settings order", order, SAMPLING_ORDERS)
+    if not nfe.isdigit() or int(nfe) < 1:
+      raise ValueError(f"config.eval.settings item {item!r}: expected ORDER:NFE with NFE >= 1")
+    settings.append((order, int(nfe)))
+  return settings
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every key and value; returns the config. Sweeps validate each run."""
+  if "runs" in config:
+    for name, run in config.runs.items():
+      try:
+        validate(run)
+      except ValueError as e:
+        raise ValueError(f"in runs.{name}: {e}") from None
+    return config
+  _check_keys(config, base_config())
+  _check_finite(config)
+  if not isinstance(config.seed, int) or not 0 <= config.seed < 2**31:
+    raise ValueError(f"config.seed = {config.seed!r}; must be an int in [0, 2^31)")
+  d, m, f, p, t, e = (config.data, config.model, config.diffusion, config.prior,
+                      config.train, config.eval)
+  _one_of("data.name", d.name, data_registry.names())
+  _one_of("data.text8_source", d.text8_source, ("text8", "local"))
+  _positive("data.vocab_size", d.vocab_size, allow_zero=True)
+  _positive("data.seq_len", d.seq_len, allow_zero=True)
+  if d.name == "sudoku" and not (d.sudoku_train and d.sudoku_eval):
+    raise ValueError("config.data.name = 'sudoku' needs config.data.sudoku_train and "
+                     "config.data.sudoku_eval (CSV paths)")
+  _one_of("model.kind", m.kind, MODEL_KINDS)
+  _one_of("model.latent_mode", m.latent_mode, LATENT_MODES)
+  _one_of("model.dtype", m.dtype, DTYPES)
+  _one_of("model.encoder_pooling", m.encoder_pooling, ("mean", "cls"))
+  _one_of("model.position_embedding", m.position_embedding, ("sinusoidal", "learned"))
+  for name in ("width", "depth", "num_heads", "mlp_ratio", "encoder_width", "encoder_depth",
+               "encoder_heads"):
+    _positive(f"model.{name}", m[name])
+  _positive("model.cond_dim", m.cond_dim, allow_zero=True)
+  if not m.logvar_min < m.logvar_max:
+    raise ValueError(f"config.model.logvar_min/max = {m.logvar_min!r}/{m.logvar_max!r}; "
+                     "need min < max")
+  for name, heads in (("width", "num_heads"), ("encoder_width", "encoder_heads")):
+    if m[name] % m[heads]:
+      raise ValueError(f"config.model.{name} = {m[name]} is not divisible by "
+                       f"config.model.{heads} = {m[heads]}")
+  if m.kind == "vmd":
+    _positive("model.latent_dim", m.latent_dim)
+  if not 0.0 <= m.dropout < 1.0:
+    raise ValueError(f"config.model.dropout = {m.dropout!r}; must be in [0, 1)")
+  _one_of("diffusion.schedule", f.schedule, SCHEDULES)
+  _positive("diffusion.schedule_k", f.schedule_k)
+  if not 0.0 <= f.eps < 0.5:
+    raise ValueError(f"config.diffusion.eps = {f.eps!r}; must be in [0, 0.5)")
+  _positive("diffusion.loss_steps", f.loss_steps, allow_zero=True)
+  _positive("diffusion.beta", f.beta, allow_zero=True)
+  _positive("diffusion.free_bits", f.free_bits, allow_zero=True)
+  if not isinstance(f.block_size, int) or f.block_size < 0:
+    raise ValueError(f"config.diffusion.block_size = {f.block_size!r}; must be an int >= 0")
+  if not 0.0 <= f.train_mask_rate_min < f.train_mask_rate_max <= 1.0:
+    raise ValueError("config.diffusion.train_mask_rate_min/max = "
+                     f"{f.train_mask_rate_min!r}/{f.train_mask_rate_max!r}; need "
+                     "0 <= min < max <= 1")
+  if (f.train_mask_rate_min, f.train_mask_rate_max) != (0.0, 1.0) and not f.block_size:
+    raise ValueError("config.diffusion.train_mask_rate_min/max need "
+                     "config.diffusion.block_size > 0")
+  if f.block_size and m.kind == "vmd":
+    if m.latent_mode == "prefix":
+      raise ValueError("config.model.latent_mode = 'prefix' is not supported with "
+                       "config.diffusion.block_size > 0 (use 'adaln' or 'add')")
+    if m.encoder_sees_xt or m.encoder_pooling != "mean":
+      raise ValueError("block VMD (config.diffusion.block_size > 0) needs "
+                       "config.model.encoder_sees_xt = False and encoder_pooling = 'mean'")
+  _one_of("prior.kind", p.kind, PRIORS)
+  if p.kind == "mixture" and m.kind != "vmd":
+    raise ValueError("config.prior.kind = 'mixture' needs config.model.kind = 'vmd'")
+  for name in ("components", "fit_samples", "fit_iters"):
+    _positive(f"prior.{name}", p[name])
+  for name in ("batch_size", "num_steps", "lr", "log_every", "checkpoint_every",
+               "keep_checkpoints"):
+    _positive(f"train.{name}", t[name])
+  for name in ("warmup_steps", "weight_decay", "grad_clip", "end_lr_factor"):
+    _positive(f"train.{name}", t[name], allow_zero=True)
+  if not 0.0 <= t.ema_decay < 1.0:
+    raise ValueError(f"config.train.ema_decay = {t.ema_decay!r}; must be in [0, 1)")
+  for name in ("num_samples", "batch_size", "nelbo_samples"):
+    _positive(f"eval.{name}", e[name])
+  _positive("eval.temperature", e.temperature, allow_zero=True)
+  if not 0.0 < e.top_p <= 1.0:
+    raise ValueError(f"config.eval.top_p = {e.top_p!r}; must be in (0, 1]")
+  _one_of("eval.grid", e.grid, ("linear", "cosine"))
+  parse_eval_settings(e.settings)
+  return config
+
+
+def load_config_file(path: str, *args):
+  """``get_config(*args)`` of the config file at ``path`` (for sweeps built from
+  other experiment files: ``load_config_file(os.path.join(os.path.dirname(__file__),
+  "synthetic_md4.py"))``)."""
+  import importlib.util
+  import os
+  name = "vmd_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)

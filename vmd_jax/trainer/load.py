@@ -1,0 +1,55 @@
+"""A trained model outside the trainer: ``load(workdir) -> (model, params, config)``.
+
+>>> model, params, config = load("runs/table/vmd_d1")           # doctest: +SKIP
+>>> x_init = jnp.full((4, 4), model.vocab_size)                  # doctest: +SKIP
+>>> samples, calls = model.sample(params, jax.random.key(0), x_init, 4, "random")  # doctest: +SKIP
+
+Only the EMA parameters are read from the latest checkpoint (no optimizer
+state); ``params`` has the layout ``MaskedDiffusion.init`` gives.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+
+from vmd_jax.networks import MaskedDiffusion
+from vmd_jax.trainer import build, checkpoint, io
+from vmd_jax.trainer import config as config_lib
+
+SHAPE_FILE = "data_shape.json"
+
+
+def write_data_shape(workdir, vocab_size: int, seq_len: int) -> None:
+  """Records the dataset's V and N, so ``load`` needs no dataset."""
+  io.write_json(io.as_path(workdir) / SHAPE_FILE, {"vocab_size": int(vocab_size),
+                                                   "seq_len": int(seq_len)})
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The validated config a run in ``workdir`` was trained with."""
+  path = io.as_path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: is {workdir} a vmd_jax workdir?")
+  return config_lib.validate(ml_collections.ConfigDict(io.read_json(path)))
+
+
+def load(workdir, step: int | None = None) -> tuple[MaskedDiffusion, dict, ml_collections.ConfigDict]:
+  """(model, EMA params of ``step`` (default: the latest), config) of a run."""
+  config = load_config(workdir)
+  shape_path = io.as_path(workdir) / SHAPE_FILE
+  if shape_path.exists():
+    shape = io.read_json(shape_path)
+    vocab_size, seq_len = shape["vocab_size"], shape["seq_len"]
+  else:  # a workdir from before data_shape.json: ask the dataset
+    dataset = build.build_dataset(config)
+    vocab_size, seq_len = dataset.vocab_size, dataset.seq_len
+  model = build.build_model(config, vocab_size, seq_len)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, seq_len), np.int32))
+  ckpt = checkpoint.Checkpointer(io.as_path(workdir) / "checkpoints")
+  try:
+    params = ckpt.restore_subtree("ema_params", abstract, step)
+  finally:
+    ckpt.close()
+  return model, params, config
