@@ -262,7 +262,8 @@ def nelbo_terms_at(denoise_fn: DenoiseFn, x0, xt, t, params: GenMD4Params, *,
   diffusion = jnp.sum(diffusion_per_token, axis=-1)
   log_v = math.log(vocab_size)
   zeros = jnp.zeros((batch_size,), jnp.float32)
-  recon = jnp.sum(1.0 - token_alpha(params, x0, zeros, eps=eps), axis=-1) * log_v
+  w = token_exponents(params, x0)
+  recon = jnp.sum(jnp.exp(_log_mask_prob(w, zeros[:, None], eps)), axis=-1) * log_v
   prior = jnp.sum(token_alpha(params, x0, zeros + 1.0, eps=eps), axis=-1) * log_v
   per_token = diffusion_per_token + ((recon + prior) / num_tokens)[:, None]
   return {"diffusion": diffusion, "reconstruction": recon, "prior": prior,
@@ -318,7 +319,8 @@ def rloo_loss(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
   """Training surrogate whose gradient is an unbiased estimate of grad E[NELBO].
 
   Two draws x_t^(1), x_t^(2) ~ q_w(. | x_0, t) share one t per sequence. With f_i
-  their diffusion terms and log q_i = ``log_forward_prob``:
+  their diffusion terms and log q_i = ``log_forward_prob`` (the denoiser is called
+  once, on the 2B rows of both draws):
 
     loss = (nelbo_1 + nelbo_2) / 2 + score - sg(score),
     score = (1/2) sg(f_1 - f_2) (log q_1 - log q_2)
@@ -345,17 +347,21 @@ def rloo_loss(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
     if key is None:
       raise ValueError("rloo_loss needs a key or explicit noise")
     noise = jax.random.uniform(key, (2,) + x0.shape)
-  chex.assert_shape(noise, (2,) + x0.shape)
-  terms = [nelbo_terms(denoise_fn, x0, None, params, eps=eps, t=t, noise=u)
-           for u in (noise[0], noise[1])]
-  log_q = [log_forward_prob(params, x0, d["xt"], t, eps=eps) for d in terms]
-  gap = jax.lax.stop_gradient(terms[0]["diffusion"] - terms[1]["diffusion"])
+  batch_size, length = x0.shape
+  chex.assert_shape(noise, (2, batch_size, length))
+  # Both draws in one denoiser call on a batch of 2B: rows (draw, sequence).
+  x0_2, t_2 = jnp.concatenate([x0, x0]), jnp.concatenate([t, t])
+  terms = nelbo_terms(denoise_fn, x0_2, None, params, eps=eps, t=t_2,
+                      noise=noise.reshape(2 * batch_size, length))
+  log_q = log_forward_prob(params, x0_2, terms["xt"], t_2, eps=eps).reshape(2, batch_size)
+  draws = {name: terms[name].reshape((2, batch_size) + terms[name].shape[1:])
+           for name in ("nelbo", "diffusion", "reconstruction", "prior", "per_token", "xt")}
+  gap = jax.lax.stop_gradient(draws["diffusion"][0] - draws["diffusion"][1])
   score = 0.5 * gap * (log_q[0] - log_q[1])
-  mean = {name: 0.5 * (terms[0][name] + terms[1][name])
-          for name in ("nelbo", "diffusion", "reconstruction", "prior", "per_token")}
+  mean = {name: 0.5 * (value[0] + value[1])
+          for name, value in draws.items() if name != "xt"}
   loss = mean["nelbo"] + score - jax.lax.stop_gradient(score)
-  return {**mean, "loss": loss, "score": score, "t": t,
-          "xt": jnp.stack([terms[0]["xt"], terms[1]["xt"]])}
+  return {**mean, "loss": loss, "score": score, "t": t, "xt": draws["xt"]}
 
 
 # ----------------------------------------------------------------------------
