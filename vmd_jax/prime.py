@@ -1,0 +1,664 @@
+"""MDM-Prime: masked diffusion with partial masking (Chao et al. 2025, arXiv 2505.18495).
+
+Pure JAX: functions of arrays, a PRNG key and a ``denoise_fn`` callable; no Flax,
+no config. Values are per sequence, in nats, shape [B], like ``vmd_jax.losses``.
+
+The sub-token code
+------------------
+Each token x in {0..V-1} is written as l digits in base b = ceil(V^(1/l)) (the
+least integer with b^l >= V, found with integers), big-endian:
+x = sum_k d_k b^(l-1-k). Codes in [V, b^l) are invalid and never produced. The
+digit mask id is b. ``DigitCode(vocab_size, num_digits)`` holds (V, l).
+
+The forward process masks each of the N l digits independently:
+q(d_t^i | d_0^i) = alpha(t) [d_t^i = d_0^i] + (1 - alpha(t)) [d_t^i = b].
+
+The denoiser is unchanged, ``denoise_fn(x_t, t) -> logits [B, N, V]`` over the V
+tokens, now with x_t int digits [B, N, l]. For position n let U_n be its revealed
+digits and C(x_t^n) = {v < V : v agrees with x_t^n on U_n} the consistent tokens.
+The renormalised token distribution is
+  p_theta(v | x_t) = softmax(logits^n)_v [v in C(x_t^n)] / sum_{u in C} softmax(logits^n)_u,
+and a masked digit k of position n is predicted by its marginal
+  p_theta(d^{n,k} = j | x_t) = sum_{v in C(x_t^n), d_k(v) = j} p_theta(v | x_t).
+
+The NELBO (why it is a valid bound)
+-----------------------------------
+It is MD4's NELBO on the digit sequence (length N l, vocabulary b) with the
+marginals above as the per-digit conditionals:
+
+  L = E_{t~U(0,1)} [ -alpha'(t) / (1 - alpha(t))
+                     * sum_{(n,k): d_t^{n,k} = b} -log p_theta(d_0^{n,k} | x_t, t) ]
+      + reconstruction + prior.
+
+MD4's continuous-time bound holds for any per-digit conditionals that are
+distributions over the b digit values: it is the path-space KL between the
+masking process and the reverse-time Markov jump process in which a masked digit
+is revealed at rate -alpha'/(1 - alpha), with its value drawn from its
+conditional. In continuous time no two digits are revealed at the same instant,
+so each jump reveals ONE digit from the marginal of a distribution supported on
+tokens consistent with the digits already revealed: the revealed digits always
+extend to a valid token, so that jump process never reaches an invalid code and
+the bound is on the probability it gives to valid sequences (no mass lost to
+invalid codes). The erratum's invalid loss scored several sub-token outputs
+jointly with dependent heads; here every term is one conditional of one
+generative process. The first-hitting sampler below simulates that process
+exactly. With the exact digit denoiser (the true posterior of x_0^n given all
+revealed digits) each conditional is exact and L = -log p(x_0) at eps = 0.
+
+Discrete time, T steps (``num_steps=T``): t = (floor(u T) + 1) / T, s = t - 1/T,
+r = (alpha(s) - alpha(t)) / (1 - alpha(t)). The model's step reveals each masked
+digit with probability r and, per position, draws ONE token from p_theta(. | x_t)
+and reveals the chosen digits of it (the ancestral sampler below). Its KL to the
+forward posterior is, per position, E_R[-log p_theta(d_0^{n,R} | x_t)] over the
+Bernoulli(r) subsets R of the masked digits, the joint marginal of R; written
+with Z(S) = sum_{v agrees with x_0^n on S} p(v) it is log Z(U) - log Z(U u R),
+summed exactly over the 2^l subsets, with weight T. As T -> oo only |R| = 1
+survives at first order and the continuous form is recovered. For l = 1 both
+forms equal ``losses.md4_nelbo_terms``.
+
+Boundary terms (eps > 0). With |C_S(x)| the number of valid tokens that agree
+with x on the digit set S, and S ~ Bernoulli(alpha)^l the revealed set:
+  prior          = sum_n E_{S~alpha(1)}[ log V - log |C_S(x_0^n)| ]
+                   (KL to the prior that draws a uniform token and reveals each
+                   of its digits with probability alpha(1));
+  reconstruction = sum_n E_{S~alpha(0)}[ log |C_S(x_0^n)| ]
+                   (the digits still masked at t = 0 are filled from a uniform
+                   token consistent with the revealed ones).
+Both are exact sums over the 2^l subsets (l small), vanish at eps = 0, equal
+MD4's N alpha(1) log V and N (1 - alpha(0)) log V for l = 1, keep the bound valid
+for eps > 0 and make a zero-logit denoiser's expected NELBO exactly N log V (its
+digit conditionals telescope within each token to 1/V).
+
+Samplers: see ``sample``. Exact references: ``exact_digit_denoiser`` and
+``expected_nelbo`` (masks over the N l digits enumerated, t by quadrature).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vmd_jax.exact import all_sequences
+from vmd_jax.losses import stratified_times, discretize_times
+from vmd_jax.sampling import ORDERS, draw_tokens
+from vmd_jax.schedules import time_grid
+
+# Log-probability of a token that is excluded (invalid code or conflict with a
+# revealed digit): exp(NEG) == 0 in float32, yet finite so gradients stay finite.
+NEG = -1e9
+UNITS = ("token", "digit")
+CONFIDENCE_ORDERS = ("top_prob", "top_prob_margin", "random")
+
+
+def digit_base(vocab_size: int, num_digits: int) -> int:
+  """The least integer b >= 2 with b^l >= V (integer arithmetic, no float roots)."""
+  if vocab_size < 2 or num_digits < 1:
+    raise ValueError(f"need vocab_size >= 2 and num_digits >= 1, got {vocab_size}, {num_digits}")
+  b = max(2, int(round(vocab_size ** (1.0 / num_digits))))
+  while b**num_digits < vocab_size:
+    b += 1
+  while b > 2 and (b - 1) ** num_digits >= vocab_size:
+    b -= 1
+  return b
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitCode:
+  """The invertible sub-token code: V tokens <-> l big-endian digits in base b.
+
+  Hashable, so it can be a static argument of ``jax.jit``.
+  """
+
+  vocab_size: int
+  num_digits: int
+
+  def __post_init__(self):
+    digit_base(self.vocab_size, self.num_digits)  # validates
+
+  @property
+  def base(self) -> int:
+    """b = ceil(V^(1/l))."""
+    return digit_base(self.vocab_size, self.num_digits)
+
+  @property
+  def mask_id(self) -> int:
+    """The digit mask id, b."""
+    return self.base
+
+  @property
+  def num_codes(self) -> int:
+    """b^l >= V; codes in [V, b^l) are invalid."""
+    return self.base**self.num_digits
+
+  def powers(self):
+    """b^(l-1-k), int32 [l]."""
+    return jnp.asarray([self.base ** (self.num_digits - 1 - k) for k in range(self.num_digits)],
+                       jnp.int32)
+
+  def to_digits(self, x):
+    """int tokens [...] in [0, V) -> int digits [..., l] in [0, b), big-endian."""
+    x = jnp.asarray(x)
+    return ((x[..., None] // self.powers().astype(x.dtype)) % self.base).astype(x.dtype)
+
+  def from_digits(self, d):
+    """int digits [..., l] (no masks) -> int tokens [...] = sum_k d_k b^(l-1-k)."""
+    d = jnp.asarray(d)
+    return jnp.sum(d * self.powers().astype(d.dtype), axis=-1)
+
+  def consistent_tokens(self, x_t):
+    """bool [..., V]: token v agrees with every revealed digit of x_t [..., l]."""
+    table = self.to_digits(jnp.arange(self.vocab_size, dtype=jnp.int32))  # [V, l]
+    x_t = jnp.asarray(x_t)
+    ok = (x_t[..., None, :] == self.mask_id) | (x_t[..., None, :] == table)
+    return jnp.all(ok, axis=-1)
+
+  def count_consistent(self, d, revealed):
+    """|C_S(d)|: the number of valid tokens v < V with d_k(v) = d_k for every k
+    with revealed[..., k], float32 [...]. Digit DP against V - 1, O(l^2)."""
+    b, l = self.base, self.num_digits
+    top = [(self.vocab_size - 1) // b ** (l - 1 - k) % b for k in range(l)]  # digits of V-1
+    d = jnp.asarray(d)
+    revealed = jnp.broadcast_to(jnp.asarray(revealed, bool), d.shape)
+    total = jnp.zeros(d.shape[:-1], jnp.float32)
+    prefix_ok = jnp.ones(d.shape[:-1], bool)  # digits before j can equal V-1's
+    for j in range(l):
+      free_after = jnp.sum(~revealed[..., j + 1:], axis=-1).astype(jnp.float32)
+      options = jnp.where(revealed[..., j], (d[..., j] < top[j]).astype(jnp.float32),
+                          float(top[j]))
+      total = total + prefix_ok * options * jnp.power(float(b), free_after)
+      prefix_ok = prefix_ok & (~revealed[..., j] | (d[..., j] == top[j]))
+    return total + prefix_ok  # + the token V - 1 itself
+
+
+# ----------------------------------------------------------------------------
+# Token and digit predictions from token logits.
+
+
+def _digit_tensor(token_values, code: DigitCode):
+  """[..., V] -> [..., b, ..., b] (l digit axes), invalid codes set to NEG."""
+  pad = code.num_codes - code.vocab_size
+  widths = [(0, 0)] * (token_values.ndim - 1) + [(0, pad)]
+  padded = jnp.pad(token_values, widths, constant_values=NEG)
+  return padded.reshape(token_values.shape[:-1] + (code.base,) * code.num_digits)
+
+
+def _along_axes(per_digit, code: DigitCode):
+  """sum_k per_digit[..., k, :] placed on digit axis k: [..., l, b] -> [..., b^l as l axes]."""
+  l, b = code.num_digits, code.base
+  out = 0.0
+  for k in range(l):
+    shape = per_digit.shape[:-2] + (1,) * k + (b,) + (1,) * (l - 1 - k)
+    out = out + per_digit[..., k, :].reshape(shape)
+  return out
+
+
+def _restriction(x_t, code: DigitCode, active=None):
+  """[..., l, b]: 0 where digit value j is allowed by x_t's digit k, NEG where it
+  conflicts with a revealed digit (``active`` False or a mask: all allowed)."""
+  revealed = x_t != code.mask_id
+  if active is not None:
+    revealed = revealed & active
+  hit = jax.nn.one_hot(x_t, code.base, dtype=bool)
+  return jnp.where(~revealed[..., None] | hit, 0.0, NEG)
+
+
+def _digit_axes(code: DigitCode):
+  return tuple(range(-code.num_digits, 0))
+
+
+def _log_tensor(logits, x_t, code: DigitCode):
+  """Renormalised token log-probabilities as a digit tensor [B, N, b, ..., b]."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  tensor = _digit_tensor(log_probs, code) + _along_axes(_restriction(x_t, code), code)
+  return tensor - jax.nn.logsumexp(tensor, axis=_digit_axes(code), keepdims=True)
+
+
+def token_log_probs(logits, x_t, code: DigitCode):
+  """log p_theta(v | x_t): softmax(logits) restricted to the tokens consistent
+  with x_t's revealed digits and renormalised; NEG (probability 0) elsewhere.
+
+  logits: [B, N, V]; x_t: int digits [B, N, l]. Returns float32 [B, N, V].
+  """
+  tensor = _log_tensor(logits, x_t, code)
+  flat = tensor.reshape(tensor.shape[:-code.num_digits] + (code.num_codes,))
+  return jnp.maximum(flat[..., :code.vocab_size], NEG)
+
+
+def _log_marginals(tensor, code: DigitCode):
+  """Per-digit log marginals of a normalised digit tensor, [..., l, b]."""
+  axes = _digit_axes(code)
+  if code.num_digits == 1:
+    return tensor[..., None, :]
+  return jnp.stack([jax.nn.logsumexp(tensor, axis=tuple(a for a in axes if a != axes[k]))
+                    for k in range(code.num_digits)], axis=-2)
+
+
+def digit_log_probs(logits, x_t, code: DigitCode):
+  """log p_theta(d^{n,k} = j | x_t): the marginal of digit k under the renormalised
+  token distribution, float32 [B, N, l, b]. A revealed digit's marginal is a
+  point mass on its value."""
+  return jnp.maximum(_log_marginals(_log_tensor(logits, x_t, code), code), NEG)
+
+
+# ----------------------------------------------------------------------------
+# Forward process and the NELBO.
+
+
+def mask_digits(d0, t, schedule, code: DigitCode, *, key=None, noise=None):
+  """Draws x_t ~ q(x_t | x_0) on digits: digit (n, k) is masked (set to b) iff
+  noise[b, n, k] >= alpha(t_b).
+
+  Args:
+    d0: int [B, N, l] clean digits (``code.to_digits(x0)``).
+    t: float [B] times in [0, 1].
+    schedule: a ``Schedule``.
+    code: the ``DigitCode``.
+    key: PRNG key, used when ``noise`` is None.
+    noise: optional float [B, N, l] uniforms in [0, 1).
+
+  Returns:
+    int [B, N, l] x_t, same dtype as d0.
+  """
+  chex.assert_rank(d0, 3)
+  chex.assert_shape(t, (d0.shape[0],))
+  if noise is None:
+    if key is None:
+      raise ValueError("mask_digits needs a key or explicit noise")
+    noise = jax.random.uniform(key, d0.shape)
+  chex.assert_equal_shape([noise, d0])
+  alpha = schedule.alpha(t)[:, None, None]
+  return jnp.where(noise >= alpha, jnp.asarray(code.mask_id, d0.dtype), d0)
+
+
+def _subsets(num_digits: int):
+  return [np.array(s, bool) for s in itertools.product([False, True], repeat=num_digits)]
+
+
+def _subset_prob(s, alpha):
+  """P(S = s) with each digit in S independently with probability alpha."""
+  k = int(s.sum())
+  return alpha**k * (1.0 - alpha) ** (len(s) - k)
+
+
+def boundary_terms(d0, code: DigitCode, alpha_0, alpha_1):
+  """(reconstruction, prior), each float32 [B, N] in nats (module docstring):
+  recon = E_{S~alpha(0)}[log |C_S(x_0)|], prior = E_{S~alpha(1)}[log V - log |C_S(x_0)|]."""
+  recon = jnp.zeros(d0.shape[:-1], jnp.float32)
+  prior = jnp.zeros(d0.shape[:-1], jnp.float32)
+  log_v = math.log(code.vocab_size)
+  for s in _subsets(code.num_digits):
+    log_count = jnp.log(code.count_consistent(d0, s))
+    recon = recon + _subset_prob(s, alpha_0) * log_count
+    prior = prior + _subset_prob(s, alpha_1) * (log_v - log_count)
+  return recon, prior
+
+
+def _nelbo_at(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
+  """The NELBO's terms given the draw x_t at time t (the time on the T-grid)."""
+  chex.assert_shape(logits, d0.shape[:2] + (code.vocab_size,))
+  masked = x_t == code.mask_id  # [B, N, l]
+  tensor = _log_tensor(logits, x_t, code)  # log p_theta(v | x_t), [B, N, b..b]
+  if num_steps is None:
+    log_marg = _log_marginals(tensor, code)  # [B, N, l, b]
+    digit_ll = jnp.take_along_axis(log_marg, d0[..., None], axis=-1)[..., 0]
+    per_digit = -schedule.weight(t)[:, None, None] * digit_ll * masked
+    diffusion_per_token = jnp.sum(per_digit, axis=-1)
+  else:
+    alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(t - 1.0 / num_steps)
+    r = ((alpha_s - alpha_t) / (1.0 - alpha_t))[:, None, None] * masked  # [B, N, l]
+    target = _restriction(d0, code)  # restricts a digit to x_0's value
+    diffusion_per_token = 0.0
+    for s in _subsets(code.num_digits)[1:]:
+      weight = jnp.prod(jnp.where(s, r, 1.0 - r), axis=-1)  # P(R = s), 0 unless s in M
+      restricted = tensor + _along_axes(jnp.where(s[:, None], target, 0.0), code)
+      log_joint = jax.nn.logsumexp(restricted, axis=_digit_axes(code))  # log p(d_0^R | x_t)
+      diffusion_per_token = diffusion_per_token - weight * log_joint
+    diffusion_per_token = num_steps * diffusion_per_token
+  alpha_0 = schedule.alpha(jnp.float32(0.0))
+  alpha_1 = schedule.alpha(jnp.float32(1.0))
+  recon, prior = boundary_terms(d0, code, alpha_0, alpha_1)
+  per_token = diffusion_per_token + recon + prior
+  sum_n = lambda v: jnp.sum(v, axis=-1)
+  return {"diffusion": sum_n(diffusion_per_token), "reconstruction": sum_n(recon),
+          "prior": sum_n(prior), "nelbo": sum_n(per_token), "per_token": per_token, "t": t}
+
+
+def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, *,
+                      t=None, noise=None, num_steps: int | None = None,
+                      antithetic: bool = True):
+  """Prime's NELBO and its terms, one Monte Carlo sample of (t, digit mask) per sequence.
+
+  Args:
+    denoise_fn: ``(x_t int digits [B, N, l], t float [B]) -> logits [B, N, V]``.
+    x0: int [B, N] clean tokens in [0, V).
+    key: PRNG key for t (unless given) and the masking noise (unless given);
+      may be None when both are given.
+    schedule: a ``vmd_jax.schedules.Schedule``.
+    code: the ``DigitCode`` (V, l).
+    t: optional float [B] times in [0, 1).
+    noise: optional float [B, N, l] masking uniforms (see ``mask_digits``).
+    num_steps: None for continuous time, else T for the T-step NELBO of the
+      joint-reveal ancestral sampler (module docstring).
+    antithetic: draw t stratified over the batch (``losses.stratified_times``).
+
+  Returns:
+    dict of float32 [B] in nats: ``diffusion``, ``reconstruction``, ``prior`` and
+    ``nelbo`` (their sum); ``per_token`` [B, N], each token's share (its digits'
+    weighted cross-entropies plus its own boundary terms; sums to ``nelbo``);
+    ``t`` the time of x_t (on the T-step grid in discrete time).
+  """
+  chex.assert_rank(x0, 2)
+  batch_size = x0.shape[0]
+  if t is None:
+    key, t_key = jax.random.split(key)
+    t = (stratified_times(t_key, batch_size) if antithetic
+         else jax.random.uniform(t_key, (batch_size,)))
+  t = jnp.asarray(t, jnp.float32)
+  if num_steps is not None:
+    t, _ = discretize_times(t, num_steps)
+  d0 = code.to_digits(x0)
+  x_t = mask_digits(d0, t, schedule, code, key=key, noise=noise)
+  logits = denoise_fn(x_t, t)
+  return _nelbo_at(logits, d0, x_t, t, schedule, code, num_steps)
+
+
+def prime_nelbo(denoise_fn: Callable, x0, key, schedule, code: DigitCode, **kwargs):
+  """Per-sequence Prime NELBO in nats, float32 [B]; see ``prime_nelbo_terms``."""
+  return prime_nelbo_terms(denoise_fn, x0, key, schedule, code, **kwargs)["nelbo"]
+
+
+# ----------------------------------------------------------------------------
+# Sampling with partial reveals.
+
+
+def _reveal_top(scores, candidates, num_reveal):
+  """Boolean [B, K]: per row the ``num_reveal[b]`` candidates of highest score."""
+  scores = jnp.where(candidates, scores, -jnp.inf)
+  rank = jnp.argsort(jnp.argsort(-scores, axis=-1), axis=-1)
+  return candidates & (rank < num_reveal[:, None])
+
+
+def _confidence(log_probs, order, key):
+  """Confidence of each distribution [..., K] (log-probabilities)."""
+  if order == "random":
+    return jax.random.uniform(key, log_probs.shape[:-1])
+  probs = jnp.exp(log_probs)
+  if order == "top_prob":
+    return jnp.max(probs, axis=-1)
+  top2 = jax.lax.top_k(probs, 2)[0]
+  return top2[..., 0] - top2[..., 1]
+
+
+def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, alpha_s=None,
+                last=False, unit: str = "token", temperature: float = 1.0,
+                top_p: float | None = None):
+  """One step of the Prime sampler: x_t -> x_s given the logits at x_t.
+
+  Every position draws ONE token from the renormalised token distribution
+  (``token_log_probs``, with temperature and top-p); the digits chosen to be
+  revealed take that token's digits, so several digits of one position revealed
+  together form a valid code, jointly drawn. Which masked digits are revealed:
+
+  ancestral        each independently with probability (alpha_s - alpha_t) / (1 - alpha_t)
+                   (all when ``last``);
+  first_hitting    one masked digit per sequence, uniformly;
+  top_prob, top_prob_margin, random
+                   the m - floor(m (1 - alpha_s) / (1 - alpha_t)) most confident
+                   units (none kept when ``last``), m the masked units: with
+                   ``unit="token"`` positions with a masked digit (confidence of
+                   the renormalised token distribution; all their masked digits
+                   are revealed), with ``unit="digit"`` masked digits (confidence of
+                   their marginal).
+
+  x: int digits [B, N, l]; logits: [B, N, V]; alpha_t, alpha_s: scalars or [B].
+  Returns int [B, N, l].
+  """
+  if order not in ORDERS:
+    raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
+  if unit not in UNITS:
+    raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
+  batch_size, length, num_digits = x.shape
+  masked = x == code.mask_id
+  value_key, reveal_key = jax.random.split(key)
+  log_probs = token_log_probs(logits, x, code)  # [B, N, V]
+  tokens = draw_tokens(value_key, log_probs, temperature, top_p)
+  values = code.to_digits(tokens).astype(x.dtype)
+  if order == "first_hitting":
+    scores = jax.random.uniform(reveal_key, (batch_size, length * num_digits))
+    reveal = _reveal_top(scores, masked.reshape(batch_size, -1),
+                         jnp.ones((batch_size,), jnp.int32)).reshape(x.shape)
+  elif order == "ancestral":
+    alpha_t = jnp.broadcast_to(alpha_t, (batch_size,))[:, None, None]
+    alpha_s = jnp.broadcast_to(alpha_s, (batch_size,))[:, None, None]
+    p_reveal = jnp.where(last, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
+    reveal = masked & (jax.random.uniform(reveal_key, x.shape) < p_reveal)
+  else:
+    ratio = (1.0 - alpha_s) / (1.0 - alpha_t)
+    if unit == "token":
+      candidates = jnp.any(masked, axis=-1)  # [B, N]
+      scores = _confidence(log_probs, order, reveal_key)
+    else:
+      candidates = masked.reshape(batch_size, -1)
+      scores = _confidence(digit_log_probs(logits, x, code), order, reveal_key)
+      scores = scores.reshape(batch_size, -1)
+    num_masked = jnp.sum(candidates, axis=-1)
+    keep = jnp.floor(num_masked * ratio + 1e-6).astype(jnp.int32)  # 1e-6: round-off
+    keep = jnp.where(last, 0, keep)
+    chosen = _reveal_top(scores, candidates, num_masked - keep)
+    reveal = masked & (chosen[..., None] if unit == "token" else chosen.reshape(x.shape))
+  return jnp.where(reveal, values, x)
+
+
+def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: DigitCode,
+           order: str = "ancestral", *, unit: str = "token", temperature: float = 1.0,
+           top_p: float | None = None, grid: str = "linear", reuse_logits: bool = True,
+           return_nfe: bool = False, return_idle: bool = False):
+  """Generates the masked digits of ``x_init`` (int digits [B, N, l], mask id b).
+
+  Revealed digits of ``x_init`` never change (a position whose digits are all
+  given stays as given; a partly given one is completed consistently). Orders as
+  in ``vmd_jax.sampling.sample``, over digits (see ``reveal_step``):
+
+  ancestral      the T-step grid 1 = t_0 > ... > t_T = 0 (``grid``); each masked
+                 digit revealed with probability (alpha_s - alpha_t)/(1 - alpha_t),
+                 all remaining ones at the last step.
+  first_hitting  exact continuous-time sampling of the process whose NELBO is
+                 ``prime_nelbo_terms``: with m masked digits at time t, the next
+                 reveal time s solves 1 - alpha(s) = (1 - alpha(t)) u^(1/m) and one
+                 masked digit, uniform, is revealed from its marginal. N l
+                 iterations, one call per masked digit; ``num_steps`` is ignored.
+  top_prob, top_prob_margin, random
+                 ``num_steps`` steps revealing the scheduled number of units
+                 (``unit``: "token" or "digit") by confidence.
+
+  Args:
+    denoise_fn: ``(x_t int [B, N, l], t [B]) -> logits [B, N, V]``.
+    key: PRNG key.
+    x_init: int [B, N, l] digits; b marks digits to generate.
+    num_steps: steps (network calls at most) for every order but first_hitting.
+    schedule: the ``Schedule``.
+    code: the ``DigitCode``.
+    order: one of ``vmd_jax.sampling.ORDERS``.
+    unit: "token" or "digit", the unit ranked by the confidence orders.
+    temperature, top_p: applied to the renormalised token distribution; 0 is greedy.
+    grid: "linear" or "cosine" (``schedules.time_grid``).
+    reuse_logits: skip the network when no digit changed at the last step or no
+      digit is left to generate (then ``nfe`` = T - idle steps for one sequence).
+    return_nfe: also return the number of network calls (int32 scalar).
+    return_idle: also return, per sequence, the number of steps in which no digit
+      changed (int32 [B]).
+
+  Returns:
+    int [B, N, l] digits (``code.from_digits`` gives tokens), then ``nfe`` and/or
+    ``idle`` if asked for, in that order.
+  """
+  if order not in ORDERS:
+    raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
+  if unit not in UNITS:
+    raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
+  chex.assert_rank(x_init, 3)
+  batch_size, length, num_digits = x_init.shape
+  if num_digits != code.num_digits:
+    raise ValueError(f"x_init has {num_digits} digits per token, the code {code.num_digits}")
+  mask_id = code.mask_id
+
+  if order == "first_hitting":
+    num_iters, times = length * num_digits, None
+  else:
+    num_iters, times = num_steps, time_grid(num_steps, grid)
+
+  def step_times(i, x, t_prev, key):
+    """(t at which step i calls the network, s after it), each [B]."""
+    if times is not None:
+      return jnp.full((batch_size,), times[i]), jnp.full((batch_size,), times[i + 1])
+    num_masked = jnp.sum(x == mask_id, axis=(1, 2))
+    u = jax.random.uniform(key, (batch_size,))
+    exponent = 1.0 / jnp.maximum(num_masked, 1)
+    s = schedule.inverse(1.0 - (1.0 - schedule.alpha(t_prev)) * u**exponent)
+    s = jnp.where(num_masked > 0, s, t_prev)
+    return s, s
+
+  def body(i, carry):
+    x, logits, changed, nfe, t_prev, idle = carry
+    time_key, step_key = jax.random.split(jax.random.fold_in(key, i))
+    t, s = step_times(i, x, t_prev, time_key)
+    call = (changed & jnp.any(x == mask_id)) if reuse_logits else jnp.bool_(True)
+    logits = jax.lax.cond(call, lambda: denoise_fn(x, t).astype(jnp.float32),
+                          lambda: logits)
+    x_new = reveal_step(step_key, x, logits, code, order, alpha_t=schedule.alpha(t),
+                        alpha_s=schedule.alpha(s), last=i == num_iters - 1, unit=unit,
+                        temperature=temperature, top_p=top_p)
+    same = jnp.all(x_new == x, axis=(1, 2))
+    return (x_new, logits, ~jnp.all(same), nfe + call.astype(jnp.int32), s,
+            idle + same.astype(jnp.int32))
+
+  init = (x_init, jnp.zeros((batch_size, length, code.vocab_size), jnp.float32),
+          jnp.any(x_init == mask_id), jnp.int32(0), jnp.ones((batch_size,), jnp.float32),
+          jnp.zeros((batch_size,), jnp.int32))
+  x, _, _, nfe, _, idle = jax.lax.fori_loop(0, num_iters, body, init)
+  out = (x,) + ((nfe,) if return_nfe else ()) + ((idle,) if return_idle else ())
+  return out[0] if len(out) == 1 else out
+
+
+def ancestral_idle_steps(key, batch_size: int, num_units: int, num_steps: int, schedule,
+                         grid: str = "linear"):
+  """Idle steps of the ancestral sampler from a fully masked start, int32 [B].
+
+  Which digits the ancestral sampler reveals at each step does not depend on the
+  network, so this simulates only that: ``num_units`` = N l digits, each revealed
+  at step i with probability (alpha(t_{i+1}) - alpha(t_i)) / (1 - alpha(t_i)) if
+  still masked (all at the last step); a step is idle when none is revealed.
+  """
+  times = time_grid(num_steps, grid)
+
+  def body(i, carry):
+    masked, idle = carry
+    alpha_t, alpha_s = schedule.alpha(times[i]), schedule.alpha(times[i + 1])
+    p = jnp.where(i == num_steps - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
+    u = jax.random.uniform(jax.random.fold_in(key, i), masked.shape)
+    reveal = masked & (u < p)
+    return masked & ~reveal, idle + (~jnp.any(reveal, axis=-1)).astype(jnp.int32)
+
+  init = (jnp.ones((batch_size, num_units), bool), jnp.zeros((batch_size,), jnp.int32))
+  return jax.lax.fori_loop(0, num_steps, body, init)[1]
+
+
+def expected_idle_ratio(num_units: int, num_steps: int, schedule, grid: str = "linear") -> float:
+  """E[idle steps] / T of the ancestral sampler from a fully masked start, exactly.
+
+  A digit's reveal step is independent of the others': it is revealed at step
+  i < T-1 with probability q_i = (alpha(t_{i+1}) - alpha(t_i)) / (1 - alpha(1)),
+  so P(step i idle) = (1 - q_i)^(N l) (the last step is idle iff every digit was
+  revealed before it).
+  """
+  a = np.asarray(schedule.alpha(time_grid(num_steps, grid)), np.float64)
+  q = (a[1:] - a[:-1]) / (1.0 - a[0])
+  idle = (1.0 - q[:-1]) ** num_units
+  before_last = np.sum(q[:-1])
+  last = before_last**num_units
+  return float((np.sum(idle) + last) / num_steps)
+
+
+# ----------------------------------------------------------------------------
+# Exact references for enumerable joints.
+
+
+def exact_digit_denoiser(probs, code: DigitCode, length: int, log_floor: float = -1e4):
+  """The optimal Prime denoiser of the joint ``probs`` [V^N] as ``denoise_fn(x_t, t)``.
+
+  Returns logits [B, N, V] = log p(x_0^n = v | the revealed digits of every
+  position of x_t [B, N, l]) (``log_floor`` where that probability is 0; a
+  context of probability 0 gives uniform logits). Ignores t.
+  """
+  vocab_size = code.vocab_size
+  probs = jnp.asarray(probs, jnp.float32)
+  if probs.shape != (vocab_size**length,):
+    raise ValueError(f"probs must have shape [{vocab_size}**{length}], got {probs.shape}")
+  seqs = jnp.asarray(all_sequences(vocab_size, length))
+  seq_digits = code.to_digits(seqs)  # [S, N, l]
+  one_hot = jax.nn.one_hot(seqs, vocab_size)  # [S, N, V]
+
+  def denoise_fn(x_t, t=None, *unused):
+    del t, unused
+    ok = (x_t[:, None] == code.mask_id) | (x_t[:, None] == seq_digits[None])
+    weights = jnp.all(ok, axis=(-2, -1)) * probs[None]  # [B, S]
+    joint = jnp.einsum("bs,snv->bnv", weights, one_hot)
+    total = jnp.sum(weights, axis=-1)[:, None, None]
+    cond = jnp.where(total > 0, joint / jnp.where(total > 0, total, 1.0), 1.0 / vocab_size)
+    return jnp.where(cond > 0, jnp.log(jnp.where(cond > 0, cond, 1.0)), log_floor)
+
+  return denoise_fn
+
+
+def expected_nelbo(denoise_fn, x0, schedule, code: DigitCode, *, num_steps: int | None = None,
+                   num_quadrature: int = 16, rule: str = "gauss"):
+  """E_{t, x_t}[Prime NELBO(x_0)] with the 2^(N l) digit masks enumerated, in nats.
+
+  P(M | t) = (1 - alpha)^|M| alpha^(N l - |M|). Continuous time integrates t with
+  ``rule``: "gauss" (Gauss-Legendre on [0, 1]; exact for the linear schedule with
+  num_quadrature >= N l / 2, since w(t) P(M | t) is then a polynomial) or
+  "midpoint" (as ``exact.expected_nelbo``); discrete time averages the T grid
+  cells exactly. Calls ``prime_nelbo_terms`` with explicit t and noise, so it
+  checks that function without Monte Carlo error. x0: int [N] or [S, N]; returns
+  a float or float64 [S]. Small N l only.
+  """
+  x0 = np.asarray(x0, np.int32)
+  single = x0.ndim == 1
+  x0 = np.atleast_2d(x0)
+  num_seqs, length = x0.shape
+  num_digits = code.num_digits
+  patterns = all_sequences(2, length * num_digits).astype(bool).reshape(-1, length, num_digits)
+  if num_steps is not None:
+    t = (np.arange(num_steps) + 0.5) / num_steps
+    w = np.full(num_steps, 1.0 / num_steps)
+  elif rule == "gauss":
+    nodes, weights = np.polynomial.legendre.leggauss(num_quadrature)
+    t, w = (nodes + 1.0) / 2.0, weights / 2.0
+  elif rule == "midpoint":
+    t = (np.arange(num_quadrature) + 0.5) / num_quadrature
+    w = np.full(num_quadrature, 1.0 / num_quadrature)
+  else:
+    raise ValueError(f"unknown quadrature rule {rule!r}; known: ['gauss', 'midpoint']")
+  cells = len(t)
+  tt = np.tile(np.repeat(t.astype(np.float32), len(patterns)), num_seqs)
+  masks = np.tile(patterns, (num_seqs * cells, 1, 1))
+  x0s = np.repeat(x0, cells * len(patterns), axis=0)
+  noise = np.where(masks, np.float32(1.0 - 1e-7), np.float32(0.0))
+  terms = jax.jit(lambda x, t, u: prime_nelbo_terms(
+      denoise_fn, x, None, schedule, code, t=t, noise=u, num_steps=num_steps))(
+          jnp.asarray(x0s), jnp.asarray(tt), jnp.asarray(noise))
+  alpha = np.asarray(schedule.alpha(terms["t"]), np.float64)[:, None, None]
+  p_pattern = np.prod(np.where(masks, 1.0 - alpha, alpha), axis=(1, 2))
+  diffusion = np.asarray(terms["diffusion"], np.float64) * p_pattern
+  diffusion = diffusion.reshape(num_seqs, cells, -1).sum(-1) @ w
+  boundary = (np.asarray(terms["reconstruction"], np.float64)
+              + np.asarray(terms["prior"], np.float64)).reshape(num_seqs, -1)[:, 0]
+  out = diffusion + boundary
+  return float(out[0]) if single else out
