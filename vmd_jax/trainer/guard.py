@@ -39,7 +39,8 @@ def guard_step(train_step):
 def diverged_message(step: int, metrics: dict, last_good: str | None) -> str:
   """One line: the step, the offending values and the checkpoint to go back to."""
   values = ", ".join(f"{k} = {float(metrics[k]):g}" for k in ("loss", "grad_norm"))
-  kept = (f"last good checkpoint: {last_good}" if last_good
-          else "no checkpoint was saved before it")
-  return (f"training diverged at step {step} ({values}); nothing after step {step - 1} "
-          f"was saved; {kept} (e.g. lower --config.train.lr and rerun to resume from it)")
+  kept = (f"last good checkpoint: {last_good} (rerun, e.g. with a lower --config.train.lr, "
+          "to resume from it)" if last_good else
+          "no checkpoint was saved before it (e.g. lower --config.train.lr and start again)")
+  return f"training diverged at step {step} ({values}); nothing after step {step - 1} " \
+         f"was saved; {kept}"

@@ -108,7 +108,7 @@ def _train_and_evaluate(config, workdir) -> dict:
   writer = metric_writers.create_default_writer(str(workdir),
                                                 just_logging=jax.process_index() > 0)
   try:  # however this ends, the last save completes and the metrics reach the disk
-    state = _resume(ckpt, state, workdir)
+    state = _resume(ckpt, state)
     start = int(state.step)
     if start == 0:
       writer.write_hparams(_flatten(config.to_dict()))
@@ -126,7 +126,7 @@ def _train_and_evaluate(config, workdir) -> dict:
   return result
 
 
-def _resume(ckpt, state, workdir):
+def _resume(ckpt, state):
   """The newest intact checkpoint's state, or ``state`` (a fresh run)."""
   restored = ckpt.restore_newest_intact(state)
   if restored is None:
