@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -101,19 +102,32 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch)
     np.testing.assert_array_equal(x, y)
 
 
-def test_corrupt_checkpoint_is_named_and_kept(tmp_path):
+def test_corrupt_only_checkpoint_is_moved_aside_and_the_run_starts_over(tmp_path, caplog):
+  """Garbage in the only checkpoint: it is moved to checkpoints_corrupt/ with a
+  warning, not deleted, and the run starts over to the same final state."""
   c = tiny_config("md4", steps=10)
   c.eval.settings = "random:1"
   train.train_and_evaluate(c, str(tmp_path))
+  before = final_params(tmp_path)
   step_dir = tmp_path / "checkpoints" / "10"
+  damaged = []
   for root, _, files in os.walk(step_dir):
     for f in files:
       if "manifest" in f or f.endswith(".ocdbt") or "d" == os.path.basename(root):
         with open(os.path.join(root, f), "wb") as fh:
           fh.write(b"garbage")
-  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint step 10 in .* left in place"):
-    train.train_and_evaluate(c, str(tmp_path))
-  assert step_dir.is_dir()
+        damaged.append(os.path.relpath(os.path.join(root, f), step_dir))
+  caplog.set_level("INFO")
+  train.train_and_evaluate(c, str(tmp_path))
+  assert re.search(r"Checkpoint step 10 in \S+/checkpoints could not be restored \(.*\): "
+                   r"moved to \S+/checkpoints_corrupt/10; trying the step before it",
+                   caplog.text), caplog.text
+  assert f"No checkpoint in {tmp_path}/checkpoints: starting at step 0" in caplog.text
+  for name in damaged:
+    assert (tmp_path / "checkpoints_corrupt" / "10" / name).read_bytes() == b"garbage"
+  after = final_params(tmp_path)
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(x, y)
 
 
 EIGHT_DEVICES = r"""

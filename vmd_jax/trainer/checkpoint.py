@@ -1,20 +1,45 @@
 """Orbax checkpoints of the train state: periodic, keep-N, resume from the latest.
 
 Orbax writes each step into a temporary directory and renames it when complete,
-so a killed run never leaves a half-written step behind. A step that cannot be
-read (a corrupt or foreign checkpoint) raises ``CheckpointError`` naming its
-directory; nothing is deleted.
+so a killed run never leaves a half-written step behind (its temporary directory
+is removed at the next start). ``restore_newest_intact`` resumes from the newest
+step that reads back whole and finite: a newer one that does not (truncated or
+missing files, a disk that lied, NaN) is moved to ``<directory>_corrupt/<step>``
+with a one-line warning naming it, never deleted.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 
 class CheckpointError(RuntimeError):
   pass
+
+
+def all_finite(tree) -> bool:
+  """True when every floating-point leaf of ``tree`` is finite (one device reduction)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(
+      leaves)) if leaves else True
+
+
+def _on_every_process(ok: bool) -> bool:
+  """``ok`` on every process (several processes must agree on what to restore)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+  text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+  return text if len(text) <= limit else text[:limit] + "..."
 
 
 def abstract_like(tree):
@@ -54,10 +79,47 @@ class Checkpointer:
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
     except Exception as e:  # orbax raises many types for unreadable data
-      raise CheckpointError(
-          f"checkpoint step {step} in {self.directory} could not be restored "
-          f"({type(e).__name__}: {e}). It was left in place: move it away to resume "
-          f"from an earlier step, or use a new workdir.") from e
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} could not be "
+                            f"restored ({_first_line(e)})") from e
+
+  def restore_newest_intact(self, target):
+    """Restores the newest step that reads back whole with finite values into the
+    structure of ``target``; each newer step that does not is moved aside (see
+    the module docstring). Returns the state, or None when no step is left."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state = self.restore(target, step)
+        problem = None if all_finite(state) else "holds non-finite values"
+      except CheckpointError as e:
+        state, problem = None, f"could not be restored ({_first_line(e.__cause__ or e)})"
+      if _on_every_process(problem is None):
+        return state
+      moved = self.move_aside(step)
+      logging.warning("Checkpoint step %d in %s %s: moved to %s; trying the step before it",
+                      step, self.directory, problem or "failed on another process", moved)
+    return None
+
+  def move_aside(self, step: int) -> epath.Path:
+    """Moves step ``step`` to ``<directory>_corrupt/<step>[.N]`` (process 0) and
+    returns that path; orbax no longer lists it."""
+    aside = self.directory.parent / f"{self.directory.name}_corrupt"
+    target = aside / str(step)
+    n = 0
+    while target.exists():
+      n += 1
+      target = aside / f"{step}.{n}"
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"vmd_jax: moved checkpoint {step} aside")
+    self._manager.reload()
+    return target
+
+  def reached_preemption(self, step: int) -> bool:
+    """Orbax's multi-process preemption sync point (False on one process)."""
+    return self._manager.reached_preemption(step)
 
   def restore_subtree(self, name: str, target, step: int | None = None):
     """Restores only the field ``name`` of the saved state (e.g. "ema_params")

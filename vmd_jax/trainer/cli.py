@@ -9,7 +9,11 @@
 ``vmd-jax CMD``. ``--config`` takes a config file's path or the name of one
 packaged in ``vmd_jax/configs`` (``--config=text8_vmd``). Bad input (an unknown
 or malformed config key, a missing file, a workdir that is a file) ends the
-command with one line on stderr naming the culprit and exit code 2.
+command with one line on stderr naming the culprit and exit code 2. A run that ends
+early says why in its last line: a workdir held by another run or a diverged
+run exit 1, SIGTERM / SIGINT after saving exit 128 + the signal (143 / 130). Any
+other uncaught exception prints its traceback and ends the process at once
+(exit 1), so no stuck thread keeps it alive.
 
 Multi-host: pass ``--distributed`` on every process (``jax.distributed.initialize``
 reads the coordinator from the environment on TPU pods and SLURM).
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 
@@ -83,6 +88,23 @@ def check_overrides(argv: list[str]) -> list[str]:
         node = node[part]
         walked.append(part)
   return argv
+
+
+def _run_ended(e: BaseException) -> int | None:
+  """The exit code of a run's own ending (workdir held, diverged, stopped by a
+  signal), or None for any other exception."""
+  from vmd_jax.trainer import guard, lock, preemption
+  if isinstance(e, (guard.TrainingDiverged, lock.WorkdirLocked, preemption.RunStopped)):
+    return e.exit_code
+  return None
+
+
+def _exit_now(code: int):
+  """Ends the process even if a library thread would keep it alive."""
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def _flags_parser(argv):
@@ -191,6 +213,16 @@ def run_command(command: str, argv: list[str]):
         return main(args)
       except InputError as e:
         fail(str(e), argv[0])
+      except SystemExit:
+        raise
+      except BaseException as e:  # pylint: disable=broad-except
+        code = _run_ended(e)
+        if code is not None:
+          prefix = "" if code > 128 else "error: "
+          print(f"{argv[0]}: {prefix}{e}", file=sys.stderr, flush=True)
+          sys.exit(code)
+        traceback.print_exc()
+        _exit_now(130 if isinstance(e, KeyboardInterrupt) else 1)
     app.run(guarded, argv=argv, flags_parser=_flags_parser)
   except InputError as e:
     fail(str(e), argv[0])

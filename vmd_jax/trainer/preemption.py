@@ -1,0 +1,90 @@
+"""Stopping on SIGTERM (how TPU and SLURM preemption arrives) and SIGINT (Ctrl-C).
+
+Inside ``with StopSignals() as stop:`` a signal does not kill the process; the
+loop asks ``stop.requested(step)`` after every step and, when it says yes,
+saves a checkpoint at that step and raises ``RunStopped``.
+
+- One process: SIGTERM and SIGINT set a flag; the step that is running finishes.
+- Several processes (``jax.distributed`` with its preemption service, the
+  default): JAX's own SIGTERM listener tells every process, and
+  ``CheckpointManager.reached_preemption(step)`` (orbax, over
+  ``multihost_utils.reached_preemption_sync_point``) turns true at the same
+  step on all of them, so all save that step. SIGINT is passed on as SIGTERM to
+  join that protocol. Python's handler must not replace JAX's SIGTERM one.
+
+A second SIGINT stops at once (``KeyboardInterrupt``), for an impatient Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import jax
+from absl import logging
+
+
+class RunStopped(Exception):
+  """Stopped by a signal after saving; exit code 128 + the signal number (143
+  for SIGTERM, 130 for SIGINT), as for a process ended by that signal, so a
+  scheduler restarts the run instead of marking it done."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+def _jax_handles_sigterm() -> bool:
+  """Whether JAX's preemption service watches SIGTERM (several processes)."""
+  return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
+
+
+class StopSignals:
+  """Context manager turning SIGTERM / SIGINT into a request to stop after a step."""
+
+  def __init__(self, reached_preemption=None):
+    """``reached_preemption(step)``: the multi-process sync point (orbax's
+    ``CheckpointManager.reached_preemption``); unused on one process."""
+    self.signum = None
+    self._reached_preemption = reached_preemption
+    self._synced = False
+    self._previous = {}
+
+  def __enter__(self) -> "StopSignals":
+    if threading.current_thread() is not threading.main_thread():
+      logging.warning("Training outside the main thread: SIGTERM / SIGINT are not caught")
+      return self
+    self._synced = _jax_handles_sigterm() and self._reached_preemption is not None
+    signals = (signal.SIGINT,) if self._synced else (signal.SIGTERM, signal.SIGINT)
+    for s in signals:
+      self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous.clear()
+
+  def _handle(self, signum, frame):
+    del frame
+    if signum == signal.SIGINT and self.signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning("Received %s: stopping after the current step, with a checkpoint "
+                    "(Ctrl-C again stops at once)", signal.Signals(signum).name)
+    if self._synced and signum == signal.SIGINT:
+      os.kill(os.getpid(), signal.SIGTERM)  # let JAX's listener sync every process
+
+  def requested(self, step: int) -> bool:
+    """True when the run should save ``step`` and stop (the same step on every process)."""
+    if self._synced:
+      return bool(self._reached_preemption(step))
+    return self.signum is not None
+
+  def stopped(self, step: int, num_steps: int, saved: str) -> RunStopped:
+    """The exception to raise once ``step`` is saved in ``saved``."""
+    signum = self.signum or signal.SIGTERM  # JAX's listener took it: SIGTERM
+    return RunStopped(f"stopped by {signal.Signals(signum).name} after step {step} of "
+                      f"{num_steps}; saved {saved}; run the same command again to resume",
+                      signum)
