@@ -188,20 +188,21 @@ class DigitCode:
     ok = (x_t[..., None, :] == self.mask_id) | (x_t[..., None, :] == table)
     return jnp.all(ok, axis=-1)
 
-  def count_consistent(self, d, revealed):
+  def count_consistent(self, d, revealed, xp=jnp):
     """|C_S(d)|: the number of valid tokens v < V with d_k(v) = d_k for every k
-    with revealed[..., k], float32 [...]. Digit DP against V - 1, O(l^2)."""
+    with revealed[..., k], float32 [...]. Digit DP against V - 1, O(l^2).
+    ``xp``: the array module (numpy for concrete checks inside a trace)."""
     b, l = self.base, self.num_digits
     top = [(self.vocab_size - 1) // b ** (l - 1 - k) % b for k in range(l)]  # digits of V-1
-    d = jnp.asarray(d)
-    revealed = jnp.broadcast_to(jnp.asarray(revealed, bool), d.shape)
-    total = jnp.zeros(d.shape[:-1], jnp.float32)
-    prefix_ok = jnp.ones(d.shape[:-1], bool)  # digits before j can equal V-1's
+    d = xp.asarray(d)
+    revealed = xp.broadcast_to(xp.asarray(revealed, bool), d.shape)
+    total = xp.zeros(d.shape[:-1], xp.float32)
+    prefix_ok = xp.ones(d.shape[:-1], bool)  # digits before j can equal V-1's
     for j in range(l):
-      free_after = jnp.sum(~revealed[..., j + 1:], axis=-1).astype(jnp.float32)
-      options = jnp.where(revealed[..., j], (d[..., j] < top[j]).astype(jnp.float32),
-                          float(top[j]))
-      total = total + prefix_ok * options * jnp.power(float(b), free_after)
+      free_after = xp.sum(~revealed[..., j + 1:], axis=-1).astype(xp.float32)
+      options = xp.where(revealed[..., j], (d[..., j] < top[j]).astype(xp.float32),
+                         float(top[j]))
+      total = total + prefix_ok * options * xp.power(float(b), free_after)
       prefix_ok = prefix_ok & (~revealed[..., j] | (d[..., j] == top[j]))
     return total + prefix_ok  # + the token V - 1 itself
 
@@ -247,7 +248,7 @@ def check_digits(x, code: DigitCode, *, name: str = "x_init"):
   if bad.any():
     index = tuple(int(i) for i in np.argwhere(bad)[0])
     raise ValueError(f"{name} holds digit {int(x[index])} at {index}, {range_msg}")
-  bad = np.asarray(code.count_consistent(x, x != b)) < 1
+  bad = code.count_consistent(x, x != b, xp=np) < 1
   if bad.any():
     index = tuple(int(i) for i in np.argwhere(bad)[0])
     raise ValueError(f"{name} position {index} has digits {x[index].tolist()} (mask {b}), "
