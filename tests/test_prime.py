@@ -1,5 +1,6 @@
 """MDM-Prime (partial masking): the code, the NELBO against exact answers, the sampler."""
 
+import functools
 import itertools
 import math
 
@@ -15,6 +16,10 @@ from vmd_jax.sampling import ORDERS
 from vmd_jax.schedules import get_schedule, time_grid
 
 LINEAR0 = get_schedule("linear", eps=0.0)
+# The tests' own compiles skip LLVM's slow optimisations: about half the compile
+# time, the same results to float tolerance; compiles dominate this file's time.
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 
 def sparse_joint(vocab_size, length, seed):
@@ -114,13 +119,13 @@ def test_token_and_digit_predictions_renormalise_over_consistent_tokens():
   logits = jnp.asarray(rng.normal(size=(4, 5, 11)), jnp.float32)
   d = np.asarray(code.to_digits(jnp.asarray(rng.integers(0, 11, (4, 5)), jnp.int32)))
   x_t = jnp.asarray(np.where(rng.random((4, 5, 3)) < 0.5, d, code.mask_id))
-  tok = np.exp(np.asarray(jax.jit(prime.token_log_probs, static_argnums=2)(logits, x_t, code),
+  tok = np.exp(np.asarray(jit(prime.token_log_probs, static_argnums=2)(logits, x_t, code),
                          np.float64))
   ok = np.asarray(code.consistent_tokens(x_t))
   want = np.where(ok, np.exp(np.asarray(logits, np.float64)), 0.0)
   want /= want.sum(-1, keepdims=True)
   np.testing.assert_allclose(tok, want, atol=1e-6)
-  dig = np.exp(np.asarray(jax.jit(prime.digit_log_probs, static_argnums=2)(logits, x_t, code),
+  dig = np.exp(np.asarray(jit(prime.digit_log_probs, static_argnums=2)(logits, x_t, code),
                          np.float64))
   chex.assert_shape(dig, (4, 5, 3, 3))
   table = np.asarray(code.to_digits(jnp.arange(11)))
@@ -134,8 +139,7 @@ def test_token_and_digit_predictions_renormalise_over_consistent_tokens():
 
 
 @pytest.mark.parametrize("v,n,l,schedule,quad", [
-    (5, 2, 1, "linear", 4), (5, 2, 3, "linear", 4), (5, 3, 2, "linear", 4),
-    (6, 2, 2, "cosine", 48)])
+    (5, 2, 3, "linear", 4), (5, 3, 2, "linear", 4), (6, 2, 2, "cosine", 48)])
 def test_exact_denoiser_gives_the_exact_nll(v, n, l, schedule, quad):
   code = prime.DigitCode(v, l)
   p = sparse_joint(v, n, seed=v + n + l)
@@ -157,7 +161,7 @@ def test_one_digit_is_md4():
   t = jnp.asarray(rng.random(len(x0)), jnp.float32)
   noise = jnp.asarray(rng.random(x0.shape), jnp.float32)
   sched = get_schedule("cosine")  # eps > 0: the boundary terms agree too
-  both = jax.jit(lambda t, u: [(
+  both = jit(lambda t, u: [(
       md4_nelbo_terms(denoise_tokens, x0, None, sched, vocab_size=v, t=t, noise=u,
                       num_steps=steps),
       prime.prime_nelbo_terms(denoise_digits, x0, None, sched, code, t=t, noise=u[..., None],
@@ -247,7 +251,7 @@ def test_monte_carlo_agrees_with_the_exact_expectation(steps):
   x0 = np.array([3, 5], np.int32)
   want = prime.expected_nelbo(denoise, x0, sched, code, num_steps=steps, num_quadrature=48)
   batch = 4096
-  fn = jax.jit(lambda k: prime.prime_nelbo(denoise, jnp.tile(x0, (batch, 1)), k, sched, code,
+  fn = jit(lambda k: prime.prime_nelbo(denoise, jnp.tile(x0, (batch, 1)), k, sched, code,
                                            num_steps=steps))
   draws = np.concatenate([np.asarray(fn(jax.random.key(i))) for i in range(4)])
   # Stratified t makes draws within a batch dependent; batches are independent.
@@ -270,7 +274,7 @@ def test_nelbo_shapes_dtypes_and_jit():
         code).mean())(jnp.zeros(27))
     return outs, grads
 
-  outs, grads = jax.jit(everything)(jax.random.key(1))
+  outs, grads = jit(everything)(jax.random.key(1))
   for out in outs:
     for name in ("nelbo", "diffusion", "reconstruction", "prior", "t"):
       chex.assert_shape(out[name], (3,))
@@ -294,12 +298,19 @@ def joint():
   return p, prime.exact_digit_denoiser(p, CODE, N)
 
 
-def draw(denoise, order, num_steps, x_init=None, key=0, schedule="linear", **kw):
+@functools.partial(jit, static_argnums=(0, 3, 4), static_argnames=(
+    "schedule", "unit", "temperature", "top_p", "reuse_logits"))
+def _sample(denoise, key, x_init, order, num_steps, schedule="linear", **kw):
+  return prime.sample(denoise, key, x_init, num_steps, get_schedule(schedule, eps=0.0), CODE,
+                      order=order, return_nfe=True, return_idle=True, **kw)
+
+
+def draw(denoise, order, num_steps, x_init=None, key=0, **kw):
+  """(digits, nfe, idle); every test's draws share one compiled sampler per
+  (denoiser, order, steps, options, x_init shape)."""
   if x_init is None:
     x_init = jnp.full((S, N, L), CODE.mask_id, jnp.int32)
-  fn = jax.jit(lambda k: prime.sample(denoise, k, x_init, num_steps, get_schedule(schedule),
-                                      CODE, order=order, return_nfe=True, **kw))
-  return fn(jax.random.key(key))
+  return _sample(denoise, jax.random.key(key), x_init, order, num_steps, **kw)
 
 
 def assert_valid(d):
@@ -355,7 +366,7 @@ def ancestral_chain(denoise, num_steps, schedule, grid="linear"):
 
 def test_first_hitting_samples_the_joint(joint):
   p, denoise = joint
-  d, nfe, idle = draw(denoise, "first_hitting", 0, schedule="cosine", return_idle=True)
+  d, nfe, idle = draw(denoise, "first_hitting", 0)
   assert not np.any(idle)  # first hitting reveals a digit at every step
   chex.assert_shape(d, (S, N, L))
   chex.assert_type(d, jnp.int32)
@@ -374,7 +385,7 @@ def test_ancestral_sampler_draws_its_exact_chain_which_tends_to_the_joint(joint)
   chain3 = ancestral_chain(denoise, 3, sched)
   np.testing.assert_allclose(chain3.sum(), 1.0, atol=1e-6)  # no invalid codes
   assert exact.total_variation(chain3, p) > 0.05  # T = 3 is visibly not exact
-  d, _ = draw(denoise, "ancestral", 3, schedule="linear")
+  d, _, _ = draw(denoise, "ancestral", 3)
   assert_valid(d)
   tv = exact.total_variation(exact.empirical_distribution(CODE.from_digits(d), V), chain3)
   assert tv < 0.02, tv
@@ -402,25 +413,30 @@ def test_one_step_draws_each_token_from_its_marginal(joint):
   the product of the token marginals, and still no invalid code."""
   p, denoise = joint
   marginals = exact.product_of_marginals(p, V, N)
-  d, nfe = draw(denoise, "ancestral", 1)
+  d, nfe, _ = draw(denoise, "ancestral", 1)
   assert int(nfe) == 1
   assert_valid(d)
   tv = exact.total_variation(exact.empirical_distribution(CODE.from_digits(d), V), marginals)
   assert tv < 0.02, tv
 
 
-@pytest.mark.parametrize("order,unit", [(o, "token") for o in ORDERS] + [
-    ("top_prob_margin", "digit")])
-def test_givens_never_change_and_codes_stay_valid(joint, order, unit):
+# (order, unit, steps, top_p): every order, both units; the runs are shared with
+# the NFE test and the exact-chain test.
+SAMPLER_CASES = [("first_hitting", "token", 0, None), ("ancestral", "token", 3, None),
+                 ("top_prob", "token", N, None), ("top_prob_margin", "token", N, None),
+                 ("top_prob_margin", "digit", N * L, None), ("random", "digit", N * L, 0.5)]
+assert {c[0] for c in SAMPLER_CASES} == set(ORDERS)
+
+
+@pytest.mark.parametrize("order,unit,steps,top_p", SAMPLER_CASES)
+def test_givens_never_change_and_codes_stay_valid(joint, order, unit, steps, top_p):
   p, denoise = joint
   given = CODE.to_digits(jnp.int32(3))  # position 1 fully given: token 3
   first = CODE.to_digits(jnp.int32(4))[0]  # position 0: first digit given (1: tokens 3, 4)
   x_init = jnp.array([[[first, CODE.mask_id], list(given)]], jnp.int32)
-  x_init = jnp.tile(x_init, (500, 1, 1))
-  steps = 3 if order != "ancestral" else 50
-  top_p = 0.5 if order == "random" else None  # top-p keeps codes valid too
-  d, _ = draw(denoise, order, steps, x_init=x_init, unit=unit, key=4, top_p=top_p)
-  np.testing.assert_array_equal(d[:, 1], jnp.broadcast_to(given, (500, L)))
+  x_init = jnp.tile(x_init, (S, 1, 1))  # top-p keeps codes valid too
+  d, _, _ = draw(denoise, order, steps, x_init=x_init, unit=unit, key=4, top_p=top_p)
+  np.testing.assert_array_equal(d[:, 1], jnp.broadcast_to(given, (S, L)))
   assert bool(jnp.all(d[:, 0, 0] == first))
   assert_valid(d)
   assert set(np.unique(CODE.from_digits(d[:, 0])).tolist()) <= {3, 4}
@@ -431,7 +447,7 @@ def test_first_hitting_draws_the_conditional_given_partial_digits(joint):
   first = CODE.to_digits(jnp.int32(4))[0]  # tokens 3 and 4 have first digit 1
   x_init = jnp.tile(jnp.array([[[first, CODE.mask_id], [CODE.mask_id] * L]], jnp.int32),
                     (S, 1, 1))
-  d, nfe = draw(denoise, "first_hitting", 0, x_init=x_init, key=5)
+  d, nfe, _ = draw(denoise, "first_hitting", 0, x_init=x_init, key=5)
   assert int(nfe) == 3
   cond = p.reshape(V, V).copy()
   cond[[0, 1, 2]] = 0.0
@@ -449,7 +465,7 @@ def test_confidence_step_reveals_the_scheduled_count(unit, orders):
   d0 = np.asarray(code.to_digits(jnp.asarray(rng.integers(0, 27, (b, n)), jnp.int32)))
   x = jnp.asarray(np.where(rng.random((b, n, 3)) < 0.6, code.mask_id, d0))
   logits = jnp.asarray(rng.normal(size=(b, n, 27)), jnp.float32)
-  step = jax.jit(lambda a_t, a_s, last, order: prime.reveal_step(
+  step = jit(lambda a_t, a_s, last, order: prime.reveal_step(
       jax.random.key(1), x, logits, code, order, alpha_t=a_t, alpha_s=a_s, last=last,
       unit=unit), static_argnums=3)
   masked = np.asarray(x == code.mask_id)
@@ -474,7 +490,7 @@ def test_confidence_orders_rank_by_confidence():
   code = prime.DigitCode(9, 2)
   x = jnp.full((1, 3, 2), code.mask_id, jnp.int32)
   logits = jnp.stack([jnp.zeros(9), jnp.zeros(9).at[4].set(8.0), jnp.zeros(9).at[2].set(2.0)])
-  y = jax.jit(lambda: prime.reveal_step(
+  y = jit(lambda: prime.reveal_step(
       jax.random.key(0), x, logits[None], code, "top_prob", alpha_t=0.0, alpha_s=1.0 / 3.0,
       unit="token", temperature=0.0))()
   np.testing.assert_array_equal(y[0, 1], code.to_digits(jnp.int32(4)))
@@ -485,9 +501,9 @@ def test_nfe_and_idle_counts(joint):
   _, denoise = joint
   sched = get_schedule("linear")
   one = jnp.full((1, N, L), CODE.mask_id, jnp.int32)
-  run = jax.jit(lambda k: [prime.sample(denoise, k, one, 200, sched, CODE, reuse_logits=reuse,
-                                        return_nfe=True, return_idle=True)
-                           for reuse in (True, False)])
+  run = jit(lambda k: [prime.sample(denoise, k, one, 200, sched, CODE, reuse_logits=reuse,
+                                    return_nfe=True, return_idle=True)
+                       for reuse in (True, False)])
   for seed in range(4):
     (d_a, nfe_a, idle_a), (d_b, nfe_b, idle_b) = run(jax.random.key(seed))
     np.testing.assert_array_equal(d_a, d_b)
@@ -495,16 +511,12 @@ def test_nfe_and_idle_counts(joint):
     # A call first and after every step that revealed something and left masks.
     assert int(nfe_a) == 200 - int(idle_a[0])
   # One token per step (token unit, N steps) or one digit per step (digit unit).
-  x_init = jnp.full((4, N, L), CODE.mask_id, jnp.int32)
-  cases = [("top_prob", "token", N), ("random", "digit", N * L)]
-  runs = jax.jit(lambda k: [prime.sample(
-      denoise, k, x_init, steps, sched, CODE, order=order, unit=unit, return_nfe=True,
-      return_idle=True) for order, unit, steps in cases] + [prime.sample(
-          denoise, k, jnp.zeros_like(x_init), 3, sched, CODE, order="top_prob",
-          return_nfe=True)])(jax.random.key(0))
-  for (order, unit, steps), (_, nfe, idle) in zip(cases, runs):
+  for order, unit, steps, top_p in SAMPLER_CASES[2:]:
+    _, nfe, idle = draw(denoise, order, steps, unit=unit, top_p=top_p)
     assert int(nfe) == steps and not np.any(idle), (order, unit)
-  assert int(runs[-1][1]) == 0  # nothing to generate: no call
+  _, nfe, _ = draw(denoise, "top_prob", N, x_init=jnp.zeros((S, N, L), jnp.int32),
+                   unit="token")
+  assert int(nfe) == 0  # nothing to generate: no call
 
 
 def test_idle_steps_match_the_closed_form():
@@ -515,9 +527,9 @@ def test_idle_steps_match_the_closed_form():
   assert abs(want - (1 - 1 / steps) ** 80) < 0.01  # ~ exp(-N l / T)
   zero = lambda x_t, t: jnp.zeros(x_t.shape[:2] + (27,))
   x_init = jnp.full((batch, length, 2), code.mask_id, jnp.int32)
-  _, idle = jax.jit(lambda k: prime.sample(zero, k, x_init, steps, sched, code,
+  _, idle = jit(lambda k: prime.sample(zero, k, x_init, steps, sched, code,
                                            return_idle=True))(jax.random.key(3))
-  sim = jax.jit(lambda k: prime.ancestral_idle_steps(k, 4 * batch, length * 2, steps, sched))(
+  sim = jit(lambda k: prime.ancestral_idle_steps(k, 4 * batch, length * 2, steps, sched))(
       jax.random.key(4))
   for counts in (np.asarray(idle), np.asarray(sim)):
     ratio = counts / steps
@@ -528,7 +540,7 @@ def test_idle_steps_match_the_closed_form():
 
 def test_temperature_zero_and_bad_arguments(joint):
   p, denoise = joint
-  d, _ = draw(denoise, "ancestral", 1, temperature=0.0, x_init=jnp.full((3, N, L), 3))
+  d, _, _ = draw(denoise, "ancestral", 1, temperature=0.0, x_init=jnp.full((3, N, L), 3))
   table = p.reshape(V, V)
   mode = [np.argmax(table.sum(1)), np.argmax(table.sum(0))]
   np.testing.assert_array_equal(CODE.from_digits(d), np.tile(mode, (3, 1)))
@@ -536,3 +548,53 @@ def test_temperature_zero_and_bad_arguments(joint):
     draw(denoise, "greedy", 2)
   with pytest.raises(ValueError, match=r"unknown reveal unit 'bit'"):
     draw(denoise, "top_prob", 2, unit="bit")
+
+
+# ----------------------------------------------------------------------------
+# Token and digit checks at the entry points.
+
+
+def test_entry_points_reject_bad_tokens_and_digits():
+  code = prime.DigitCode(5, 2)  # b = 3: digits (1, 2) code 5, invalid; (2, *) none valid
+  zero = lambda x_t, t: jnp.zeros(x_t.shape[:2] + (5,))
+  block_zero = lambda x, *a, **kw: jnp.zeros(x.shape[:2] + (5,))
+  sched = get_schedule("linear")
+  x0 = np.zeros((2, 4), np.int32)
+  x0[1, 3] = 5
+  losses_ = {"prime_nelbo_terms": lambda x: prime.prime_nelbo_terms(
+                 zero, x, jax.random.key(0), sched, code),
+             "block_nelbo_terms": lambda x: prime.block_nelbo_terms(
+                 block_zero, x, jax.random.key(0), sched, code, 2)}
+  for fn in losses_.values():
+    with pytest.raises(ValueError, match=r"x0 holds token 5 at \(1, 3\), outside \[0, 4\]"):
+      fn(x0)
+  samplers = {"sample": lambda x: prime.sample(zero, jax.random.key(0), x, 2, sched, code),
+              "block_sample": lambda x: prime.block_sample(
+                  block_zero, None, jax.random.key(0), x, 2, 1, sched, code, use_cache=False)}
+  bad = {r"x_init holds digit 4 at \(0, 1, 1\), outside \[0, 3\] \(base b = 3": [0, 4],
+         r"x_init position \(0, 1\) has digits \[1, 2\] \(mask 3\), which code no token < V = 5":
+             [1, 2],
+         r"x_init position \(0, 1\) has digits \[2, 3\] \(mask 3\), which code no token": [2, 3]}
+  for fn in samplers.values():
+    for message, digits in bad.items():
+      x = np.full((1, 2, 2), 3, np.int32)
+      x[0, 1] = digits
+      with pytest.raises(ValueError, match=message):
+        fn(jnp.asarray(x))
+  # Under jit, forward.checked raises the same messages (one compile for all).
+  from jax.experimental import checkify
+  from vmd_jax import forward
+  err, _ = jit(forward.checked(losses_["prime_nelbo_terms"]))(jnp.asarray(x0))
+  with pytest.raises(checkify.JaxRuntimeError, match=r"x0 holds token 5 at \(1, 3\)"):
+    err.throw()
+  checked_sample = jit(forward.checked(samplers["sample"]))
+  for message, digits in bad.items():
+    x = np.full((1, 2, 2), 3, np.int32)
+    x[0, 1] = digits
+    err, _ = checked_sample(jnp.asarray(x))
+    with pytest.raises(checkify.JaxRuntimeError, match=message.split(r" \(base")[0]):
+      err.throw()
+  x = np.full((1, 2, 2), 3, np.int32)
+  x[0, 1] = [1, 3]  # first digit given: tokens 3 and 4 stay possible
+  err, out = checked_sample(jnp.asarray(x))
+  assert err.get() is None and int(code.from_digits(out)[0, 1]) in (3, 4)

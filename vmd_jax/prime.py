@@ -69,8 +69,11 @@ MD4's N alpha(1) log V and N (1 - alpha(0)) log V for l = 1, keep the bound vali
 for eps > 0 and make a zero-logit denoiser's expected NELBO exactly N log V (its
 digit conditionals telescope within each token to 1/V).
 
-Samplers: see ``sample``. Exact references: ``exact_digit_denoiser`` and
-``expected_nelbo`` (masks over the N l digits enumerated, t by quadrature).
+Samplers: see ``sample``. Blocks (BD3-LM with Prime inside each block):
+``block_nelbo_terms`` and ``block_sample``. Exact references:
+``exact_digit_denoiser`` and ``expected_nelbo`` (masks over the N l digits
+enumerated, t by quadrature). Token and digit arguments are checked
+(``forward.check_tokens``, ``check_digits``) like every entry point's.
 """
 
 from __future__ import annotations
@@ -85,7 +88,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.experimental import checkify
+
+from vmd_jax import block, forward
 from vmd_jax.exact import all_sequences
+from vmd_jax.forward import check_tokens
 from vmd_jax.losses import stratified_times, discretize_times
 from vmd_jax.sampling import ORDERS, draw_tokens
 from vmd_jax.schedules import time_grid
@@ -152,6 +159,28 @@ class DigitCode:
     d = jnp.asarray(d)
     return jnp.sum(d * self.powers().astype(d.dtype), axis=-1)
 
+  def tokens_to_digits(self, x):
+    """int tokens [...] in [0, V] (V the token mask) -> digits [..., l] in [0, b]
+    (a masked token has every digit masked)."""
+    x = jnp.asarray(x)
+    digits = self.to_digits(jnp.minimum(x, self.vocab_size - 1))
+    return jnp.where((x == self.vocab_size)[..., None], jnp.asarray(self.mask_id, x.dtype),
+                     digits)
+
+  def pack(self, d):
+    """int digits [..., l] in [0, b] (masks allowed) -> one int [...] in
+    [0, (b+1)^l): the digits read in base b + 1. Lets [B, L] machinery (the block
+    KV cache) carry digit inputs unchanged; ``unpack`` inverts it."""
+    d = jnp.asarray(d)
+    powers = [(self.base + 1) ** (self.num_digits - 1 - k) for k in range(self.num_digits)]
+    return jnp.sum(d * jnp.asarray(powers, d.dtype), axis=-1)
+
+  def unpack(self, p):
+    """Inverse of ``pack``: int [...] -> digits [..., l] in [0, b]."""
+    p = jnp.asarray(p)
+    powers = [(self.base + 1) ** (self.num_digits - 1 - k) for k in range(self.num_digits)]
+    return (p[..., None] // jnp.asarray(powers, p.dtype)) % (self.base + 1)
+
   def consistent_tokens(self, x_t):
     """bool [..., V]: token v agrees with every revealed digit of x_t [..., l]."""
     table = self.to_digits(jnp.arange(self.vocab_size, dtype=jnp.int32))  # [V, l]
@@ -159,22 +188,71 @@ class DigitCode:
     ok = (x_t[..., None, :] == self.mask_id) | (x_t[..., None, :] == table)
     return jnp.all(ok, axis=-1)
 
-  def count_consistent(self, d, revealed):
+  def count_consistent(self, d, revealed, xp=jnp):
     """|C_S(d)|: the number of valid tokens v < V with d_k(v) = d_k for every k
-    with revealed[..., k], float32 [...]. Digit DP against V - 1, O(l^2)."""
+    with revealed[..., k], float32 [...]. Digit DP against V - 1, O(l^2).
+    ``xp``: the array module (numpy for concrete checks inside a trace)."""
     b, l = self.base, self.num_digits
     top = [(self.vocab_size - 1) // b ** (l - 1 - k) % b for k in range(l)]  # digits of V-1
-    d = jnp.asarray(d)
-    revealed = jnp.broadcast_to(jnp.asarray(revealed, bool), d.shape)
-    total = jnp.zeros(d.shape[:-1], jnp.float32)
-    prefix_ok = jnp.ones(d.shape[:-1], bool)  # digits before j can equal V-1's
+    d = xp.asarray(d)
+    revealed = xp.broadcast_to(xp.asarray(revealed, bool), d.shape)
+    total = xp.zeros(d.shape[:-1], xp.float32)
+    prefix_ok = xp.ones(d.shape[:-1], bool)  # digits before j can equal V-1's
     for j in range(l):
-      free_after = jnp.sum(~revealed[..., j + 1:], axis=-1).astype(jnp.float32)
-      options = jnp.where(revealed[..., j], (d[..., j] < top[j]).astype(jnp.float32),
-                          float(top[j]))
-      total = total + prefix_ok * options * jnp.power(float(b), free_after)
+      free_after = xp.sum(~revealed[..., j + 1:], axis=-1).astype(xp.float32)
+      options = xp.where(revealed[..., j], (d[..., j] < top[j]).astype(xp.float32),
+                         float(top[j]))
+      total = total + prefix_ok * options * xp.power(float(b), free_after)
       prefix_ok = prefix_ok & (~revealed[..., j] | (d[..., j] == top[j]))
     return total + prefix_ok  # + the token V - 1 itself
+
+
+def check_digits(x, code: DigitCode, *, name: str = "x_init"):
+  """Checks int digits [..., l]: each in [0, b] (b the digit mask) and every
+  position's revealed digits agreeing with at least one token < V (so a fully
+  given position codes a token < V).
+
+  Concrete arrays: ``ValueError`` naming ``name``, the value and its position.
+  Traced arrays: a ``checkify`` check under ``forward.checked``, else nothing
+  (as ``forward.check_tokens``).
+  """
+  b, l = code.base, code.num_digits
+  if x.shape[-1] != l:
+    raise ValueError(f"{name} must hold {l} digits per token (last axis), got shape {x.shape}")
+  range_msg = f"outside [0, {b}] (base b = {b}, digit mask id {b})"
+  if isinstance(x, jax.core.Tracer):
+    if forward._CHECKING.get():  # pylint: disable=protected-access
+      for bad, what in ((x < 0) | (x > b), "digit"), (None, "code"):
+        if bad is None:
+          bad = jnp.broadcast_to(code.count_consistent(x, x != b)[..., None] < 1, x.shape)
+        flat = jnp.argmax(bad.ravel())
+        index = jnp.unravel_index(flat, x.shape)
+        args = {f"i{k}": i for k, i in enumerate(index)}
+        if what == "digit":
+          where = ", ".join("{i%d}" % k for k in range(x.ndim))
+          checkify.check(~jnp.any(bad), f"{name} holds digit {{v}} at ({where}), {range_msg}",
+                         v=x.ravel()[flat], **args)
+        else:
+          where = ", ".join("{i%d}" % k for k in range(x.ndim - 1))
+          row = x[tuple(index[:-1])]
+          digits = ", ".join("{d%d}" % k for k in range(l))
+          checkify.check(~jnp.any(bad), f"{name} position ({where}) has digits [{digits}] "
+                         f"(mask {b}), which code no token < V = {code.vocab_size}",
+                         **{k: v for k, v in args.items() if k != f"i{x.ndim - 1}"},
+                         **{f"d{k}": row[k] for k in range(l)})
+    return
+  x = np.asarray(x)
+  if not np.issubdtype(x.dtype, np.integer):
+    raise ValueError(f"{name} must hold integer digits, got dtype {x.dtype}")
+  bad = (x < 0) | (x > b)
+  if bad.any():
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{name} holds digit {int(x[index])} at {index}, {range_msg}")
+  bad = code.count_consistent(x, x != b, xp=np) < 1
+  if bad.any():
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{name} position {index} has digits {x[index].tolist()} (mask {b}), "
+                     f"which code no token < V = {code.vocab_size}")
 
 
 # ----------------------------------------------------------------------------
@@ -257,7 +335,7 @@ def mask_digits(d0, t, schedule, code: DigitCode, *, key=None, noise=None):
 
   Args:
     d0: int [B, N, l] clean digits (``code.to_digits(x0)``).
-    t: float [B] times in [0, 1].
+    t: float [B] times in [0, 1], or [B, N] a time per position (blocks).
     schedule: a ``Schedule``.
     code: the ``DigitCode``.
     key: PRNG key, used when ``noise`` is None.
@@ -267,13 +345,16 @@ def mask_digits(d0, t, schedule, code: DigitCode, *, key=None, noise=None):
     int [B, N, l] x_t, same dtype as d0.
   """
   chex.assert_rank(d0, 3)
-  chex.assert_shape(t, (d0.shape[0],))
+  if jnp.ndim(t) == 1:
+    chex.assert_shape(t, (d0.shape[0],))
+  else:
+    chex.assert_shape(t, d0.shape[:2])
   if noise is None:
     if key is None:
       raise ValueError("mask_digits needs a key or explicit noise")
     noise = jax.random.uniform(key, d0.shape)
   chex.assert_equal_shape([noise, d0])
-  alpha = schedule.alpha(t)[:, None, None]
+  alpha = _per_digit(schedule.alpha(t))
   return jnp.where(noise >= alpha, jnp.asarray(code.mask_id, d0.dtype), d0)
 
 
@@ -300,19 +381,25 @@ def boundary_terms(d0, code: DigitCode, alpha_0, alpha_1):
   return recon, prior
 
 
+def _per_digit(values):
+  """[B] (per sequence) or [B, N] (per position) -> broadcastable to [B, N, l]."""
+  return values[:, None, None] if values.ndim == 1 else values[..., None]
+
+
 def _nelbo_at(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
-  """The NELBO's terms given the draw x_t at time t (the time on the T-grid)."""
+  """The NELBO's terms given the draw x_t at time t (the time on the T-grid);
+  t is [B] or [B, N] (a time per position, e.g. per block)."""
   chex.assert_shape(logits, d0.shape[:2] + (code.vocab_size,))
   masked = x_t == code.mask_id  # [B, N, l]
   tensor = _log_tensor(logits, x_t, code)  # log p_theta(v | x_t), [B, N, b..b]
   if num_steps is None:
     log_marg = _log_marginals(tensor, code)  # [B, N, l, b]
     digit_ll = jnp.take_along_axis(log_marg, d0[..., None], axis=-1)[..., 0]
-    per_digit = -schedule.weight(t)[:, None, None] * digit_ll * masked
+    per_digit = -_per_digit(schedule.weight(t)) * digit_ll * masked
     diffusion_per_token = jnp.sum(per_digit, axis=-1)
   else:
     alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(t - 1.0 / num_steps)
-    r = ((alpha_s - alpha_t) / (1.0 - alpha_t))[:, None, None] * masked  # [B, N, l]
+    r = _per_digit((alpha_s - alpha_t) / (1.0 - alpha_t)) * masked  # [B, N, l]
     target = _restriction(d0, code)  # restricts a digit to x_0's value
     diffusion_per_token = 0.0
     for s in _subsets(code.num_digits)[1:]:
@@ -355,6 +442,7 @@ def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, 
     ``t`` the time of x_t (on the T-step grid in discrete time).
   """
   chex.assert_rank(x0, 2)
+  check_tokens(x0, code.vocab_size, name="x0")
   batch_size = x0.shape[0]
   if t is None:
     key, t_key = jax.random.split(key)
@@ -505,8 +593,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
   chex.assert_rank(x_init, 3)
   batch_size, length, num_digits = x_init.shape
-  if num_digits != code.num_digits:
-    raise ValueError(f"x_init has {num_digits} digits per token, the code {code.num_digits}")
+  check_digits(x_init, code, name="x_init")
   mask_id = code.mask_id
 
   if order == "first_hitting":
@@ -584,6 +671,126 @@ def expected_idle_ratio(num_units: int, num_steps: int, schedule, grid: str = "l
   before_last = np.sum(q[:-1])
   last = before_last**num_units
   return float((np.sum(idle) + last) / num_steps)
+
+
+# ----------------------------------------------------------------------------
+# Block diffusion with partial masking (BD3-LM's blocks, Prime within each block).
+
+
+def block_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode,
+                      block_size: int, *, t=None, noise=None, clip=(0.0, 1.0), z=None,
+                      num_steps: int | None = None, antithetic: bool = True):
+  """Block Prime NELBO: sum_b of Prime's NELBO of block b given the clean blocks < b.
+
+  -log p(x_0) = sum_b -log p(x^b | x^{<b}) and each block's term is bounded by
+  Prime's NELBO (module docstring) at its own time t_b, so the sum is a valid
+  bound. One network call on the 2L positions [x_t ; x_0] (digits [B, 2L, l],
+  clean digits at t = 0) with ``block.block_diffusion_mask``, as
+  ``block.block_nelbo_terms``; with l = 1 the two are equal. ``clip`` other
+  than (0, 1) is BD3-LM's clipped mask rate (a training objective, not a bound).
+
+  Args:
+    denoise_fn: ``(x digits [B, 2L, l], t [B, 2L], positions [1, 2L],
+      mask [2L, 2L][, z=[B, 2L, D]]) -> logits [B, 2L, V]``.
+    x0: int [B, L] tokens in [0, V); key: PRNG key (may be None when t and noise
+      are given); schedule, code: as in ``prime_nelbo_terms``; block_size: L'.
+    t: optional float [B, K] uniforms (block times for clip = (0, 1)).
+    noise: optional float [B, L, l] digit masking uniforms.
+    z: optional float [B, K, D], a latent per block (VMD).
+    num_steps, antithetic: as in ``prime_nelbo_terms``, per block.
+
+  Returns:
+    ``prime_nelbo_terms``' dict (each [B]; ``per_token`` [B, L]) with ``t``
+    [B, K], ``per_block`` [B, K] and ``xt`` digits [B, L, l].
+  """
+  chex.assert_rank(x0, 2)
+  check_tokens(x0, code.vocab_size, name="x0")
+  batch_size, seq_len = x0.shape
+  blocks = block.num_blocks(seq_len, block_size)
+  lo, hi = clip
+  if not 0.0 <= lo < hi <= 1.0:
+    raise ValueError(f"clip must be (beta, omega) with 0 <= beta < omega <= 1, got {clip}")
+  t_key, noise_key = jax.random.split(key) if key is not None else (None, None)
+  if t is None:
+    if antithetic:
+      t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(
+          jax.random.split(t_key, blocks))
+    else:
+      t = jax.random.uniform(t_key, (batch_size, blocks))
+  t = jnp.asarray(t, jnp.float32)
+  chex.assert_shape(t, (batch_size, blocks))
+  if (lo, hi) != (0.0, 1.0):
+    t = schedule.inverse(1.0 - (lo + (hi - lo) * t))
+  if num_steps is not None:
+    t, _ = discretize_times(t, num_steps)
+  t_tok = block.per_token(t, block_size)  # [B, L]
+  d0 = code.to_digits(x0)
+  x_t = mask_digits(d0, t_tok, schedule, code, key=noise_key, noise=noise)
+  kw = {}
+  if z is not None:
+    chex.assert_rank(z, 3)
+    z_tok = block.per_token(z, block_size)
+    kw["z"] = jnp.concatenate([z_tok, z_tok], axis=1)
+  logits = denoise_fn(jnp.concatenate([x_t, d0], axis=1),
+                      jnp.concatenate([t_tok, jnp.zeros_like(t_tok)], axis=1),
+                      jnp.tile(jnp.arange(seq_len, dtype=jnp.int32), 2)[None],
+                      block.block_diffusion_mask(seq_len, block_size), **kw)
+  chex.assert_shape(logits, (batch_size, 2 * seq_len, code.vocab_size))
+  terms = _nelbo_at(logits[:, :seq_len], d0, x_t, t_tok, schedule, code, num_steps)
+  per_block = terms["per_token"].reshape(batch_size, blocks, block_size).sum(-1)
+  return {**terms, "t": t, "per_block": per_block, "xt": x_t}
+
+
+def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
+                 block_size: int, num_steps_per_block: int, schedule, code: DigitCode,
+                 order: str = "ancestral", *, use_cache: bool = True, z=None,
+                 return_nfe: bool = False, **sample_kwargs):
+  """Generates the masked digits of x_init [B, L, l] block by block, left to right.
+
+  Block b is ``sample`` (any order, ``sample_kwargs``: unit, temperature, top_p,
+  grid, reuse_logits; key fold_in(key, b)) with a denoiser that sees block b at
+  time t and the clean blocks < b, read from ``block``'s KV cache (else
+  recomputed with ``block.block_causal_mask``; same logits). The cache machinery
+  works on [B, L] ints, so digits travel through it packed (``DigitCode.pack``)
+  and are unpacked before the network. Interface as ``block.block_sample``;
+  denoise_fn and prefill_fn take digits [B, n, l].
+
+  Returns:
+    int [B, L, l] digits, or (digits, nfe) with ``return_nfe`` (prefill calls
+    not counted).
+  """
+  chex.assert_rank(x_init, 3)
+  check_digits(x_init, code, name="x_init")
+  blocks = block.num_blocks(x_init.shape[1], block_size)
+  if use_cache and prefill_fn is None:
+    raise ValueError("use_cache=True needs a prefill_fn")
+  packed_denoise = lambda x, *a, **kw: denoise_fn(code.unpack(x), *a, **kw)
+  packed_prefill = lambda x, *a, **kw: prefill_fn(code.unpack(x), *a, **kw)
+  cache = block.init_kv_cache(packed_prefill, code.pack(x_init), z=z) if use_cache else None
+
+  def step(carry, b):
+    x, cache, nfe = carry
+    x_block = jax.lax.dynamic_slice_in_dim(x, b * block_size, block_size, axis=1)
+    if use_cache:
+      fn = lambda xb, t: block.cached_block_logits(packed_denoise, code.pack(xb), t, b, cache,
+                                                   block_size, z=z)
+    else:
+      fn = lambda xb, t: block.uncached_block_logits(packed_denoise, code.pack(xb), t, b,
+                                                     code.pack(x), block_size, z=z)
+    x_block, calls = sample(fn, jax.random.fold_in(key, b), x_block, num_steps_per_block,
+                            schedule, code, order, return_nfe=True, **sample_kwargs)
+    x = jax.lax.dynamic_update_slice_in_dim(x, x_block, b * block_size, axis=1)
+    if use_cache:
+      cache = jax.lax.cond(
+          b < blocks - 1,
+          lambda c: block.prefill_block(packed_prefill, code.pack(x_block), b, c, block_size,
+                                        z=z),
+          lambda c: c, cache)
+    return (x, cache, nfe + calls), None
+
+  (x, _, nfe), _ = jax.lax.scan(step, (x_init, cache, jnp.int32(0)),
+                                jnp.arange(blocks, dtype=jnp.int32))
+  return (x, nfe) if return_nfe else x
 
 
 # ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The masked-diffusion denoiser p_theta(x_0 | x_t, t [, z]) (md4's DiT-style model).
 
   h = Embed_{V+1}(x_t)                                  [B, N, W]
+      (MDM-Prime, l digits: concat_k Embed^k_{b+1}(d_t^k), widths W_k summing to W)
   c = MLP(sinusoid(1000 t)) [+ Dense(z) if latent_mode = "adaln"]   [B, C]
   h = Transformer(h, c)   (adaLN-zero blocks, RoPE, final modulated LayerNorm)
   logits = Dense_V(h)     zero-initialised, float32 [B, N, V]
@@ -15,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vmd_jax.networks.transformer import Dtype, Transformer, timestep_embedding
+from vmd_jax.prime import digit_base
 
 LATENT_MODES = ("adaln", "add", "prefix")
 
@@ -32,6 +34,33 @@ def _prefix_mask(mask, num_queries: int, num_keys: int):
   mask = jnp.broadcast_to(mask, mask.shape[:2] + (num_queries, num_keys))
   mask = jnp.pad(mask, ((0, 0), (0, 0), (1, 0), (1, 0)), constant_values=False)
   return mask.at[..., 0].set(True)
+
+
+def digit_widths(width: int, num_digits: int) -> list[int]:
+  """W split into l widths as evenly as possible, the larger ones first."""
+  return [width // num_digits + (k < width % num_digits) for k in range(num_digits)]
+
+
+class DigitEmbed(nn.Module):
+  """MDM-Prime's sub-token embedding: x_t digits [B, N, l] in [0, b] (b the digit
+  mask) -> concat_k Embed^k_{b+1}(d^k) [B, N, W], table k of width
+  ``digit_widths(W, l)[k]``. For l = 1 (b = V) it is the token embedding
+  Embed_{V+1} (table "digit_0")."""
+
+  vocab_size: int
+  num_digits: int
+  width: int
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, digits):
+    base = digit_base(self.vocab_size, self.num_digits)
+    if digits.ndim != 3 or digits.shape[-1] != self.num_digits:
+      raise ValueError(f"x_t must be digits [B, N, {self.num_digits}], got shape {digits.shape}")
+    parts = [nn.Embed(base + 1, w, param_dtype=self.param_dtype,
+                      name=f"digit_{k}")(digits[..., k])
+             for k, w in enumerate(digit_widths(self.width, self.num_digits))]
+    return jnp.concatenate(parts, axis=-1)
 
 
 class Denoiser(nn.Module):
@@ -56,6 +85,8 @@ class Denoiser(nn.Module):
     learned_positions: P > 0 adds a learned embedding of each position in
       [0, P) instead of the sinusoidal one (e.g. Sudoku, whose rows, columns and
       boxes are not a 1-D distance); 0 keeps the sinusoid.
+    prime_digits: l > 1 reads x_t as MDM-Prime digits [B, N, l] (``DigitEmbed``);
+      1 reads tokens [B, N]. The head is over the V tokens either way.
     latent_dim: D, 0 for no latent.
     latent_mode: how z enters: "adaln" (Dense(z) added to the time embedding
       that drives adaLN), "add" (Dense(z) added to every token embedding) or
@@ -75,6 +106,7 @@ class Denoiser(nn.Module):
   cond_dim: int | None = None
   absolute_positions: bool = True
   learned_positions: int = 0
+  prime_digits: int = 1
   latent_dim: int = 0
   latent_mode: str = "adaln"
 
@@ -84,7 +116,7 @@ class Denoiser(nn.Module):
     """Logits of x_0.
 
     Args:
-      xt: int [B, N] in [0, V].
+      xt: int [B, N] in [0, V]; with prime_digits = l > 1, digits [B, N, l] in [0, b].
       t: float [B] (or [B, N], a time per token, e.g. per block; or a scalar).
       z: float [B, D] (or [B, N, D], a latent per token, for "adaln"/"add");
         given iff latent_dim > 0.
@@ -107,7 +139,7 @@ class Denoiser(nn.Module):
     if (z is not None) != (self.latent_dim > 0):
       raise ValueError(f"z must be given iff latent_dim > 0; latent_dim="
                        f"{self.latent_dim}, z is {'given' if z is not None else 'None'}")
-    batch_size, length = xt.shape
+    batch_size, length = xt.shape[:2]
     if positions is None:
       positions = jnp.arange(length)[None]
     t = jnp.asarray(t, jnp.float32)
@@ -115,16 +147,20 @@ class Denoiser(nn.Module):
       t = jnp.full((batch_size,), t)
 
     cond_dim = self.cond_dim or self.width
-    h = nn.Embed(self.vocab_size + 1, self.width, param_dtype=self.param_dtype,
-                 name="embed")(xt).astype(jnp.float32)
+    if self.prime_digits > 1:
+      h = DigitEmbed(self.vocab_size, self.prime_digits, self.width, self.param_dtype,
+                     name="digit_embed")(xt).astype(jnp.float32)
+    else:
+      h = nn.Embed(self.vocab_size + 1, self.width, param_dtype=self.param_dtype,
+                   name="embed")(xt).astype(jnp.float32)
     if self.learned_positions:
       h = h + nn.Embed(self.learned_positions, self.width, param_dtype=self.param_dtype,
-                       name="position_embed")(jnp.broadcast_to(positions, xt.shape))
+                       name="position_embed")(jnp.broadcast_to(positions, (batch_size, length)))
     elif self.absolute_positions:
       # RoPE alone cannot tell positions apart when every token is the mask (all
       # values equal), so one-step generation from z would give every position
       # the same distribution; sinusoidal absolute positions break that symmetry.
-      h = h + timestep_embedding(jnp.broadcast_to(positions, xt.shape).astype(jnp.float32),
+      h = h + timestep_embedding(jnp.broadcast_to(positions, (batch_size, length)).astype(jnp.float32),
                                  self.width, scale=1.0)
     if self.time_conditioning:
       c = timestep_embedding(t)

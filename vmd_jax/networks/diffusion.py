@@ -9,6 +9,12 @@ With ``block_size`` L' the model is block diffusion (``vmd_jax.block``): the
 block NELBO in training and evaluation, blocks generated left to right with a KV
 cache, and for VMD one latent per block (the encoder built with the same
 ``block_size``).
+
+With a denoiser of ``prime_digits`` l > 1 the model is MDM-Prime
+(``vmd_jax.prime``): the denoiser reads digits, the NELBO is
+``prime.prime_nelbo_terms`` (blocks: ``prime.block_nelbo_terms``; VMD adds the
+latent KL with ``losses.with_latent_kl``), and ``sample`` takes and returns
+tokens (mask id V), converting to digits and back inside.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from vmd_jax import block, losses, sampling
+from vmd_jax import block, losses, prime, sampling
 from vmd_jax.networks import adapters
+from vmd_jax.forward import check_tokens
 from vmd_jax.networks.denoiser import Denoiser
 from vmd_jax.networks.encoder import LatentEncoder
 from vmd_jax.schedules import Schedule
@@ -52,6 +59,13 @@ class MaskedDiffusion:
     return self.denoiser.vocab_size
 
   @property
+  def prime_code(self) -> prime.DigitCode | None:
+    """MDM-Prime's digit code (V, l) when the denoiser reads l > 1 digits, else None."""
+    if self.denoiser.prime_digits > 1:
+      return prime.DigitCode(self.vocab_size, self.denoiser.prime_digits)
+    return None
+
+  @property
   def latent_dim(self) -> int:
     return self.encoder.latent_dim if self.encoder is not None else 0
 
@@ -60,7 +74,8 @@ class MaskedDiffusion:
     k_den, k_enc = jax.random.split(key)
     t = jnp.zeros((x0.shape[0],), jnp.float32)
     z = jnp.zeros((x0.shape[0], self.latent_dim)) if self.encoder is not None else None
-    params = {"denoiser": self.denoiser.init(k_den, x0, t, z)}
+    x_in = self.prime_code.to_digits(x0) if self.prime_code else x0
+    params = {"denoiser": self.denoiser.init(k_den, x_in, t, z)}
     if self.encoder is not None:
       params["encoder"] = self.encoder.init(k_enc, x0, x0)
     return params
@@ -82,6 +97,8 @@ class MaskedDiffusion:
     (evaluation, ``train=False``, always uses the unclipped bound).
     """
     key, dropout_key, enc_key = jax.random.split(key, 3)
+    if self.prime_code:
+      return self._prime_loss(params, x0, key, dropout_key, enc_key, train, t, noise)
     common = dict(vocab_size=self.vocab_size, t=t, noise=noise,
                   num_steps=self.loss_steps, antithetic=self.antithetic)
     if self.block_size:
@@ -107,6 +124,30 @@ class MaskedDiffusion:
     return block.block_vmd_loss(denoise, encode, x0, key, self.schedule, self.block_size,
                                 beta=self.beta, free_bits=self.free_bits, clip=clip, **common)
 
+  def _prime_loss(self, params, x0, key, dropout_key, enc_key, train, t, noise):
+    """MDM-Prime's NELBO (``prime``), with VMD's latent KL and/or blocks."""
+    common = dict(t=t, noise=noise, num_steps=self.loss_steps, antithetic=self.antithetic)
+    posterior, z = None, None
+    if self.encoder is not None:  # an encoder of x_0 alone (config validation)
+      z_key, key = jax.random.split(key)
+      encode = self.encode_fn(params, train=train, rng=enc_key)
+      posterior = losses.DiagonalGaussian(*encode(x0, x0, None))
+      z = posterior.sample(z_key)
+    if self.block_size:
+      rngs = {"dropout": dropout_key} if train else None
+      denoise, _ = adapters.block_denoiser_fns(self.denoiser, params["denoiser"], train=train,
+                                               rngs=rngs)
+      clip = self.train_mask_rate if train else (0.0, 1.0)
+      terms = prime.block_nelbo_terms(denoise, x0, key, self.schedule, self.prime_code,
+                                      self.block_size, clip=clip, z=z, **common)
+    else:
+      denoise = self.denoise_fn(params, train=train, rng=dropout_key)
+      fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
+      terms = prime.prime_nelbo_terms(fn, x0, key, self.schedule, self.prime_code, **common)
+    if posterior is None:
+      return {**terms, "loss": terms["nelbo"]}
+    return losses.with_latent_kl(terms, posterior, self.beta, self.free_bits)
+
   def num_blocks(self, seq_len: int) -> int:
     """K = N / L' (1 without blocks)."""
     return block.num_blocks(seq_len, self.block_size) if self.block_size else 1
@@ -129,9 +170,12 @@ class MaskedDiffusion:
       z = prior(z_key, x_init.shape[0] * blocks)
       if self.block_size:
         z = z.reshape(x_init.shape[0], blocks, self.latent_dim)
+    if self.block_size and num_steps % blocks:
+      raise ValueError(f"NFE {num_steps} is not a multiple of the {blocks} blocks")
+    if self.prime_code:
+      return self._prime_sample(params, key, x_init, num_steps // blocks, order, z, use_cache,
+                                sampler_kwargs)
     if self.block_size:
-      if num_steps % blocks:
-        raise ValueError(f"NFE {num_steps} is not a multiple of the {blocks} blocks")
       denoise, prefill = adapters.block_denoiser_fns(self.denoiser, params["denoiser"])
       return block.block_sample(denoise, prefill, key, x_init, self.block_size,
                                 num_steps // blocks, self.schedule, order,
@@ -141,6 +185,24 @@ class MaskedDiffusion:
     fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
     return sampling.sample(fn, key, x_init, num_steps, self.schedule, order=order,
                            vocab_size=self.vocab_size, return_nfe=True, **sampler_kwargs)
+
+  def _prime_sample(self, params, key, x_init, steps, order, z, use_cache, sampler_kwargs):
+    """Prime's sampler on x_init's digits (a masked token has every digit
+    masked); returns (tokens, nfe)."""
+    code = self.prime_code
+    check_tokens(x_init, self.vocab_size, allow_mask=True, name="x_init")
+    digits = code.tokens_to_digits(x_init)
+    if self.block_size:
+      denoise, prefill = adapters.block_denoiser_fns(self.denoiser, params["denoiser"])
+      digits, nfe = prime.block_sample(denoise, prefill, key, digits, self.block_size, steps,
+                                       self.schedule, code, order, use_cache=use_cache, z=z,
+                                       return_nfe=True, **sampler_kwargs)
+    else:
+      denoise = self.denoise_fn(params)
+      fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
+      digits, nfe = prime.sample(fn, key, digits, steps, self.schedule, code, order,
+                                 return_nfe=True, **sampler_kwargs)
+    return code.from_digits(digits).astype(x_init.dtype), nfe
 
   def encode_posteriors(self, params, x0):
     """q(z | x_0) for a batch with x_t all masks (what an x_0-only encoder sees),

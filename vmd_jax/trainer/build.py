@@ -49,7 +49,7 @@ def build_denoiser(config, vocab_size: int, seq_len: int) -> Denoiser:
   return Denoiser(vocab_size=vocab_size, dtype=DTYPES[m.dtype],
                   latent_dim=m.latent_dim if m.kind == "vmd" else 0,
                   learned_positions=seq_len if m.position_embedding == "learned" else 0,
-                  **kwargs)
+                  prime_digits=config.diffusion.prime_digits, **kwargs)
 
 
 def build_encoder(config, vocab_size: int) -> LatentEncoder | None:

@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.block_size = 0          # 0 = one block (MD4/VMD); L' = block diffusion
   c.diffusion.train_mask_rate_min = 0.0  # block training's clipped mask rate U[min, max]
   c.diffusion.train_mask_rate_max = 1.0  # (BD3-LM; evaluation always uses U[0, 1])
+  c.diffusion.prime_digits = 1        # MDM-Prime: l digits per token (1 = off)
 
   c.prior = ml_collections.ConfigDict()
   c.prior.kind = "standard_normal"    # one of PRIORS: the z prior used at sampling
@@ -163,6 +164,17 @@ def parse_eval_settings(text: str) -> list[tuple[str, int]]:
   return settings
 
 
+def _check_prime(config):
+  """MDM-Prime (diffusion.prime_digits = l > 1) works with MD4, VMD and blocks; a
+  VMD encoder must see x_0 alone (Prime's x_t is digits, and only then a bound)."""
+  l = config.diffusion.prime_digits
+  if not isinstance(l, int) or isinstance(l, bool) or l < 1:
+    raise ValueError(f"config.diffusion.prime_digits = {l!r}; must be an int >= 1 (1 = off)")
+  if l > 1 and config.model.kind == "vmd" and config.model.encoder_sees_xt:
+    raise ValueError("config.diffusion.prime_digits > 1 needs config.model.encoder_sees_xt "
+                     "= False (the encoder sees x_0 alone)")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every key and value; returns the config. Sweeps validate each run."""
   if "runs" in config:
@@ -228,6 +240,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if m.encoder_sees_xt or m.encoder_pooling != "mean":
       raise ValueError("block VMD (config.diffusion.block_size > 0) needs "
                        "config.model.encoder_sees_xt = False and encoder_pooling = 'mean'")
+  _check_prime(config)
   _one_of("prior.kind", p.kind, PRIORS)
   if p.kind == "mixture" and m.kind != "vmd":
     raise ValueError("config.prior.kind = 'mixture' needs config.model.kind = 'vmd'")
