@@ -12,7 +12,8 @@ from vmd_jax import losses
 from vmd_jax.forward import mask_tokens
 from vmd_jax.networks import Denoiser, LatentEncoder, collect_kv
 from vmd_jax.networks.encoder import soft_clip
-from vmd_jax.networks.transformer import KV_COLLECTION, Attention
+from vmd_jax.networks.transformer import (KV_COLLECTION, Attention, einsum_attention,
+                                          glu_hidden_size)
 from vmd_jax.schedules import get_schedule
 
 V, N, B, D = 5, 8, 3, 2
@@ -124,10 +125,11 @@ def test_attention_mask_blocks_information(mode, latent_dim):
   assert np.abs(a[:, first] - c[:, first]).max() > 1e-4
 
 
-def test_denoiser_kv_cache_equals_block_causal_pass():
+@pytest.mark.parametrize("attention", ["xla", "einsum"])
+def test_denoiser_kv_cache_equals_block_causal_pass(attention):
   # Block diffusion: the clean first block is cached, the second block attends to
   # it and to itself; one pass over both with a block-causal mask must agree.
-  model = make(latent_dim=0)
+  model = make(latent_dim=0, attention=attention)
   m = N // 2
   xt, t, _ = inputs(latent_dim=0)
   blocks = jnp.arange(N) // m
@@ -143,9 +145,10 @@ def test_denoiser_kv_cache_equals_block_causal_pass():
   np.testing.assert_allclose(cached, full[:, m:], rtol=1e-5, atol=1e-5)
 
 
-def test_attention_kv_prefix_equals_concatenated_sequence():
+@pytest.mark.parametrize("implementation", ["xla", "einsum"])
+def test_attention_kv_prefix_equals_concatenated_sequence(implementation):
   m, n, heads, width = N // 2, N // 2, 4, 32
-  attn = Attention(heads)
+  attn = Attention(heads, implementation=implementation)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(B, m + n, width)), jnp.float32)
   positions = jnp.arange(m + n)[None]
@@ -208,6 +211,104 @@ def test_cond_dim_sets_the_conditioning_size():
   shapes = jax.eval_shape(lambda: init(make("adaln", cond_dim=16), xt, t, z))["params"]
   assert shapes["latent_proj"]["kernel"].shape == (D, 16)
   assert shapes["transformer"]["block_0"]["ada_ln"]["kernel"].shape == (16, 6 * SMALL["width"])
+
+
+def md4_probe_config(width=256, depth=4, num_heads=4, config="text8_md4"):
+  from vmd_jax.trainer import config as config_lib
+  c = config_lib.load_config_file(f"vmd_jax/configs/{config}.py")
+  c.model.width, c.model.depth, c.model.num_heads = width, depth, num_heads
+  return config_lib.validate(c)
+
+
+def param_shapes(model, seq_len=256):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                           jnp.zeros((1, seq_len), jnp.int32)))
+
+
+@pytest.mark.parametrize("config", ["text8_md4", "text8_bd3", "text8_vmd"])
+def test_text8_configs_build_md4s_network(config):
+  """md4's own counts (google-deepmind/md4, DiscreteClassifier on its text8
+  config, V = 27): 3,702,336 at 4 layers, 4 heads, width 256; 88,734,272 at 12,
+  12, 768. text8_vmd's denoiser adds only the latent's projection to C = 64."""
+  from vmd_jax.trainer import build
+  latent = 4 * 64 + 64 if config == "text8_vmd" else 0
+  for size, count in (((256, 4, 4), 3_702_336), ((768, 12, 12), 88_734_272)):
+    shapes = param_shapes(build.build_model(md4_probe_config(*size, config=config), 27, 256))
+    assert sum(x.size for x in jax.tree.leaves(shapes["denoiser"])) == count + latent, size
+  p = param_shapes(build.build_model(md4_probe_config(), 27, 256))["denoiser"]["params"]
+  block = p["transformer"]["block_0"]
+  assert block["mlp"]["wi"]["kernel"].shape == (256, 2 * 704)   # GLU: 8/3 * 256 -> 704
+  assert block["mlp"]["wo"]["kernel"].shape == (704, 256)
+  assert block["ada_ln"]["kernel"].shape == (64, 6 * 256)       # conditioning width 64
+  assert p["embed"]["embedding"].shape == (28, 64) and p["embed_proj"]["kernel"].shape == (64, 256)
+  assert p["time_mlp_0"]["kernel"].shape == (64, 256) and p["time_mlp_1"]["kernel"].shape == (256, 64)
+  no_bias = [block["attn"]["qkv"], block["attn"]["out"], block["mlp"]["wi"], block["mlp"]["wo"],
+             p["head"]]
+  assert all(set(layer) == {"kernel"} for layer in no_bias)
+
+
+def test_glu_hidden_size_rounds_like_md4():
+  assert glu_hidden_size(256, 8 / 3, 32) == 704
+  assert glu_hidden_size(768, 8 / 3, 32) == 2048
+  assert glu_hidden_size(64, 4.0) == 256
+  assert glu_hidden_size(100, 1.0, 32) == 128
+
+
+def test_einsum_attention_equals_dot_product_attention():
+  rng = np.random.default_rng(3)
+  q = jnp.asarray(rng.normal(size=(B, N, 2, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(B, N + 3, 2, 8)), jnp.float32) for _ in range(2))
+  mask = jnp.asarray(rng.uniform(size=(B, 1, N, N + 3)) < 0.5).at[..., 0].set(True)
+  for m in (None, mask):
+    ref = jax.nn.dot_product_attention(q, k, v, mask=m)
+    np.testing.assert_allclose(einsum_attention(q, k, v, m), ref, atol=2e-6)
+  # Masked keys carry no weight: changing their values changes nothing.
+  v2 = jnp.where(mask[:, 0, 0][:, :, None, None], v, 100.0)
+  np.testing.assert_allclose(einsum_attention(q[:, :1], k, v2, mask[:, :, :1]),
+                             einsum_attention(q[:, :1], k, v, mask[:, :, :1]), atol=2e-6)
+
+
+def test_md4_options_and_attention_paths_agree():
+  """The md4 options build a working model; "einsum" and "xla" give the same
+  logits for the same parameters; remat gives the same loss and gradients."""
+  kwargs = dict(latent_dim=0, embed_dim=8, cond_dim=8, time_features=8, time_hidden=32,
+                mlp_ratio=8 / 3, mlp_multiple_of=8, mlp_type="glu", use_bias=False,
+                absolute_positions=False)
+  xt, t, _ = inputs(latent_dim=0)
+  model = make(**kwargs)
+  params = randomize(init(model, xt, t))
+  ref = model.apply(params, xt, t)
+  einsum = make(attention="einsum", **kwargs).apply(params, xt, t)
+  np.testing.assert_allclose(einsum, ref, atol=1e-5)
+
+  def loss_and_grads(remat):
+    m = make(remat=remat, **kwargs)
+    return jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply(p, xt, t) ** 2)))(params)
+
+  (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_depth_scaled_init_sets_the_mlp_variance():
+  xt, t, _ = inputs(latent_dim=0)
+  for scaled, variance in ((False, 1 / 32), (True, (2 / 4) / 32)):
+    model = Denoiser(vocab_size=V, width=32, depth=4, num_heads=4, depth_scaled_init=scaled)
+    kernel = init(model, xt, t)["params"]["transformer"]["block_1"]["mlp"]["wi"]["kernel"]
+    assert abs(float(jnp.var(kernel)) / variance - 1) < 0.05, (scaled, float(jnp.var(kernel)))
+
+
+def test_config_rejects_bad_model_fields():
+  from vmd_jax.trainer import config as config_lib
+  for field, value, message in (("mlp_type", "relu", "model.mlp_type = 'relu'"),
+                                ("attention", "flash", "model.attention = 'flash'"),
+                                ("time_features", 63, "time_features = 63; must be even"),
+                                ("mlp_multiple_of", 0, "model.mlp_multiple_of = 0")):
+    c = config_lib.base_config()
+    c.model[field] = value
+    with pytest.raises(ValueError, match=message):
+      config_lib.validate(c)
 
 
 def test_per_token_time_and_latent():

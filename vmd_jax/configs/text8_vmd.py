@@ -41,6 +41,9 @@ def get_config():
   c.model.encoder_width = 384
   c.model.encoder_depth = 4
   c.model.encoder_heads = 6
+  # Sinusoidal absolute positions (no parameters): with RoPE alone an all-mask
+  # block gets the same distribution at each of its positions given z.
+  c.model.position_embedding = "sinusoidal"
   c.diffusion.beta = 1.0                   # the ELBO: the BPC is its bound
   c.prior.kind = "standard_normal"
   return c

@@ -1,13 +1,22 @@
 """The masked-diffusion denoiser p_theta(x_0 | x_t, t [, z]) (md4's DiT-style model).
 
-  h = Embed_{V+1}(x_t)                                  [B, N, W]
-      (MDM-Prime, l digits: concat_k Embed^k_{b+1}(d_t^k), widths W_k summing to W)
-  c = MLP(sinusoid(1000 t)) [+ Dense(z) if latent_mode = "adaln"]   [B, C]
+  h = Embed_{V+1}(x_t)  [then Dense_W if embed_dim E > 0]    [B, N, W]
+      (MDM-Prime, l digits: concat_k Embed^k_{b+1}(d_t^k), widths W_k summing to W or E)
+  c = Dense_C(silu(Dense_T'(sinusoid_T(1000 t)))) [+ Dense(z) if latent_mode = "adaln"]
+                                                             [B, C]
   h = Transformer(h, c)   (adaLN-zero blocks, RoPE, final modulated LayerNorm)
   logits = Dense_V(h)     zero-initialised, float32 [B, N, V]
 
 The head covers the V tokens only (the mask id V is never predicted), and at
 initialisation the logits are exactly 0, so MD4's NELBO is N log V.
+
+md4's text8 network (google-deepmind/md4: ``DiscreteClassifier`` with
+``outside_embed``, ``feature_dim`` 64, ``mlp_type="glu"``,
+``cond_type="adaln_zero"``, ``depth_scaled_init``) is ``embed_dim=64,
+cond_dim=64, time_features=64, time_hidden=256, mlp_ratio=8/3,
+mlp_multiple_of=32, mlp_type="glu", use_bias=False, depth_scaled_init=True,
+absolute_positions=False``: 3,702,336 parameters at width 256, depth 4 and
+88,734,272 at width 768, depth 12 (V = 27).
 """
 
 from __future__ import annotations
@@ -70,14 +79,25 @@ class Denoiser(nn.Module):
     vocab_size: V; inputs are ids in [0, V], V being the mask.
     width, depth, num_heads: transformer size (width divisible by num_heads,
       width / num_heads even for RoPE).
-    mlp_ratio: the GLU's hidden size is int(mlp_ratio * width) (md4: 8/3, which
-      gives its 2048 at width 768).
+    mlp_ratio, mlp_multiple_of: the GLU's hidden size, int(mlp_ratio * width)
+      rounded up to a multiple of mlp_multiple_of (md4: 8/3 and 32, 704 at
+      width 256, 2048 at 768).
+    mlp_type: the GLU's gate activation, also applied to c before each adaLN
+      Dense: "swiglu" (silu), "geglu" (gelu), "glu" (sigmoid, md4's text8).
+    use_bias: biases in the attention, MLP and head projections (md4: none).
+    depth_scaled_init: MLP kernels' init variance 2 / depth / fan_in (md4).
     dropout_rate: dropout after attention and MLP (active with ``train=True``,
       which then needs a "dropout" rng).
     dtype: compute dtype (e.g. jnp.bfloat16); params are ``param_dtype``.
     time_conditioning: feed t to adaLN; without it c = 0 (plus the latent).
     cond_dim: C, the size of the conditioning vector c that drives adaLN;
       None: width (md4's text8 model uses 64).
+    time_features, time_hidden: T, the sinusoid's size, and T', the time
+      MLP's hidden size (None: C); md4: T = C, T' = 4 C.
+    embed_dim: E; 0 embeds tokens at the width, E > 0 embeds them at E and
+      projects to the width with a Dense (md4's ``outside_embed``, E = 64).
+    attention: "xla", "cudnn" (``jax.nn.dot_product_attention``) or "einsum".
+    remat: recompute each block in the backward pass (``nn.remat``).
     absolute_positions: add sinusoidal features of ``positions`` to the token
       embeddings. RoPE alone is blind to absolute position when every token is
       the mask, so without them an all-mask input gets the same distribution at
@@ -104,6 +124,15 @@ class Denoiser(nn.Module):
   param_dtype: Dtype = jnp.float32
   time_conditioning: bool = True
   cond_dim: int | None = None
+  time_features: int = 256
+  time_hidden: int | None = None
+  embed_dim: int = 0
+  mlp_multiple_of: int = 1
+  mlp_type: str = "swiglu"
+  use_bias: bool = True
+  depth_scaled_init: bool = False
+  attention: str = "xla"
+  remat: bool = False
   absolute_positions: bool = True
   learned_positions: int = 0
   prime_digits: int = 1
@@ -147,12 +176,15 @@ class Denoiser(nn.Module):
       t = jnp.full((batch_size,), t)
 
     cond_dim = self.cond_dim or self.width
+    embed_width = self.embed_dim or self.width
     if self.prime_digits > 1:
-      h = DigitEmbed(self.vocab_size, self.prime_digits, self.width, self.param_dtype,
+      h = DigitEmbed(self.vocab_size, self.prime_digits, embed_width, self.param_dtype,
                      name="digit_embed")(xt).astype(jnp.float32)
     else:
-      h = nn.Embed(self.vocab_size + 1, self.width, param_dtype=self.param_dtype,
+      h = nn.Embed(self.vocab_size + 1, embed_width, param_dtype=self.param_dtype,
                    name="embed")(xt).astype(jnp.float32)
+    if self.embed_dim:
+      h = nn.Dense(self.width, param_dtype=self.param_dtype, name="embed_proj")(h)
     if self.learned_positions:
       h = h + nn.Embed(self.learned_positions, self.width, param_dtype=self.param_dtype,
                        name="position_embed")(jnp.broadcast_to(positions, (batch_size, length)))
@@ -163,8 +195,9 @@ class Denoiser(nn.Module):
       h = h + timestep_embedding(jnp.broadcast_to(positions, (batch_size, length)).astype(jnp.float32),
                                  self.width, scale=1.0)
     if self.time_conditioning:
-      c = timestep_embedding(t)
-      c = nn.Dense(cond_dim, param_dtype=self.param_dtype, name="time_mlp_0")(c)
+      c = timestep_embedding(t, self.time_features)
+      c = nn.Dense(self.time_hidden or cond_dim, param_dtype=self.param_dtype,
+                   name="time_mlp_0")(c)
       c = nn.Dense(cond_dim, param_dtype=self.param_dtype, name="time_mlp_1")(nn.silu(c))
       c = _per_token(c)
     else:
@@ -193,10 +226,13 @@ class Denoiser(nn.Module):
           c = jnp.concatenate([c[:, :1], c], axis=1)
 
     h = Transformer(self.depth, self.num_heads, self.mlp_ratio, self.dropout_rate,
-                    self.dtype, self.param_dtype, name="transformer")(
+                    self.dtype, self.param_dtype, mlp_multiple_of=self.mlp_multiple_of,
+                    mlp_type=self.mlp_type, use_bias=self.use_bias,
+                    depth_scaled_init=self.depth_scaled_init, attention=self.attention,
+                    remat=self.remat, name="transformer")(
                         h, c, positions, attention_mask, kv_prefix,
                         deterministic=not train)
     if self.latent_dim > 0 and self.latent_mode == "prefix":
       h = h[:, 1:]
-    return nn.Dense(self.vocab_size, kernel_init=nn.initializers.zeros,
+    return nn.Dense(self.vocab_size, use_bias=self.use_bias, kernel_init=nn.initializers.zeros,
                     dtype=jnp.float32, param_dtype=self.param_dtype, name="head")(h)

@@ -51,6 +51,7 @@ class LatentEncoder(nn.Module):
       near N(0, I) but depends on x_0.
     block_size: 0 for one latent per sequence; L' > 0 for one latent per block
       of L' tokens (block-causal attention, mean pooling per block).
+    attention, remat: as in ``Denoiser``.
   """
 
   vocab_size: int
@@ -68,6 +69,8 @@ class LatentEncoder(nn.Module):
   logvar_max: float = 5.0
   init_scale: float = 0.1
   block_size: int = 0
+  attention: str = "xla"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x0, xt=None, *, train: bool = False):
@@ -102,7 +105,8 @@ class LatentEncoder(nn.Module):
       block = jnp.arange(length) // self.block_size
       mask = block[:, None] >= block[None, :]
     h = Transformer(self.depth, self.num_heads, self.mlp_ratio, self.dropout_rate,
-                    self.dtype, self.param_dtype, gate_offset=1.0, name="transformer")(
+                    self.dtype, self.param_dtype, gate_offset=1.0, attention=self.attention,
+                    remat=self.remat, name="transformer")(
                         h, c, positions, mask, deterministic=not train)
     if self.block_size:
       pooled = jnp.mean(h.reshape(batch_size, -1, self.block_size, h.shape[-1]), axis=2)

@@ -1,9 +1,13 @@
 """Transformer building blocks: RoPE, attention with a KV prefix, adaLN-zero block.
 
 Shapes: B batch, N tokens, W width, H heads, Dh = W / H head size, C the
-conditioning size. ``dtype`` is the compute dtype of the matmuls (e.g. bf16),
-``param_dtype`` that of the parameters; softmax, layer norms and the residual
-stream are float32.
+conditioning size, F the GLU's hidden size. ``dtype`` is the compute dtype of the
+matmuls (e.g. bf16), ``param_dtype`` that of the parameters; softmax, layer norms
+and the residual stream are float32.
+
+The md4 network (google-deepmind/md4 ``networks/transformer.py`` with
+``cond_type="adaln_zero"``) is ``Transformer(mlp_ratio=8/3, mlp_multiple_of=32,
+mlp_type="glu", use_bias=False, depth_scaled_init=True)``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,40 @@ KV = tuple[jax.Array, jax.Array]
 
 # The collection and name under which ``Attention`` sows this call's rotated (k, v).
 KV_COLLECTION = "kv_cache"
+
+# GLU variants (md4's ``mlp_type``): the gate's activation, also the one applied
+# to the conditioning before each adaLN Dense (as in md4).
+ACTIVATIONS = {"swiglu": nn.silu, "geglu": nn.gelu, "glu": nn.sigmoid}
+# "xla" / "cudnn": ``jax.nn.dot_product_attention``'s implementations (cudnn:
+# GPU, bf16/fp16 only); "einsum": softmax(q k^T / sqrt(Dh)) v written out.
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "einsum")
+
+
+def glu_hidden_size(width: int, mlp_ratio: float, multiple_of: int = 1) -> int:
+  """F = multiple_of * ceil(floor(mlp_ratio * width) / multiple_of).
+
+  md4: mlp_ratio 8/3, multiple_of 32 gives 704 at width 256 and 2048 at 768."""
+  hidden = int(mlp_ratio * width)
+  return multiple_of * -(-hidden // multiple_of)
+
+
+def einsum_attention(q, k, v, mask=None):
+  """softmax(q k^T / sqrt(Dh) + log mask) v written out, the softmax in float32.
+
+  Heads are moved in front ([B, H, N, Dh]) before the two batched matmuls, so
+  each is a plain batched matmul; on XLA:CPU this runs faster than
+  ``jax.nn.dot_product_attention``'s einsums (benchmarks/train_step.py).
+
+  q: [B, N, H, Dh]; k, v: [B, M, H, Dh]; mask: bool broadcastable to
+  [B, H, N, M] (True: may attend; every query needs one key). Returns
+  [B, N, H, Dh] in q's dtype."""
+  q = jnp.swapaxes(q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), 1, 2)
+  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+  scores = jnp.matmul(q, jnp.swapaxes(k, 2, 3), preferred_element_type=jnp.float32)
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.swapaxes(jnp.matmul(probs, v), 1, 2)
 
 
 def apply_rope(x, positions, base: float = 10000.0):
@@ -64,6 +102,8 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   rope_base: float = 10000.0
+  use_bias: bool = True
+  implementation: str = "xla"  # one of ATTENTION_IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x, positions, mask=None, kv_prefix: KV | None = None):
@@ -74,8 +114,11 @@ class Attention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
-    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype,
-                          param_dtype=self.param_dtype, name="qkv")(x)
+    if self.implementation not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"unknown attention implementation {self.implementation!r}; "
+                       f"accepted: {list(ATTENTION_IMPLEMENTATIONS)}")
+    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), use_bias=self.use_bias,
+                          dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q = apply_rope(q, positions, self.rope_base)
     k = apply_rope(k, positions, self.rope_base)
@@ -87,24 +130,33 @@ class Attention(nn.Module):
     if kv_prefix is not None:
       k = jnp.concatenate([kv_prefix[0].astype(k.dtype), k], axis=1)
       v = jnp.concatenate([kv_prefix[1].astype(v.dtype), v], axis=1)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # float32 softmax
-    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype,
+    if self.implementation == "einsum":
+      out = einsum_attention(q, k, v, mask)
+    else:  # float32 softmax
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                         implementation=self.implementation)
+    return nn.DenseGeneral(width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="out")(out)
 
 
 class GLUMLP(nn.Module):
-  """SwiGLU (Shazeer 2020): W_out (silu(x W_a) * (x W_b)), hidden size ``hidden``."""
+  """A GLU MLP (Shazeer 2020): W_out (act(x W_a) * (x W_b)), hidden size F =
+  ``hidden``, act = ``ACTIVATIONS[mlp_type]`` (SwiGLU: silu; md4's "glu": sigmoid).
+  W_a and W_b are one [W, 2F] kernel "wi"; ``kernel_init`` initialises wi and wo."""
 
   hidden: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  mlp_type: str = "swiglu"
+  use_bias: bool = True
+  kernel_init: Any = nn.linear.default_kernel_init
 
   @nn.compact
   def __call__(self, x):
-    a, b = jnp.split(nn.Dense(2 * self.hidden, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="wi")(x), 2, axis=-1)
-    return nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
-                    name="wo")(nn.silu(a) * b)
+    dense = lambda n, name: nn.Dense(n, use_bias=self.use_bias, kernel_init=self.kernel_init,
+                                     dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    a, b = jnp.split(dense(2 * self.hidden, "wi")(x), 2, axis=-1)
+    return dense(x.shape[-1], "wo")(ACTIVATIONS[self.mlp_type](a) * b)
 
 
 def layer_norm(x):
@@ -118,46 +170,55 @@ def modulate(x, shift, scale):
   return x * (1.0 + scale) + shift
 
 
-def ada_ln(c, num: int, width: int, param_dtype: Dtype, name: str):
+def ada_ln(c, num: int, width: int, param_dtype: Dtype, name: str, activation=nn.silu):
   """``num`` modulation vectors from c [B, 1 or N, C]: a zero-initialised
-  Dense(silu(c)) (DiT's adaLN-zero), each float32 [B, 1 or N, width]."""
+  Dense(activation(c)) (DiT's adaLN-zero), each float32 [B, 1 or N, width]."""
   mod = nn.Dense(num * width, kernel_init=nn.initializers.zeros,
-                 param_dtype=param_dtype, name=name)(nn.silu(c.astype(jnp.float32)))
+                 param_dtype=param_dtype, name=name)(activation(c.astype(jnp.float32)))
   return jnp.split(mod, num, axis=-1)
 
 
 class Block(nn.Module):
   """Pre-LN transformer block with adaLN-zero conditioning (Peebles & Xie 2023):
 
-    (s1, a1, g1, s2, a2, g2) = Dense_0(silu(c))
+    (s1, a1, g1, s2, a2, g2) = Dense_0(act(c))
     x = x + (g0 + g1) * Attn(LN(x) (1 + a1) + s1)
     x = x + (g0 + g2) * MLP(LN(x) (1 + a2) + s2)
 
   with g0 = ``gate_offset``. With g0 = 0 (adaLN-zero) the gates start at zero
   and the block starts as the identity; g0 = 1 starts as a plain pre-LN block.
+  ``mlp_hidden`` is F; act, ``use_bias``, ``attention`` as in ``Transformer``.
   """
 
   num_heads: int
-  mlp_ratio: float = 4.0
+  mlp_hidden: int
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   gate_offset: float = 0.0
+  mlp_type: str = "swiglu"
+  use_bias: bool = True
+  mlp_init_scale: float = 1.0
+  attention: str = "xla"
 
   @nn.compact
-  def __call__(self, x, c, positions, mask=None, kv_prefix: KV | None = None, *,
+  def __call__(self, x, c, positions, mask=None, kv_prefix: KV | None = None,
                deterministic: bool = True):
     """x: float32 [B, N, W]; c: [B, 1 or N, C]; positions, mask, kv_prefix as in
     ``Attention``. Returns float32 [B, N, W]."""
     width = x.shape[-1]
-    s1, a1, g1, s2, a2, g2 = ada_ln(c, 6, width, self.param_dtype, "ada_ln")
+    activation = ACTIVATIONS[self.mlp_type]
+    s1, a1, g1, s2, a2, g2 = ada_ln(c, 6, width, self.param_dtype, "ada_ln", activation)
     h = modulate(layer_norm(x), s1, a1).astype(self.dtype)
-    h = Attention(self.num_heads, self.dtype, self.param_dtype, name="attn")(
-        h, positions, mask, kv_prefix)
+    h = Attention(self.num_heads, self.dtype, self.param_dtype, use_bias=self.use_bias,
+                  implementation=self.attention, name="attn")(h, positions, mask, kv_prefix)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     x = x + (self.gate_offset + g1) * h.astype(jnp.float32)
     h = modulate(layer_norm(x), s2, a2).astype(self.dtype)
-    h = GLUMLP(int(self.mlp_ratio * width), self.dtype, self.param_dtype, name="mlp")(h)
+    kernel_init = nn.initializers.variance_scaling(self.mlp_init_scale, "fan_in",
+                                                   "truncated_normal")
+    h = GLUMLP(self.mlp_hidden, self.dtype, self.param_dtype, self.mlp_type, self.use_bias,
+               kernel_init, name="mlp")(h)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     return x + (self.gate_offset + g2) * h.astype(jnp.float32)
 
@@ -167,6 +228,17 @@ class Transformer(nn.Module):
 
   ``kv_prefix`` is None or one (k, v) per layer; the per-layer (k, v) of this
   call are sown into ``"kv_cache"`` (see ``Attention``).
+
+  Attributes:
+    mlp_ratio, mlp_multiple_of: the GLU's hidden size F = ``glu_hidden_size``.
+    mlp_type: a key of ``ACTIVATIONS``: the GLU's gate and the adaLN input's
+      activation.
+    use_bias: biases in the attention and MLP projections (md4 has none).
+    depth_scaled_init: MLP kernels ~ truncated normal with variance
+      (2 / depth) / fan_in (md4's ``depth_scaled_init``), else 1 / fan_in.
+    attention: one of ``ATTENTION_IMPLEMENTATIONS``.
+    remat: recompute each block's activations in the backward pass
+      (``nn.remat``): memory O(1) blocks instead of O(depth), one more forward.
   """
 
   depth: int
@@ -176,19 +248,33 @@ class Transformer(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   gate_offset: float = 0.0
+  mlp_multiple_of: int = 1
+  mlp_type: str = "swiglu"
+  use_bias: bool = True
+  depth_scaled_init: bool = False
+  attention: str = "xla"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, c, positions, mask=None, kv_prefix=None, *,
                deterministic: bool = True):
     if kv_prefix is not None and len(kv_prefix) != self.depth:
       raise ValueError(f"kv_prefix has {len(kv_prefix)} layers, expected depth={self.depth}")
+    if self.mlp_type not in ACTIVATIONS:
+      raise ValueError(f"unknown mlp_type {self.mlp_type!r}; accepted: {list(ACTIVATIONS)}")
     x = x.astype(jnp.float32)
+    width = x.shape[-1]
+    block = nn.remat(Block, static_argnums=(6,)) if self.remat else Block
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, self.dropout_rate, self.dtype,
-                self.param_dtype, self.gate_offset, name=f"block_{i}")(
+      x = block(self.num_heads, glu_hidden_size(width, self.mlp_ratio, self.mlp_multiple_of),
+                self.dropout_rate, self.dtype, self.param_dtype, self.gate_offset,
+                self.mlp_type, self.use_bias,
+                2.0 / self.depth if self.depth_scaled_init else 1.0, self.attention,
+                name=f"block_{i}")(
                     x, c, positions, mask, None if kv_prefix is None else kv_prefix[i],
-                    deterministic=deterministic)
-    shift, scale = ada_ln(c, 2, x.shape[-1], self.param_dtype, "final_ada_ln")
+                    deterministic)
+    shift, scale = ada_ln(c, 2, width, self.param_dtype, "final_ada_ln",
+                          ACTIVATIONS[self.mlp_type])
     return modulate(layer_norm(x), shift, scale)
 
 

@@ -20,12 +20,17 @@ DENOISER_FIELDS = {
     "width": "width", "depth": "depth", "num_heads": "num_heads", "mlp_ratio": "mlp_ratio",
     "dropout": "dropout_rate", "time_conditioning": "time_conditioning",
     "cond_dim": "cond_dim", "latent_mode": "latent_mode",
+    "mlp_multiple_of": "mlp_multiple_of", "mlp_type": "mlp_type", "use_bias": "use_bias",
+    "depth_scaled_init": "depth_scaled_init", "embed_dim": "embed_dim",
+    "time_features": "time_features", "time_hidden": "time_hidden",
+    "attention": "attention", "remat": "remat",
 }
 # config.model field -> LatentEncoder attribute
 ENCODER_FIELDS = {
     "encoder_width": "width", "encoder_depth": "depth", "encoder_heads": "num_heads",
     "latent_dim": "latent_dim", "encoder_sees_xt": "sees_xt", "encoder_pooling": "pooling",
     "dropout": "dropout_rate", "logvar_min": "logvar_min", "logvar_max": "logvar_max",
+    "attention": "attention", "remat": "remat",
 }
 
 
@@ -46,10 +51,12 @@ def build_denoiser(config, vocab_size: int, seq_len: int) -> Denoiser:
   m = config.model
   kwargs = {attr: m[field] for field, attr in DENOISER_FIELDS.items()}
   kwargs["cond_dim"] = kwargs["cond_dim"] or None
+  kwargs["time_hidden"] = kwargs["time_hidden"] or None
   return Denoiser(vocab_size=vocab_size, dtype=DTYPES[m.dtype],
                   latent_dim=m.latent_dim if m.kind == "vmd" else 0,
                   learned_positions=seq_len if m.position_embedding == "learned" else 0,
-                  prime_digits=config.diffusion.prime_digits, **kwargs)
+                  prime_digits=config.diffusion.prime_digits,
+                  absolute_positions=m.position_embedding != "none", **kwargs)
 
 
 def build_encoder(config, vocab_size: int) -> LatentEncoder | None:

@@ -21,6 +21,8 @@ MODEL_KINDS = ("md4", "vmd")
 LATENT_MODES = ("adaln", "add", "prefix")
 PRIORS = ("standard_normal", "mixture")
 DTYPES = ("float32", "bfloat16")
+MLP_TYPES = ("swiglu", "geglu", "glu")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "einsum")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,10 +51,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.depth = 2
   c.model.num_heads = 4
   c.model.mlp_ratio = 4.0
+  c.model.mlp_multiple_of = 1         # GLU hidden = int(mlp_ratio * width) rounded up to this
+  c.model.mlp_type = "swiglu"         # one of MLP_TYPES: GLU gate (and adaLN input) activation
+  c.model.use_bias = True             # biases in attention, MLP and head (md4: False)
+  c.model.depth_scaled_init = False   # MLP init variance 2 / depth / fan_in (md4: True)
+  c.model.embed_dim = 0               # token embedding size, projected to width; 0 = width
+  c.model.time_features = 256         # sinusoidal time features (md4: cond_dim)
+  c.model.time_hidden = 0             # time MLP hidden size; 0 = cond_dim (md4: 4 cond_dim)
+  c.model.attention = "xla"           # one of ATTENTION_IMPLEMENTATIONS
+  c.model.remat = False               # recompute blocks in the backward pass (less memory)
   c.model.dropout = 0.0
   c.model.dtype = "float32"           # compute dtype, one of DTYPES
   c.model.time_conditioning = True
-  c.model.position_embedding = "sinusoidal"  # absolute positions: "sinusoidal" or "learned"
+  c.model.position_embedding = "sinusoidal"  # absolute positions: "sinusoidal", "learned", "none"
   c.model.latent_dim = 2              # VMD only
   c.model.latent_mode = "adaln"       # how z enters the denoiser, one of LATENT_MODES
   c.model.encoder_width = 64
@@ -201,11 +212,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of("model.latent_mode", m.latent_mode, LATENT_MODES)
   _one_of("model.dtype", m.dtype, DTYPES)
   _one_of("model.encoder_pooling", m.encoder_pooling, ("mean", "cls"))
-  _one_of("model.position_embedding", m.position_embedding, ("sinusoidal", "learned"))
+  _one_of("model.position_embedding", m.position_embedding, ("sinusoidal", "learned", "none"))
+  _one_of("model.mlp_type", m.mlp_type, MLP_TYPES)
+  _one_of("model.attention", m.attention, ATTENTION_IMPLEMENTATIONS)
+  for name in ("use_bias", "depth_scaled_init", "remat"):
+    _one_of(f"model.{name}", m[name], (True, False))
   for name in ("width", "depth", "num_heads", "mlp_ratio", "encoder_width", "encoder_depth",
                "encoder_heads"):
     _positive(f"model.{name}", m[name])
-  _positive("model.cond_dim", m.cond_dim, allow_zero=True)
+  for name in ("cond_dim", "embed_dim", "time_hidden"):
+    _positive(f"model.{name}", m[name], allow_zero=True)
+  for name in ("mlp_multiple_of", "time_features"):
+    _positive(f"model.{name}", m[name])
+  if m.time_features % 2:
+    raise ValueError(f"config.model.time_features = {m.time_features!r}; must be even "
+                     "(cos and sin halves)")
   if not m.logvar_min < m.logvar_max:
     raise ValueError(f"config.model.logvar_min/max = {m.logvar_min!r}/{m.logvar_max!r}; "
                      "need min < max")
