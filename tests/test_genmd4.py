@@ -297,3 +297,45 @@ def test_sampler_keeps_givens_and_samples_the_conditional():
   # Nothing masked: no denoiser call.
   _, nfe = draw(jax.random.key(2), x, params)
   assert int(nfe) == 0
+
+
+_PARAMS4 = genmd4.init_params(4)
+_ZERO4 = lambda x, t: jnp.zeros(x.shape + (4,))
+_ENTRY_POINTS = {
+    "nelbo_terms": lambda x: genmd4.nelbo_terms(_ZERO4, x, jax.random.key(0), _PARAMS4)["nelbo"],
+    "rloo_loss": lambda x: genmd4.rloo_loss(_ZERO4, x, jax.random.key(0), _PARAMS4)["loss"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ENTRY_POINTS))
+@pytest.mark.parametrize("value", [4, 7, -1])
+def test_losses_reject_tokens_outside_the_vocabulary(name, value):
+  x = np.zeros((2, 6), np.int32)
+  x[1, 4] = value
+  with pytest.raises(ValueError, match=rf"x0 holds token {value} at \(1, 4\), outside \[0, 3\]"):
+    _ENTRY_POINTS[name](jnp.asarray(x))
+  x[1, 4] = 3
+  assert np.all(np.isfinite(_ENTRY_POINTS[name](jnp.asarray(x))))
+
+
+@pytest.mark.parametrize("value", [5, -2])
+def test_sampler_rejects_bad_initial_tokens(value):
+  x = np.full((2, 6), 4, np.int32)
+  x[1, 4] = value
+  with pytest.raises(ValueError, match=rf"x_init holds token {value} at \(1, 4\), outside "
+                                       rf"\[0, 4\] \(V = 4, mask id 4\)"):
+    genmd4.sample(_ZERO4, jax.random.key(0), jnp.asarray(x), 3, _PARAMS4)
+  x[1, 4] = 2
+  out = genmd4.sample(_ZERO4, jax.random.key(0), jnp.asarray(x), 3, _PARAMS4)
+  assert int(out.max()) < 4 and int(out[1, 4]) == 2
+
+
+def test_checked_rloo_loss_raises_under_jit():
+  from jax.experimental import checkify
+  from vmd_jax import forward
+  fn = jax.jit(forward.checked(_ENTRY_POINTS["rloo_loss"]))
+  err, _ = fn(jnp.zeros((2, 6), jnp.int32).at[0, 2].set(9))
+  with pytest.raises(checkify.JaxRuntimeError, match=r"x0 holds token 9 at \(0, 2\)"):
+    err.throw()
+  err, out = fn(jnp.zeros((2, 6), jnp.int32))
+  assert err.get() is None and np.all(np.isfinite(out))

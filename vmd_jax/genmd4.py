@@ -86,6 +86,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmd_jax.exact import all_sequences
+from vmd_jax.forward import check_tokens
 from vmd_jax.losses import stratified_times, token_log_likelihood
 from vmd_jax.sampling import top_p_logits
 from vmd_jax.schedules import MD4_EPS, time_grid
@@ -304,6 +305,7 @@ def nelbo_terms(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
     ``prior`` [B] (nats), ``per_token`` [B, N], ``t`` [B], ``xt`` [B, N].
   """
   chex.assert_rank(x0, 2)
+  check_tokens(x0, params.raw_w.shape[-1], name="x0")
   key, t = _draw_times(key, x0.shape[0], t, antithetic)
   xt = mask_tokens(params, x0, t, key=key, noise=noise, eps=eps)
   return nelbo_terms_at(denoise_fn, x0, xt, t, params, eps=eps)
@@ -342,6 +344,7 @@ def rloo_loss(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
     draws), ``score`` [B] (the RLOO term's value), ``t`` [B], ``xt`` [2, B, N].
   """
   chex.assert_rank(x0, 2)
+  check_tokens(x0, params.raw_w.shape[-1], name="x0")
   key, t = _draw_times(key, x0.shape[0], t, antithetic)
   if noise is None:
     if key is None:
@@ -437,6 +440,7 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
   vocab_size = params.raw_w.shape[-1]
+  check_tokens(x_init, vocab_size, allow_mask=True, name="x_init")
   mask_id = vocab_size
   if isinstance(grid, str):
     times = time_grid(num_steps, grid)

@@ -5,6 +5,15 @@ schedule. It gives the trainer and the evaluator the same few calls whatever the
 model kind: ``init``, ``loss`` (a dict of named per-sequence terms), ``sample``
 and ``encode_posteriors``. Parameters are ``{"denoiser": ..., "encoder": ...}``.
 
+With ``learn_schedule`` the model is GenMD4 (``vmd_jax.genmd4``): one learned
+exponent w_v per token value, alpha_v(t) = (1 - 2 eps)(1 - t^{w_v}) + eps, kept as
+``params["schedule"] = {"raw_w": float [V]}`` (w = softplus(raw_w)) so the
+optimizer, the EMA and checkpoints carry it. ``schedule`` (polynomial or linear)
+gives the initial exponent and eps. Training differentiates ``genmd4.rloo_loss``
+(value: the NELBO; gradient: pathwise + REINFORCE leave-one-out for the
+exponents), evaluation uses ``genmd4.nelbo_terms`` and sampling
+``genmd4.sample`` (ancestral only).
+
 With ``block_size`` L' the model is block diffusion (``vmd_jax.block``): the
 block NELBO in training and evaluation, blocks generated left to right with a KV
 cache, and for VMD one latent per block (the encoder built with the same
@@ -25,12 +34,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from vmd_jax import block, losses, prime, sampling
+from vmd_jax import block, genmd4, losses, prime, sampling
 from vmd_jax.networks import adapters
 from vmd_jax.forward import check_tokens
 from vmd_jax.networks.denoiser import Denoiser
 from vmd_jax.networks.encoder import LatentEncoder
-from vmd_jax.schedules import Schedule
+from vmd_jax.schedules import LinearSchedule, PolynomialSchedule, Schedule
 
 Params = Any
 PriorSampler = Callable[[jax.Array, int], jax.Array]  # (key, batch) -> z [B, D]
@@ -53,6 +62,16 @@ class MaskedDiffusion:
   antithetic: bool = True
   block_size: int | None = None   # None: one block (plain masked diffusion)
   train_mask_rate: tuple[float, float] = (0.0, 1.0)  # block training's clipped rate
+  learn_schedule: bool = False    # GenMD4: per-token exponents in params["schedule"]
+
+  def __post_init__(self):
+    if self.learn_schedule:
+      if not isinstance(self.schedule, (LinearSchedule, PolynomialSchedule)):
+        raise ValueError("learn_schedule (GenMD4) starts from a 'linear' or 'polynomial' "
+                         f"schedule, got {self.schedule.name!r}")
+      if self.encoder is not None or self.block_size or self.loss_steps:
+        raise ValueError("learn_schedule (GenMD4) supports MD4 with the continuous-time "
+                         "NELBO only (no encoder, block_size or loss_steps)")
 
   @property
   def vocab_size(self) -> int:
@@ -78,7 +97,21 @@ class MaskedDiffusion:
     params = {"denoiser": self.denoiser.init(k_den, x_in, t, z)}
     if self.encoder is not None:
       params["encoder"] = self.encoder.init(k_enc, x0, x0)
+    if self.learn_schedule:
+      power_init = getattr(self.schedule, "k", 1.0)  # LinearSchedule: k = 1
+      params["schedule"] = {"raw_w": genmd4.init_params(self.vocab_size, power_init).raw_w}
     return params
+
+  def schedule_params(self, params) -> genmd4.GenMD4Params:
+    """GenMD4's schedule parameters in ``params`` (``learn_schedule`` only)."""
+    return genmd4.GenMD4Params(**params["schedule"])
+
+  def schedule_metrics(self, params) -> dict[str, jax.Array]:
+    """``{"genmd4/w_<v>": w_v}`` for every token value v (GenMD4); {} otherwise."""
+    if not self.learn_schedule:
+      return {}
+    w = genmd4.exponents(self.schedule_params(params))
+    return {f"genmd4/w_{v}": w[v] for v in range(self.vocab_size)}
 
   def denoise_fn(self, params, *, train: bool = False, rng=None):
     """``(x_t, t[, z]) -> logits``; dropout active when ``train`` (needs ``rng``)."""
@@ -104,12 +137,22 @@ class MaskedDiffusion:
     if self.block_size:
       return self._block_loss(params, x0, key, dropout_key, enc_key, train, common)
     denoise = self.denoise_fn(params, train=train, rng=dropout_key)
+    if self.learn_schedule:
+      return self._genmd4_loss(params, x0, key, denoise, train, t, noise)
     if self.encoder is None:
       terms = losses.md4_nelbo_terms(denoise, x0, key, self.schedule, **common)
       return {**terms, "loss": terms["nelbo"]}
     encode = self.encode_fn(params, train=train, rng=enc_key)
     return losses.vmd_loss(denoise, encode, x0, key, self.schedule, beta=self.beta,
                            free_bits=self.free_bits, **common)
+
+  def _genmd4_loss(self, params, x0, key, denoise, train, t, noise):
+    """Training: ``genmd4.rloo_loss`` (two draws of x_t per sequence, ``noise`` [2, B,
+    N]); evaluation: ``genmd4.nelbo_terms`` (one draw, ``noise`` [B, N])."""
+    fn = genmd4.rloo_loss if train else genmd4.nelbo_terms
+    terms = fn(denoise, x0, key, self.schedule_params(params), eps=self.schedule.eps, t=t,
+               noise=noise, antithetic=self.antithetic)
+    return terms if train else {**terms, "loss": terms["nelbo"]}
 
   def _block_loss(self, params, x0, key, dropout_key, enc_key, train, common):
     rngs = {"dropout": dropout_key} if train else None
@@ -162,6 +205,13 @@ class MaskedDiffusion:
     and keeps it for every step. ``use_cache``: blocks read the clean earlier
     blocks from a KV cache (else they are recomputed; same samples).
     """
+    if self.learn_schedule:
+      if order != "ancestral":
+        raise ValueError(f"GenMD4 (a learned schedule) samples in the 'ancestral' order "
+                         f"only, got {order!r}")
+      return genmd4.sample(self.denoise_fn(params), key, x_init, num_steps,
+                           self.schedule_params(params), eps=self.schedule.eps,
+                           return_nfe=True, **sampler_kwargs)
     blocks = self.num_blocks(x_init.shape[1])
     z = None
     if self.encoder is not None:

@@ -40,8 +40,12 @@ def build_dataset(config):
 
 
 def build_schedule(config) -> Schedule:
+  """The fixed schedule; for "genmd4", the polynomial schedule every learned
+  exponent starts from (``MaskedDiffusion.learn_schedule``)."""
   f = config.diffusion
   params = {"eps": f.eps}
+  if f.schedule == "genmd4":
+    return get_schedule("polynomial", k=f.genmd4_power_init, **params)
   if f.schedule == "polynomial":
     params["k"] = f.schedule_k
   return get_schedule(f.schedule, **params)
@@ -77,6 +81,7 @@ def build_model(config, vocab_size: int, seq_len: int) -> MaskedDiffusion:
       encoder=build_encoder(config, vocab_size), beta=f.beta, free_bits=f.free_bits,
       loss_steps=f.loss_steps or None, antithetic=f.antithetic,
       block_size=f.block_size or None,
-      train_mask_rate=(f.train_mask_rate_min, f.train_mask_rate_max))
+      train_mask_rate=(f.train_mask_rate_min, f.train_mask_rate_max),
+      learn_schedule=f.schedule == "genmd4")
   model.num_blocks(seq_len)  # block_size must divide the length
   return model

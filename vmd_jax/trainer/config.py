@@ -15,7 +15,7 @@ import ml_collections
 
 from vmd_jax import data as data_registry
 
-SCHEDULES = ("linear", "cosine", "polynomial", "loglinear")
+SCHEDULES = ("linear", "cosine", "polynomial", "loglinear", "genmd4")
 SAMPLING_ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
 MODEL_KINDS = ("md4", "vmd")
 LATENT_MODES = ("adaln", "add", "prefix")
@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "linear"     # one of SCHEDULES
   c.diffusion.schedule_k = 1.0        # polynomial exponent
+  c.diffusion.genmd4_power_init = 1.0  # genmd4: every learned exponent w_v starts here (1 = linear)
   c.diffusion.eps = 1e-4              # md4's shift (loglinear: MDLM's eps)
   c.diffusion.loss_steps = 0          # 0 = continuous-time NELBO, T = T-step NELBO
   c.diffusion.antithetic = True       # stratified times over the batch
@@ -98,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 256            # global, over all devices and hosts
   c.train.num_steps = 3000
   c.train.lr = 1e-3
+  c.train.schedule_lr = 0.0           # genmd4: peak lr of the learned exponents; 0 = train.lr
   c.train.warmup_steps = 100
   c.train.end_lr_factor = 0.01        # cosine decay to lr * end_lr_factor
   c.train.weight_decay = 0.0
@@ -186,6 +188,34 @@ def _check_prime(config):
                      "= False (the encoder sees x_0 alone)")
 
 
+def _check_genmd4(config) -> None:
+  """GenMD4 (learned per-token exponents) is implemented for MD4 with the
+  continuous-time NELBO and the ancestral sampler only (``vmd_jax.genmd4``)."""
+  f = config.diffusion
+  _positive("diffusion.genmd4_power_init", f.get("genmd4_power_init", 1.0))
+  schedule_lr = config.train.get("schedule_lr", 0.0)
+  _positive("train.schedule_lr", schedule_lr, allow_zero=True)
+  if f.schedule != "genmd4":
+    if schedule_lr:
+      raise ValueError(f"config.train.schedule_lr = {schedule_lr!r} needs "
+                       "config.diffusion.schedule = 'genmd4' (no other schedule is learned)")
+    return
+  needs = "config.diffusion.schedule = 'genmd4' needs"
+  if config.model.kind != "md4":
+    raise ValueError(f"{needs} config.model.kind = 'md4', got {config.model.kind!r}")
+  if f.block_size:
+    raise ValueError(f"{needs} config.diffusion.block_size = 0, got {f.block_size!r}")
+  if f.prime_digits > 1:
+    raise ValueError(f"{needs} config.diffusion.prime_digits = 1, got {f.prime_digits!r}")
+  if f.loss_steps:
+    raise ValueError(f"{needs} config.diffusion.loss_steps = 0 (the continuous-time "
+                     f"NELBO), got {f.loss_steps!r}")
+  for order, nfe in parse_eval_settings(config.eval.settings):
+    if order != "ancestral":
+      raise ValueError(f"{needs} the 'ancestral' order in config.eval.settings, got "
+                       f"'{order}:{nfe}' (vmd_jax.genmd4 samples ancestrally only)")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every key and value; returns the config. Sweeps validate each run."""
   if "runs" in config:
@@ -262,6 +292,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ValueError("block VMD (config.diffusion.block_size > 0) needs "
                        "config.model.encoder_sees_xt = False and encoder_pooling = 'mean'")
   _check_prime(config)
+  _check_genmd4(config)
   _one_of("prior.kind", p.kind, PRIORS)
   if p.kind == "mixture" and m.kind != "vmd":
     raise ValueError("config.prior.kind = 'mixture' needs config.model.kind = 'vmd'")

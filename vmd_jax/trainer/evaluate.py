@@ -131,6 +131,9 @@ def evaluate_run(config, model, dataset, params, workdir, writer=None,
   result = {"model": config.model.kind, "data": config.data.name,
             "nelbo": nelbo_metrics(model, params, dataset, config, k_nelbo),
             "samples": sample_metrics(model, params, dataset, config, k_samples, workdir)}
+  schedule = {k: float(v) for k, v in model.schedule_metrics(params).items()}
+  if schedule:  # GenMD4: the learned exponent of every token value
+    result["schedule"] = schedule
   if jax.process_index() == 0:
     io.write_json(io.as_path(workdir) / output, result)
     if writer is not None:

@@ -2,7 +2,9 @@
 
 ``TrainState`` holds the step, the parameters, the optimizer state and the EMA
 parameters (what evaluation and sampling use). ``make_optimizer`` is AdamW with
-linear warmup, cosine decay, global-norm clipping and weight decay on matrices.
+linear warmup, cosine decay, global-norm clipping and weight decay on matrices;
+GenMD4's learned exponents (``params["schedule"]``) may have their own peak
+learning rate.
 """
 
 from __future__ import annotations
@@ -25,14 +27,32 @@ class TrainState:
   ema_params: Any
 
 
+def _adamw(tc, peak_lr: float) -> optax.GradientTransformation:
+  lr = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak_lr, warmup_steps=tc.warmup_steps,
+      decay_steps=max(tc.num_steps, tc.warmup_steps + 1), end_value=peak_lr * tc.end_lr_factor)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  return optax.adamw(lr, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask)
+
+
+def _schedule_label(params):
+  """'schedule' for the subtree ``params["schedule"]`` (GenMD4), 'network' elsewhere."""
+  return {name: "schedule" if name == "schedule" else "network" for name in params}
+
+
 def make_optimizer(tc) -> optax.GradientTransformation:
   """AdamW with linear warmup and cosine decay, global-norm clipping, and weight
-  decay on matrices only (not on biases, norms or scalars); ``tc`` = config.train."""
-  lr = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=tc.lr, warmup_steps=tc.warmup_steps,
-      decay_steps=max(tc.num_steps, tc.warmup_steps + 1), end_value=tc.lr * tc.end_lr_factor)
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  adamw = optax.adamw(lr, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask)
+  decay on matrices only (not on biases, norms or scalars); ``tc`` = config.train.
+
+  With ``tc.schedule_lr`` > 0, the subtree ``params["schedule"]`` (GenMD4's
+  exponents) gets its own AdamW with that peak rate and the same warmup and decay
+  (``optax.partition``); with 0 every parameter shares ``tc.lr``, as in md4.
+  Clipping is over the global norm of all gradients.
+  """
+  adamw = _adamw(tc, tc.lr)
+  if tc.get("schedule_lr", 0.0) > 0:
+    adamw = optax.partition({"network": adamw, "schedule": _adamw(tc, tc.schedule_lr)},
+                            _schedule_label)
   if tc.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw)
   return adamw

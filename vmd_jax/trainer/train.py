@@ -48,6 +48,7 @@ def make_train_step(model: MaskedDiffusion, tx, seed: int, ema_decay: float):
     # Per-sequence terms [B] only (not t, x_t or per-token / per-block shares).
     metrics = {k: jnp.mean(v) for k, v in terms.items() if k != "t" and v.ndim == 1}
     metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics.update(model.schedule_metrics(params))  # GenMD4's exponents; {} otherwise
     return TrainState(state.step + 1, params, opt_state, ema), metrics
 
   return train_step
