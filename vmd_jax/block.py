@@ -305,7 +305,7 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
                  block_size: int, num_steps_per_block: int, schedule,
                  order: str = "ancestral", *, vocab_size: int | None = None,
                  temperature: float = 1.0, top_p: float | None = None,
-                 grid: str = "linear", reuse_logits: bool = True,
+                 grid: str = "linear", skip_idle: bool = True,
                  use_cache: bool = True, z=None, return_nfe: bool = False):
   """Generates the masked positions of x_init block by block, left to right.
 
@@ -326,7 +326,7 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
     x_init: int [B, L]; the mask id V marks positions to generate, other
       positions (a prompt) are kept.
     block_size: L', dividing L.
-    num_steps_per_block, order, temperature, top_p, grid, reuse_logits: as in
+    num_steps_per_block, order, temperature, top_p, grid, skip_idle: as in
       ``sampling.sample`` for each block.
     schedule: the ``Schedule`` the model was trained with.
     vocab_size: V; inferred from the logits' shape when None.
@@ -360,7 +360,7 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
       fn = lambda xb, t: uncached_block_logits(denoise_fn, xb, t, b, x, block_size, z=z)
     x_block, calls = sample(fn, jax.random.fold_in(key, b), x_block, num_steps_per_block,
                             schedule, order, vocab_size=vocab_size, temperature=temperature,
-                            top_p=top_p, grid=grid, reuse_logits=reuse_logits,
+                            top_p=top_p, grid=grid, skip_idle=skip_idle,
                             return_nfe=True)
     x = jax.lax.dynamic_update_slice_in_dim(x, x_block, b * block_size, axis=1)
     if use_cache:
