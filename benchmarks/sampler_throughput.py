@@ -1,115 +1,210 @@
-"""Block-sampler throughput: generated tokens per second, with and without the KV cache.
+"""Sampler throughput on an untrained ``Denoiser``: calls made and seconds.
 
-For each block size L' (dividing the length L) the whole generation of a batch is
-one jitted ``block.block_sample`` call (``lax.scan`` over the K = L / L' blocks,
-the core sampler inside each block); it is compiled once, run ``--repeats`` times,
-and the median wall time is reported. Two NFE regimes:
+Three parts, each a jitted function that takes the parameters as an argument
+(never closed over), compiled ahead of time (``jit(...).lower(...).compile()``),
+then run ``--repeats`` times; the median wall time is reported.
 
-- ``one_token_per_step``: NFE = L in total (L / K steps per block), the same work
-  for every block size without a cache; what the cache saves grows with K.
-- ``steps_per_block``: a fixed number of steps per block (``--steps_per_block``),
-  so NFE = K * steps: the cost of generating in more, smaller blocks.
-
-The cache is preallocated at full length L and masked by length (static shapes
-under ``lax.scan``), so a cached call costs O(L' * L) attention whatever the
-prefix; the saving over the uncached call (O(L^2) attention and L tokens through
-the MLPs) comes from running L' tokens instead of L. Prefill calls (one per
-finished block) are timed but not counted in the NFE.
+one_block
+  ``sampling.sample`` on a batch of all-mask sequences: ancestral at
+  ``--ancestral_steps`` steps with idle steps skipped (each sequence advances to
+  its own next reveal step: at most L calls), ancestral at ``--dense_steps``
+  without skipping (md4's loop: a call at every step, the per-call baseline),
+  and first hitting (L calls). ``nfe`` is the batch calls made.
+blocks
+  ``block.block_sample`` per block size L' with and without the KV cache, in
+  two regimes: ``one_token_per_step`` (L' steps per block, NFE = L whatever L')
+  and ``steps_per_block`` (``--steps_per_block`` per block, NFE = K steps).
+  Prefill calls (one per finished block) are timed but not counted.
+kv_prefix
+  One cached call of a block of L' tokens against a prefix of P cached keys, for
+  P from 0 to L, at each length in ``--kv_lengths``: what a cached call costs as
+  the prefix grows (the block sampler's cache is preallocated at full length L,
+  so every cached call pays the P = L price).
 
   python benchmarks/sampler_throughput.py --output=benchmarks/results_cpu.json
 
-The model is an untrained ``Denoiser`` (weights do not change the cost); its size
-is set by flags (default: width 128, depth 2, 4 heads, a CPU-sized model; md4's
-text8 size is --width=768 --depth=12 --num_heads=12, for a GPU).
+Defaults: md4's text8 model cut to 4 layers of width 256 (4 heads), batch
+16 x 256, V = 27, a CPU-sized run. md4's full text8 size is
+--width=768 --depth=12 --num_heads=12, for a GPU.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
 
-from vmd_jax import block
-from vmd_jax.models import Denoiser
+from vmd_jax import block, sampling
+from vmd_jax.networks import Denoiser, adapters
 from vmd_jax.schedules import get_schedule
 
+flags.DEFINE_list("parts", ["one_block", "blocks", "kv_prefix"], "Which parts to run.")
 flags.DEFINE_integer("length", 256, "Sequence length L.")
-flags.DEFINE_list("block_sizes", ["4", "8", "16", "256"], "Block sizes L' (each divides L).")
-flags.DEFINE_integer("batch", 4, "Sequences generated per call.")
+flags.DEFINE_integer("batch", 16, "Sequences generated per call.")
+flags.DEFINE_integer("ancestral_steps", 1000, "T of the skipping ancestral rows (also 100).")
+flags.DEFINE_integer("dense_steps", 100, "T of the ancestral row that calls at every step.")
+flags.DEFINE_list("block_sizes", ["4", "16", "256"], "Block sizes L' (each divides L).")
+flags.DEFINE_integer("block_batch", 4, "Batch of the block rows.")
+flags.DEFINE_list("cache_segments", ["1", "4"], "block_sample's cache_segments for the cached "
+                  "rows (1: every cached call attends over all L keys).")
 flags.DEFINE_integer("steps_per_block", 4, "Steps per block in the steps_per_block regime.")
-flags.DEFINE_string("order", "top_prob", "Sampling order inside a block (top_prob reveals a "
-                    "fixed number of tokens per step, so every step is a network call).")
-flags.DEFINE_integer("width", 128, "Denoiser width.")
-flags.DEFINE_integer("depth", 2, "Denoiser depth.")
+flags.DEFINE_string("order", "top_prob", "Order inside a block (top_prob reveals a fixed "
+                    "number of tokens per step, so every step is a network call).")
+flags.DEFINE_list("kv_lengths", ["256", "2048"], "L of the kv_prefix rows.")
+flags.DEFINE_integer("kv_block", 4, "L' of the kv_prefix rows.")
+flags.DEFINE_integer("width", 256, "Denoiser width.")
+flags.DEFINE_integer("depth", 4, "Denoiser depth.")
 flags.DEFINE_integer("num_heads", 4, "Attention heads.")
 flags.DEFINE_integer("vocab_size", 27, "V (text8: 27).")
-flags.DEFINE_integer("repeats", 2, "Timed runs after the compiling one.")
+flags.DEFINE_integer("repeats", 1, "Timed runs after compilation.")
 flags.DEFINE_string("output", None, "Write the results as JSON here.")
 FLAGS = flags.FLAGS
 
 
-def time_call(fn, *args, repeats: int):
-  """(compile+first-run seconds, median seconds of ``repeats`` further runs)."""
+def compile_and_time(fn, *args, repeats: int):
+  """(compile seconds, median seconds of ``repeats`` runs, last output)."""
   start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - start
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_seconds = time.perf_counter() - start
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    out = jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+  return compile_seconds, statistics.median(times), out
 
 
-def benchmark(length: int, block_sizes, batch: int, steps_per_block: int, order: str,
-              model: Denoiser, repeats: int) -> list[dict]:
-  """One row per (regime, block size, cache)."""
-  params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32), jnp.zeros((1,)))
-  denoise, prefill = block.denoiser_fns(model, params)
+def init_params(model: Denoiser, length: int):
+  """Random parameters (not the zero head's constant logits), drawn with numpy on
+  the traced shapes: the weights do not change the cost, only the sampled text."""
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, length), jnp.int32),
+                          jnp.zeros((1,)))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(0.05 * rng.normal(size=s.shape), s.dtype), shapes)
+
+
+def one_block(model, params, length, batch, ancestral_steps, dense_steps, repeats):
+  """Rows for the one-block orders (md4's setting)."""
+  schedule = get_schedule("linear")
+  x_init = jnp.full((batch, length), model.vocab_size, jnp.int32)
+  runs = [("ancestral", 100, True), ("ancestral", ancestral_steps, True),
+          ("ancestral", dense_steps, False), ("first_hitting", length, True)]
+  rows = []
+  for order, steps, skip in runs:
+    def fn(params, key, x, order=order, steps=steps, skip=skip):
+      return sampling.sample(adapters.denoise_fn(model, params), key, x, steps, schedule,
+                             order, vocab_size=model.vocab_size, skip_idle=skip,
+                             return_nfe=True)
+    compile_s, seconds, (x, nfe) = compile_and_time(fn, params, jax.random.key(1), x_init,
+                                                    repeats=repeats)
+    assert int(jnp.sum(x == model.vocab_size)) == 0
+    rows.append({"part": "one_block", "order": order, "steps": steps, "skip_idle": skip,
+                 "batch": batch, "length": length, "nfe": int(nfe), "seconds": seconds,
+                 "compile_seconds": compile_s, "ms_per_call": 1000 * seconds / int(nfe),
+                 "tokens_per_sec": batch * length / seconds})
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def blocks(model, params, length, block_sizes, batch, steps_per_block, order, repeats,
+           cache_segments):
+  """Rows per (regime, block size, cache segments; 0 = no cache)."""
   schedule = get_schedule("linear")
   x_init = jnp.full((batch, length), model.vocab_size, jnp.int32)
   rows = []
   for regime in ("one_token_per_step", "steps_per_block"):
     for block_size in block_sizes:
-      blocks = length // block_size
+      num = length // block_size
       steps = block_size if regime == "one_token_per_step" else steps_per_block
-      for use_cache in (True, False):
-        if blocks == 1 and use_cache:
-          continue  # one block: nothing to cache
-        fn = jax.jit(lambda key, x, bs=block_size, s=steps, c=use_cache: block.block_sample(
-            denoise, prefill, key, x, bs, s, schedule, order, vocab_size=model.vocab_size,
-            use_cache=c, return_nfe=True))
-        first, seconds = time_call(fn, jax.random.key(1), x_init, repeats=repeats)
-        _, nfe = fn(jax.random.key(1), x_init)
-        rows.append({"regime": regime, "block_size": block_size, "blocks": blocks,
-                     "steps_per_block": steps, "nfe": int(nfe), "kv_cache": use_cache,
-                     "seconds": seconds, "compile_and_first_seconds": first,
+      for segments in [0] + ([] if num == 1 else cache_segments):  # 1 block: no cache
+        use_cache = segments > 0
+        def fn(params, key, x, bs=block_size, s=steps, seg=segments):
+          denoise, prefill = adapters.block_denoiser_fns(model, params)
+          return block.block_sample(denoise, prefill, key, x, bs, s, schedule, order,
+                                    vocab_size=model.vocab_size, use_cache=seg > 0,
+                                    cache_segments=max(seg, 1), return_nfe=True)
+        compile_s, seconds, (_, nfe) = compile_and_time(fn, params, jax.random.key(1), x_init,
+                                                        repeats=repeats)
+        rows.append({"part": "blocks", "regime": regime, "block_size": block_size,
+                     "blocks": num, "steps_per_block": steps, "nfe": int(nfe),
+                     "kv_cache": use_cache, "cache_segments": segments, "batch": batch,
+                     "seconds": seconds,
+                     "compile_seconds": compile_s,
                      "tokens_per_sec": batch * length / seconds,
                      "ms_per_call": 1000 * seconds / int(nfe)})
         print(json.dumps(rows[-1]), flush=True)
   return rows
 
 
+def kv_prefix(model, params, lengths, block_size, batch, repeats, calls=20):
+  """Seconds per cached call of one block against P cached keys, P in 0..L."""
+  rows = []
+  for length in lengths:
+    x = jnp.zeros((batch, length), jnp.int32)
+    _, prefill = adapters.block_denoiser_fns(model, params)
+    cache = block.init_kv_cache(prefill, x)
+    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+      prefix = int(fraction * length)
+      def fn(params, x_block, cache, prefix=prefix):
+        denoise, _ = adapters.block_denoiser_fns(model, params)
+        kv = jax.tree.map(lambda c: c[:, :prefix], cache) if prefix else None
+        mask = jnp.ones((block_size, prefix + block_size), bool)
+        positions = (prefix + jnp.arange(block_size))[None]
+        t = jnp.full(x_block.shape, 0.5)
+        def body(i, acc):  # `calls` calls in one program: less dispatch noise
+          return acc + denoise(x_block + i % 2, t, positions, mask, kv)[0, 0, 0]
+        return jax.lax.fori_loop(0, calls, body, jnp.float32(0))
+      _, seconds, _ = compile_and_time(fn, params, x[:, :block_size], cache, repeats=repeats)
+      rows.append({"part": "kv_prefix", "length": length, "block_size": block_size,
+                   "batch": batch, "prefix": prefix, "ms_per_call": 1000 * seconds / calls})
+      print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
 def markdown(rows: list[dict]) -> str:
-  lines = ["| regime | L' | blocks | NFE | tokens/s cached | tokens/s uncached | speed-up |",
-           "|---|---|---|---|---|---|---|"]
-  for regime in ("one_token_per_step", "steps_per_block"):
-    for bs in sorted({r["block_size"] for r in rows}):
-      sel = {r["kv_cache"]: r for r in rows if r["regime"] == regime and r["block_size"] == bs}
-      unc = sel.get(False)
-      cac = sel.get(True)
-      if unc is None:
-        continue
-      cached = f"{cac['tokens_per_sec']:.0f}" if cac else "n/a (one block)"
-      speedup = f"{unc['seconds'] / cac['seconds']:.1f}x" if cac else ""
-      lines.append(f"| {regime} | {bs} | {unc['blocks']} | {unc['nfe']} | {cached} | "
-                   f"{unc['tokens_per_sec']:.0f} | {speedup} |")
-  return "\n".join(lines)
+  out = []
+  one = [r for r in rows if r["part"] == "one_block"]
+  if one:
+    out += ["| order | steps | idle steps | calls | seconds | ms per call |",
+            "|---|---|---|---|---|---|"]
+    out += [f"| {r['order']} | {r['steps'] if r['order'] != 'first_hitting' else '-'} | "
+            f"{'-' if r['order'] == 'first_hitting' else 'skipped' if r['skip_idle'] else 'called'}"
+            f" | {r['nfe']} | "
+            f"{r['seconds']:.1f} | {r['ms_per_call']:.0f} |" for r in one]
+    out.append("")
+  blk = [r for r in rows if r["part"] == "blocks"]
+  if blk:
+    segs = sorted({r["cache_segments"] for r in blk} - {0})
+    out += ["| regime | L' | blocks | NFE | tokens/s uncached | "
+            + " | ".join(f"cached, S = {s}" for s in segs) + " |",
+            "|---" * (5 + len(segs)) + "|"]
+    for regime in ("one_token_per_step", "steps_per_block"):
+      for bs in sorted({r["block_size"] for r in blk}):
+        sel = {r["cache_segments"]: r for r in blk
+               if r["regime"] == regime and r["block_size"] == bs}
+        unc = sel[0]
+        cached = [f"{sel[s]['tokens_per_sec']:.0f} ({unc['seconds'] / sel[s]['seconds']:.1f}x)"
+                  if s in sel else "n/a (one block)" for s in segs]
+        out.append(f"| {regime} | {bs} | {unc['blocks']} | {unc['nfe']} | "
+                   f"{unc['tokens_per_sec']:.0f} | " + " | ".join(cached) + " |")
+    out.append("")
+  kv = [r for r in rows if r["part"] == "kv_prefix"]
+  if kv:
+    out += ["| L | L' | ms per call at P = 0, L/4, L/2, 3L/4, L | mean over P / P = L |",
+            "|---|---|---|---|"]
+    for length in sorted({r["length"] for r in kv}):
+      ms = [r["ms_per_call"] for r in kv if r["length"] == length]
+      mean = (ms[0] / 2 + sum(ms[1:-1]) + ms[-1] / 2) / (len(ms) - 1)  # trapezoid over P
+      out.append(f"| {length} | {kv[0]['block_size']} | "
+                 f"{', '.join(f'{m:.1f}' for m in ms)} | {mean / ms[-1]:.2f} |")
+  return "\n".join(out)
 
 
 def main(argv):
@@ -120,19 +215,29 @@ def main(argv):
       raise app.UsageError(f"block size {b} does not divide --length={FLAGS.length}")
   model = Denoiser(vocab_size=FLAGS.vocab_size, width=FLAGS.width, depth=FLAGS.depth,
                    num_heads=FLAGS.num_heads)
-  rows = benchmark(FLAGS.length, block_sizes, FLAGS.batch, FLAGS.steps_per_block, FLAGS.order,
-                   model, FLAGS.repeats)
+  params = init_params(model, FLAGS.length)
+  rows = []
+  if "one_block" in FLAGS.parts:
+    rows += one_block(model, params, FLAGS.length, FLAGS.batch, FLAGS.ancestral_steps,
+                      FLAGS.dense_steps, FLAGS.repeats)
+  if "blocks" in FLAGS.parts:
+    rows += blocks(model, params, FLAGS.length, block_sizes, FLAGS.block_batch,
+                   FLAGS.steps_per_block, FLAGS.order, FLAGS.repeats,
+                   [int(s) for s in FLAGS.cache_segments])
+  if "kv_prefix" in FLAGS.parts:
+    rows += kv_prefix(model, params, [int(n) for n in FLAGS.kv_lengths], FLAGS.kv_block,
+                      FLAGS.batch, FLAGS.repeats)
   device = jax.devices()[0]
   result = {
       "device": f"{device.platform}: {device.device_kind}",
       "cpu": platform.processor() or platform.machine(),
+      "load_average": os.getloadavg(),
       "jax": jax.__version__,
-      "settings": {"length": FLAGS.length, "batch": FLAGS.batch, "order": FLAGS.order,
-                   "width": FLAGS.width, "depth": FLAGS.depth, "num_heads": FLAGS.num_heads,
-                   "vocab_size": FLAGS.vocab_size, "repeats": FLAGS.repeats,
-                   "parameters": int(sum(x.size for x in jax.tree.leaves(
-                       model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
-                                  jnp.zeros((1,))))))},
+      "settings": {k: FLAGS[k].value for k in (
+          "parts", "length", "batch", "ancestral_steps", "dense_steps", "block_sizes",
+          "block_batch", "cache_segments", "steps_per_block", "order", "kv_lengths", "kv_block", "width",
+          "depth", "num_heads", "vocab_size", "repeats")},
+      "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
       "rows": rows,
   }
   print(markdown(rows))

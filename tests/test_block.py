@@ -246,6 +246,9 @@ def check_cached_logits(denoise, prefill, z=None, seed=5):
     chex.assert_shape(cached, (B, SB, SV))
     assert float(jnp.abs(full).max()) > 1e-2
     np.testing.assert_allclose(cached, full, atol=1e-5, rtol=1e-5)
+    # Reading only the b L' keys block b needs (none for block 0) changes nothing.
+    trimmed = block.cached_block_logits(denoise, noisy, t, b, cache, SB, z=z, prefix_len=b * SB)
+    np.testing.assert_allclose(trimmed, full, atol=1e-5, rtol=1e-5)
     cache = prefill_fn(x[:, b * SB:(b + 1) * SB], b, cache)
 
 
@@ -260,16 +263,18 @@ def latent_model():
   return (*block_denoiser_fns(model, params), z)
 
 
-@pytest.mark.parametrize("order,steps,latent", [("ancestral", 3, False),
-                                                ("top_prob_margin", 2, True)])
+@pytest.mark.parametrize("order,steps,latent,segments", [
+    ("ancestral", 3, False, 1), ("ancestral", 3, False, 4), ("top_prob_margin", 2, True, 4)])
 def test_cached_and_uncached_sampling_agree(sampler_model, latent_model, order, steps,
-                                            latent):
-  """Same key, same samples; the latent model gets a z per block (VMD)."""
+                                            latent, segments):
+  """Same key, same samples, whether a cached call reads all L cached keys
+  (segments = 1) or only the prefix its run of blocks needs (here 0 keys for
+  block 0, L' for block 1); the latent model gets a z per block (VMD)."""
   denoise, prefill, z = latent_model if latent else (*sampler_model, None)
   x_init = prompt(16)
   run = jax.jit(lambda key, use_cache: block.block_sample(
       denoise, prefill, key, x_init, SB, steps, get_schedule("linear"), order,
-      use_cache=use_cache, z=z, return_nfe=True), static_argnums=1)
+      use_cache=use_cache, cache_segments=segments, z=z, return_nfe=True), static_argnums=1)
   x_c, nfe_c = run(jax.random.key(7), True)
   x_u, nfe_u = run(jax.random.key(7), False)
   np.testing.assert_array_equal(x_c, x_u)
@@ -278,6 +283,38 @@ def test_cached_and_uncached_sampling_agree(sampler_model, latent_model, order, 
   given = x_init != SV
   np.testing.assert_array_equal(np.asarray(x_c)[given], np.asarray(x_init)[given])
   assert len(np.unique(np.asarray(x_c), axis=0)) > 1  # it does draw
+
+
+def test_prefix_segments_cover_the_blocks_with_enough_prefix():
+  assert block.prefix_segments(64, 4) == [(0, 16, 15), (16, 32, 31), (32, 48, 47),
+                                          (48, 64, 63)]
+  assert block.prefix_segments(2, 4) == [(0, 1, 0), (1, 2, 1)]
+  assert block.prefix_segments(5, 1) == [(0, 5, 4)]
+  for blocks in range(1, 40):
+    for num in range(1, 9):
+      segments = block.prefix_segments(blocks, num)
+      assert len(segments) == min(num, blocks)
+      assert [b for lo, hi, _ in segments for b in range(lo, hi)] == list(range(blocks))
+      assert all(prefix == hi - 1 for lo, hi, prefix in segments)  # block b reads b blocks
+  with pytest.raises(ValueError, match="cache_segments must be an int >= 1, got 0"):
+    block.block_sample(lambda *a, **k: None, lambda *a, **k: None, jax.random.key(0),
+                       jnp.full((1, 4), 2), 2, 1, get_schedule("linear"), cache_segments=0)
+
+
+def test_block_sampler_skips_idle_steps_exactly(sampler_model):
+  """100 ancestral steps per block with a time-conditioned network: same key, same
+  samples with and without the calls at idle steps; at most L' - 1 calls per block
+  (one token per block is given), however many sequences run."""
+  denoise, prefill = sampler_model
+  x_init = prompt(16)
+  run = jax.jit(lambda key, skip: block.block_sample(
+      denoise, prefill, key, x_init, SB, 100, get_schedule("cosine"), "ancestral",
+      skip_idle=skip, return_nfe=True), static_argnums=1)
+  x_skip, nfe_skip = run(jax.random.key(3), True)
+  x_all, nfe_all = run(jax.random.key(3), False)
+  np.testing.assert_array_equal(x_skip, x_all)
+  assert int(nfe_skip) <= (SL // SB) * (SB - 1) < int(nfe_all)
+  assert int(jnp.sum(x_skip == SV)) == 0
 
 
 def test_latent_per_block(latent_model):

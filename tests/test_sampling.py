@@ -72,26 +72,145 @@ def test_givens_never_change_and_condition_the_rest(joint):
   assert exact.total_variation(emp.ravel(), cond.ravel()) < TV_BOUND
 
 
-def test_reusing_logits_saves_calls_and_counts_them(joint):
+def time_dependent(denoise, seed=12, scale=3.0):
+  """An exact denoiser's logits plus scale cos(3 pi t) W[n, v]: which value is
+  drawn depends strongly on the time the network is called at."""
+  w = jnp.asarray(np.random.default_rng(seed).normal(size=(N, V)), jnp.float32)
+  return lambda xt, t: denoise(xt) + scale * jnp.cos(3 * jnp.pi * t)[:, None, None] * w
+
+
+def exact_ancestral(denoise, num_steps, schedule, grid="linear", frozen_t=None):
+  """The exact law of the T-step ancestral sampler over V^N, float64 [V^N]: the
+  distribution over the (V + 1)^N partially masked states pushed through every
+  step's transition matrix (each masked token revealed with probability
+  p_i = (alpha(t_{i+1}) - alpha(t_i)) / (1 - alpha(t_i)), all at the last step,
+  its value from softmax(logits(x, t_i))). ``frozen_t``: call the network at that
+  time instead (what reusing stale logits amounts to)."""
+  states = exact.all_sequences(V + 1, N)  # [(V+1)^N, N]; V is the mask
+  times = np.linspace(1.0, 0.0, num_steps + 1) if grid == "linear" else None
+  alpha = np.asarray(schedule.alpha(jnp.asarray(times, jnp.float32)), np.float64)
+  p_reveal = (alpha[1:] - alpha[:-1]) / (1.0 - alpha[:-1])
+  p_reveal[-1] = 1.0
+  call_t = np.full(num_steps, frozen_t) if frozen_t is not None else times[:-1]
+  xs = jnp.asarray(np.repeat(states[None], num_steps, 0).reshape(-1, N))
+  ts = jnp.asarray(np.repeat(call_t, len(states)), jnp.float32)
+  logits = np.asarray(jax.jit(denoise)(xs, ts), np.float64)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs = (probs / probs.sum(-1, keepdims=True)).reshape(num_steps, len(states), N, V)
+  masked_from = states == V  # [S, N]
+  dist = np.zeros(len(states))
+  dist[-1] = 1.0  # all masked
+  for i in range(num_steps):
+    trans = np.ones((len(states), len(states)))
+    for n in range(N):
+      y = states[:, n]
+      value = probs[i, :, n, :][:, np.minimum(y, V - 1)] * p_reveal[i]  # [S, S]
+      factor = np.where(y[None] == V, 1.0 - p_reveal[i], value)
+      trans *= np.where(masked_from[:, n][:, None], factor, states[:, n][:, None] == y[None])
+    dist = dist @ trans
+  clean = np.all(states < V, axis=-1)
+  assert abs(dist[clean].sum() - 1.0) < 1e-9
+  return dist[clean]  # all_sequences(V + 1, N) restricted to V^N keeps V^N's order
+
+
+@pytest.mark.parametrize("order,schedule", [("ancestral", "linear"), ("ancestral", "cosine"),
+                                            ("first_hitting", "cosine")])
+def test_time_dependent_denoiser_at_1000_steps_is_exact(joint, order, schedule):
+  """With a time-conditioned denoiser, the skipping sampler at T = 1000 draws the
+  exact T-step law (first hitting, its T -> infinity limit, within O(1/T)), in at
+  most N calls however many sequences run; calling at a stale time would not."""
   _, denoise = joint
-  x_init = jnp.full((1, N), V, jnp.int32)
-  schedule = get_schedule("linear")
-  run = jax.jit(lambda key, reuse: sample(denoise, key, x_init, 1000, schedule,
-                                          return_nfe=True, reuse_logits=reuse),
+  fn, sched = time_dependent(denoise), get_schedule(schedule)
+  target = exact_ancestral(fn, 1000, sched)
+  stale = exact_ancestral(fn, 1000, sched, frozen_t=1.0)
+  assert exact.total_variation(target, stale) > 0.1  # the time matters
+  x, nfe = draw(fn, order, 1000, key=3, schedule=schedule)
+  assert int(jnp.sum(x == V)) == 0
+  tv = exact.total_variation(exact.empirical_distribution(x, V), target)
+  assert tv < TV_BOUND, tv
+  assert 1 <= int(nfe) <= N
+
+
+def test_skipping_idle_steps_changes_no_sample(joint):
+  """Same key, same samples with and without calls at idle steps, for a
+  time-conditioned denoiser; the skipping run makes at most N calls."""
+  _, denoise = joint
+  fn = time_dependent(denoise)
+  x_init = jnp.asarray(np.random.default_rng(4).choice([0, 1, V], size=(256, N),
+                                                       p=[0.1, 0.1, 0.8]), jnp.int32)
+  run = jax.jit(lambda key, skip: sample(fn, key, x_init, 100, get_schedule("cosine"),
+                                         skip_idle=skip, return_nfe=True),
                 static_argnums=1)
-  for seed in range(5):
-    key = jax.random.key(seed)
-    x_a, nfe_a = run(key, True)
-    x_b, nfe_b = run(key, False)
-    # With one sequence, a call happens first and after each step that revealed
-    # something: at most N + 1 calls out of 1000, and the samples are identical
-    # (the exact denoiser ignores t).
-    assert 1 <= int(nfe_a) <= N + 1 and int(nfe_b) == 1000
-    np.testing.assert_array_equal(x_a, x_b)
+  x_skip, nfe_skip = run(jax.random.key(5), True)
+  x_all, nfe_all = run(jax.random.key(5), False)
+  np.testing.assert_array_equal(x_skip, x_all)
+  # Without skipping: a call at every step up to the latest reveal in the batch.
+  assert int(nfe_all) > 75 and 1 <= int(nfe_skip) <= N
+  given = np.asarray(x_init) != V
+  np.testing.assert_array_equal(np.asarray(x_skip)[given], np.asarray(x_init)[given])
+  assert int(jnp.sum(x_skip == V)) == 0
   # Nothing to generate: no call at all.
-  full = jnp.zeros((2, N), jnp.int32)
-  _, nfe = sample(denoise, key, full, 10, schedule, order="top_prob", return_nfe=True)
-  assert int(nfe) == 0
+  for order in ORDERS:
+    _, nfe = sample(fn, jax.random.key(0), jnp.zeros((2, N), jnp.int32), 10,
+                    get_schedule("linear"), order=order, return_nfe=True)
+    assert int(nfe) == 0, order
+
+
+def step_recorder(num_steps, length):
+  """A denoiser whose only value is the grid step of the time it is called at
+  (linear grid: t_i = 1 - i / T), so a greedy sample records every token's
+  reveal step. Vocabulary T + 1."""
+  def denoise(xt, t):
+    step = jnp.round((1.0 - t) * num_steps).astype(jnp.int32)
+    return jnp.broadcast_to(10.0 * jax.nn.one_hot(step, num_steps + 1)[:, None],
+                            (xt.shape[0], length, num_steps + 1))
+  return denoise
+
+
+@pytest.mark.parametrize("steps", [5, 1000])
+def test_ancestral_calls_each_sequence_at_its_own_reveal_steps(steps):
+  """Every token is revealed from logits at its own step's time, the steps follow
+  P(k > i) = (1 - alpha(t_{i+1})) / (1 - alpha(t_0)) (KS test), and the calls
+  made are the most distinct reveal steps of any one sequence."""
+  length, batch = 8, 1000
+  schedule = get_schedule("cosine")
+  x_init = jnp.full((batch, length), steps + 1, jnp.int32)
+  x, nfe = jax.jit(lambda key: sample(step_recorder(steps, length), key, x_init, steps,
+                                      schedule, temperature=0.0, return_nfe=True))(
+                                          jax.random.key(2))
+  x = np.asarray(x)
+  assert 0 <= x.min() and x.max() < steps
+  distinct = [len(np.unique(row)) for row in x]
+  assert int(nfe) == max(distinct) <= length
+  alpha = np.asarray(schedule.alpha(jnp.linspace(1.0, 0.0, steps + 1)), np.float64)
+  cdf = 1.0 - (1.0 - alpha[1:]) / (1.0 - alpha[0])  # P(k <= i)
+  cdf[-1] = 1.0
+  empirical = np.searchsorted(np.sort(x.ravel()), np.arange(steps), side="right") / x.size
+  ks = np.abs(empirical - cdf).max()
+  assert ks < 1.95 / math.sqrt(x.size), ks  # 99.9% KS bound for i.i.d. steps
+  # The reveal steps are drawn, not fixed: early and late ones both occur.
+  assert x.min() < 0.1 * steps and x.max() == steps - 1
+
+
+@pytest.mark.parametrize("order", ["top_prob", "random"])
+def test_confidence_orders_stop_when_nothing_is_left(order):
+  """T = 1000 steps for 8 tokens: every step reveals at least one token, so the
+  calls are the steps up to the last reveal, each at that step's time."""
+  steps, length = 1000, 8
+  schedule = get_schedule("cosine")
+  x_init = jnp.full((3, length), steps + 1, jnp.int32)
+  x, nfe = sample(step_recorder(steps, length), jax.random.key(0), x_init, steps, schedule,
+                  order=order, temperature=0.0, return_nfe=True)
+  grid = np.linspace(1.0, 0.0, steps + 1)
+  left, expected = length, []
+  for i in range(steps):
+    keep = 0 if i == steps - 1 else int(np.floor(
+        left * (1 - schedule.alpha(grid[i + 1])) / (1 - schedule.alpha(grid[i])) + 1e-6))
+    expected += [i] * (left - keep)
+    left = keep
+  assert int(nfe) == len(set(expected)) <= length
+  for row in np.asarray(x):
+    np.testing.assert_array_equal(np.sort(row), expected)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])

@@ -37,6 +37,7 @@ from a ``vmd_jax.networks.Denoiser`` and its params (``vmd_jax.networks.adapters
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import chex
@@ -240,11 +241,35 @@ def _z_kw(z, block_index, block_size, length=None):
   return {"z": per_token(z, block_size)}
 
 
-def _prefix_mask(seq_len: int, block_size: int, block_index):
-  """bool [L', L + L']: the cached keys of blocks < b, then the block itself."""
-  valid = jnp.arange(seq_len) < block_index * block_size
-  return jnp.concatenate([jnp.broadcast_to(valid, (block_size, seq_len)),
+def _prefix_mask(prefix_len: int, block_size: int, block_index):
+  """bool [L', P + L']: the first P cached keys, valid where they belong to
+  blocks < b, then the block itself."""
+  valid = jnp.arange(prefix_len) < block_index * block_size
+  return jnp.concatenate([jnp.broadcast_to(valid, (block_size, prefix_len)),
                           jnp.ones((block_size, block_size), bool)], axis=1)
+
+
+def _cache_prefix(cache, prefix_len: int | None):
+  """The first P positions of every cached (k, v) (all of them for None); None
+  when P = 0."""
+  if prefix_len is None:
+    return cache
+  return jax.tree.map(lambda c: c[:, :prefix_len], cache) if prefix_len else None
+
+
+def _prefix_len(cache, prefix_len: int | None) -> int:
+  return jax.tree.leaves(cache)[0].shape[1] if prefix_len is None else prefix_len
+
+
+def prefix_segments(blocks: int, num_segments: int) -> list[tuple[int, int, int]]:
+  """Blocks [lo, hi) run together with the static cache prefix P = (hi - 1)
+  blocks, the most any of them reads: (lo, hi, P in blocks) for ``num_segments``
+  near-equal runs (fewer if there are fewer blocks). The attention over cached
+  keys then costs about (1 + 1 / S) / 2 of attending over all L, at the price of
+  S compiled copies of the block loop."""
+  num_segments = max(1, min(num_segments, blocks))
+  bounds = [-(-j * blocks // num_segments) for j in range(num_segments + 1)]
+  return [(lo, hi, hi - 1) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
 
 
 def init_kv_cache(prefill_fn: PrefillFn, x, *, z=None):
@@ -258,17 +283,18 @@ def init_kv_cache(prefill_fn: PrefillFn, x, *, z=None):
 
 
 def cached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, cache,
-                        block_size: int, *, z=None):
+                        block_size: int, *, z=None, prefix_len: int | None = None):
   """Logits [B, L', V] of block b attending to the cache's blocks < b.
 
   x_block: int [B, L']; t: float [B]; cache: per layer (k, v) [B, L, ...] whose
-  entries of blocks >= b are ignored (masked).
+  entries of blocks >= b are ignored (masked). prefix_len: attend over the first
+  P cached positions only (static, P >= b L'); None: all L.
   """
-  seq_len = jax.tree.leaves(cache)[0].shape[1]
+  prefix_len = _prefix_len(cache, prefix_len)
   positions = (block_index * block_size + jnp.arange(block_size))[None]
   t_tok = jnp.broadcast_to(t[:, None], x_block.shape)
-  return denoise_fn(x_block, t_tok, positions, _prefix_mask(seq_len, block_size, block_index),
-                    cache, **_z_kw(z, block_index, block_size))
+  return denoise_fn(x_block, t_tok, positions, _prefix_mask(prefix_len, block_size, block_index),
+                    _cache_prefix(cache, prefix_len), **_z_kw(z, block_index, block_size))
 
 
 def uncached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, x,
@@ -287,15 +313,16 @@ def uncached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, x
 
 
 def prefill_block(prefill_fn: PrefillFn, x_block, block_index, cache, block_size: int, *,
-                  z=None):
-  """Runs the clean block b (t = 0) once, attending to the cache's blocks < b, and
-  writes its (k, v) into the cache at positions [b L', (b + 1) L')."""
-  seq_len = jax.tree.leaves(cache)[0].shape[1]
+                  z=None, prefix_len: int | None = None):
+  """Runs the clean block b (t = 0) once, attending to the cache's blocks < b
+  (its first ``prefix_len`` positions, as in ``cached_block_logits``), and writes
+  its (k, v) into the cache at positions [b L', (b + 1) L')."""
+  prefix_len = _prefix_len(cache, prefix_len)
   start = block_index * block_size
   positions = (start + jnp.arange(block_size))[None]
   new = prefill_fn(x_block, jnp.zeros(x_block.shape, jnp.float32), positions,
-                   _prefix_mask(seq_len, block_size, block_index), cache,
-                   **_z_kw(z, block_index, block_size))
+                   _prefix_mask(prefix_len, block_size, block_index),
+                   _cache_prefix(cache, prefix_len), **_z_kw(z, block_index, block_size))
   return jax.tree.map(
       lambda c, n: jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), start, axis=1),
       cache, new)
@@ -305,8 +332,9 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
                  block_size: int, num_steps_per_block: int, schedule,
                  order: str = "ancestral", *, vocab_size: int | None = None,
                  temperature: float = 1.0, top_p: float | None = None,
-                 grid: str = "linear", reuse_logits: bool = True,
-                 use_cache: bool = True, z=None, return_nfe: bool = False):
+                 grid: str = "linear", skip_idle: bool = True,
+                 use_cache: bool = True, cache_segments: int = 4, z=None,
+                 return_nfe: bool = False):
   """Generates the masked positions of x_init block by block, left to right.
 
   Block b is generated by ``sampling.sample`` (any of its orders, with key
@@ -314,10 +342,14 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
   blocks < b. With ``use_cache`` those are read from a preallocated KV cache
   [B, L, ...] per layer, masked by length; after block b is done it is run once
   more (``prefill_block``, t = 0) to write its keys/values (skipped for the last
-  block). Without the cache every call recomputes the prefix: one call on the
-  whole sequence with ``block_causal_mask``; the two give the same logits (up to
-  float round-off) and so the same samples. Blocks run under ``lax.scan``; wrap
-  the call in ``jax.jit`` with the integer/str arguments static.
+  block). A cached call's cost grows with the keys it attends over, so the blocks
+  run in ``cache_segments`` runs (``prefix_segments``), each reading only the
+  cache prefix its last block needs: about (1 + 1/S) / 2 of the full-length
+  attention, for S compiled copies of the block loop (S = 1: every call attends
+  over all L keys). Without the cache every call recomputes the prefix: one call
+  on the whole sequence with ``block_causal_mask``; the two give the same logits
+  (up to float round-off) and so the same samples. Each run of blocks is a
+  ``lax.scan``; wrap the call in ``jax.jit`` with the integer/str arguments static.
 
   Args:
     denoise_fn, prefill_fn: the ``BlockDenoiseFn`` interface (module docstring);
@@ -326,11 +358,12 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
     x_init: int [B, L]; the mask id V marks positions to generate, other
       positions (a prompt) are kept.
     block_size: L', dividing L.
-    num_steps_per_block, order, temperature, top_p, grid, reuse_logits: as in
+    num_steps_per_block, order, temperature, top_p, grid, skip_idle: as in
       ``sampling.sample`` for each block.
     schedule: the ``Schedule`` the model was trained with.
     vocab_size: V; inferred from the logits' shape when None.
     use_cache: KV cache (True) or full recomputation (False).
+    cache_segments: S, the runs of blocks with their own static cache prefix.
     z: optional float [B, K, D] latent per block (VMD: z_b ~ p(z) per block).
     return_nfe: also return the number of denoiser calls (prefill calls not
       counted), int32 scalar.
@@ -343,6 +376,8 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
   blocks = num_blocks(seq_len, block_size)
   if use_cache and prefill_fn is None:
     raise ValueError("use_cache=True needs a prefill_fn")
+  if not isinstance(cache_segments, int) or cache_segments < 1:
+    raise ValueError(f"cache_segments must be an int >= 1, got {cache_segments!r}")
   if vocab_size is None:
     probe = jax.eval_shape(
         lambda x: uncached_block_logits(denoise_fn, x[:, :block_size], jnp.zeros(batch_size),
@@ -351,25 +386,33 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
   check_tokens(x_init, vocab_size, allow_mask=True, name="x_init")
   cache = init_kv_cache(prefill_fn, x_init, z=z) if use_cache else None
 
-  def step(carry, b):
+  def step(carry, b, prefix_len=None):
     x, cache, nfe = carry
     x_block = jax.lax.dynamic_slice_in_dim(x, b * block_size, block_size, axis=1)
     if use_cache:
-      fn = lambda xb, t: cached_block_logits(denoise_fn, xb, t, b, cache, block_size, z=z)
+      fn = lambda xb, t: cached_block_logits(denoise_fn, xb, t, b, cache, block_size, z=z,
+                                             prefix_len=prefix_len)
     else:
       fn = lambda xb, t: uncached_block_logits(denoise_fn, xb, t, b, x, block_size, z=z)
     x_block, calls = sample(fn, jax.random.fold_in(key, b), x_block, num_steps_per_block,
                             schedule, order, vocab_size=vocab_size, temperature=temperature,
-                            top_p=top_p, grid=grid, reuse_logits=reuse_logits,
+                            top_p=top_p, grid=grid, skip_idle=skip_idle,
                             return_nfe=True)
     x = jax.lax.dynamic_update_slice_in_dim(x, x_block, b * block_size, axis=1)
     if use_cache:
       cache = jax.lax.cond(
           b < blocks - 1,
-          lambda c: prefill_block(prefill_fn, x_block, b, c, block_size, z=z),
+          lambda c: prefill_block(prefill_fn, x_block, b, c, block_size, z=z,
+                                  prefix_len=prefix_len),
           lambda c: c, cache)
     return (x, cache, nfe + calls), None
 
-  (x, _, nfe), _ = jax.lax.scan(step, (x_init, cache, jnp.int32(0)),
-                                jnp.arange(blocks, dtype=jnp.int32))
+  carry = (x_init, cache, jnp.int32(0))
+  segments = (prefix_segments(blocks, cache_segments) if use_cache
+              else [(0, blocks, None)])
+  for lo, hi, prefix_blocks in segments:
+    prefix_len = None if prefix_blocks is None else prefix_blocks * block_size
+    carry, _ = jax.lax.scan(functools.partial(step, prefix_len=prefix_len), carry,
+                            jnp.arange(lo, hi, dtype=jnp.int32))
+  x, _, nfe = carry
   return (x, nfe) if return_nfe else x

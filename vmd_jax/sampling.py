@@ -5,33 +5,44 @@ A position holding the mask id V is to be generated; every other position of
 ``x_init`` is given (a prompt, a Sudoku's givens) and never changes. For VMD,
 draw z once per sequence and pass ``lambda x, t: denoise(x, t, z)``.
 
-Orders (``sample(..., order=...)``):
+Orders (``sample(..., order=...)``), on a time grid 1 = t_0 > ... > t_T = 0:
 
 ancestral
-  md4's sampler on a time grid 1 = t_0 > ... > t_T = 0: from t to s each masked
-  token is revealed with probability (alpha(s) - alpha(t)) / (1 - alpha(t)),
-  its value drawn from softmax(logits / temperature) (optionally top-p). At the
-  last step every remaining mask is drawn (md4 takes the argmax of the eps
-  fraction that would be left; the difference is O(eps)).
+  md4's sampler: step i (t_i -> t_{i+1}) reveals each masked token with
+  probability (alpha(t_{i+1}) - alpha(t_i)) / (1 - alpha(t_i)), its value drawn
+  from softmax(logits(x, t_i) / temperature) (optionally top-p). The last step
+  reveals every remaining mask (md4 takes the argmax of the eps fraction that
+  would be left; the difference is O(eps)).
 first_hitting
-  Exact continuous-time sampling (Zheng et al. 2024; BD3-LM's ``first_hitting``):
-  with m tokens masked at time t, the next reveal time s solves
-  1 - alpha(s) = (1 - alpha(t)) u^(1/m), u ~ U(0, 1) (the latest of m reveal
-  times, each with CDF (1 - alpha(s)) / (1 - alpha(t))); one masked token, chosen
-  uniformly, is revealed there. Exactly one call per masked token;
-  ``num_steps`` is ignored.
+  The continuous-time limit (Zheng et al. 2024; BD3-LM's ``first_hitting``):
+  each masked token's reveal time tau has P(tau < s) = (1 - alpha(s)) /
+  (1 - alpha(1)); tokens are revealed one per call, latest tau first, each from
+  the logits at its own tau. ``num_steps`` is ignored.
 top_prob, top_prob_margin, random
-  ``num_steps`` calls; at step i the number of masks kept follows the schedule,
-  floor(m (1 - alpha(s)) / (1 - alpha(t))) (an equal share per step under the
-  linear schedule and grid), and the positions revealed are those with the
-  highest max probability, the highest gap between the two most likely values
-  (Kim et al. 2025), or random ones.
+  Step i keeps floor(m (1 - alpha(t_{i+1})) / (1 - alpha(t_i))) of the m masks
+  (none at the last step) and reveals the others with the highest max
+  probability, the highest gap between the two most likely values (Kim et al.
+  2025), or at random.
 
-The loop runs under ``lax.fori_loop``; when no token changed at the last step
-the previous logits are reused instead of calling the network (exact for a
-denoiser that ignores t, as the optimal one does; ``reuse_logits=False`` turns
-it off). The number of calls made is returned with ``return_nfe=True``. Wrap a
-call in ``jax.jit`` (with ``num_steps`` and ``order`` static) to compile it whole.
+Calls. Which tokens the ancestral sampler reveals at a step never depends on the
+logits, so every token's reveal step is drawn up front (``ancestral_reveal_steps``).
+A step that reveals nothing leaves the sequence unchanged and its logits unused,
+so the loop moves each sequence straight to its own next reveal step and calls
+the network once for the whole batch, each sequence at its own time t [B]. That
+draws exactly the T-step distribution for any denoiser, time-conditioned ones
+included, and a T-step run costs at most min(T, L) calls (the most distinct
+reveal steps of any one sequence), whatever the batch size. ``skip_idle=False``
+calls at every grid step instead (md4's loop); the randomness is drawn per
+(sequence, step), so both give the same samples for the same key.
+
+The confidence orders have no idle step to skip: floor(m r) < m for r < 1, so
+every step reveals at least one token until none is left, and a sequence is
+done after min(T, m) calls (with T >= m, one token per step at t_0 .. t_{m-1}).
+Their counts depend on m alone (``confidence_reveal_counts``), and a sequence
+whose masks are all revealed stops being updated. First hitting makes one call
+per masked token. ``return_nfe=True`` also returns the calls made (batch calls,
+each on all B sequences). The loop is a ``lax.while_loop``; wrap a call in
+``jax.jit`` (``num_steps``, ``order`` static).
 """
 
 from __future__ import annotations
@@ -61,10 +72,8 @@ def top_p_logits(logits, top_p: float):
 
 
 def draw_tokens(key, logits, temperature: float = 1.0, top_p: float | None = None):
-  """Draws a token per position from softmax(logits / temperature), [B, N].
-
-  ``temperature = 0`` takes the argmax.
-  """
+  """Draws a token per position from softmax(logits / temperature), logits
+  [..., V] -> int [...]. ``temperature = 0`` takes the argmax."""
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1)
   logits = logits / temperature
@@ -73,9 +82,51 @@ def draw_tokens(key, logits, temperature: float = 1.0, top_p: float | None = Non
   return jax.random.categorical(key, logits, axis=-1)
 
 
-def _confidence(logits, order, key):
+def ancestral_reveal_steps(key, shape, num_steps: int, schedule, grid: str = "linear"):
+  """The step k in [0, T) at which the T-step ancestral sampler reveals each
+  token masked at t_0 = 1, int32 ``shape``.
+
+  The per-step keep probabilities (1 - alpha(t_{i+1})) / (1 - alpha(t_i))
+  telescope: P(k > i) = (1 - alpha(t_{i+1})) / (1 - alpha(t_0)) for i < T - 1
+  and 0 for i = T - 1. Drawn by inversion: k = #{i : P(k > i) > u}, u ~ U[0, 1).
+  """
+  alpha = schedule.alpha(time_grid(num_steps, grid))
+  survival = ((1.0 - alpha[1:]) / (1.0 - alpha[0])).at[-1].set(0.0)  # [T], non-increasing
+  u = jax.random.uniform(key, shape)
+  return jnp.searchsorted(-survival, -u, side="left").astype(jnp.int32)
+
+
+def first_hitting_times(key, shape, schedule):
+  """Each masked token's reveal time in continuous time, float32 ``shape``:
+  P(tau < s) = (1 - alpha(s)) / (1 - alpha(1)), so
+  tau = alpha^{-1}(1 - (1 - alpha(1)) u), u ~ U[0, 1)."""
+  u = jax.random.uniform(key, shape)
+  return schedule.inverse(1.0 - (1.0 - schedule.alpha(1.0)) * u)
+
+
+def confidence_reveal_counts(num_masked, num_steps: int, schedule, grid: str = "linear"):
+  """Tokens the confidence orders reveal at each step, int32 [B, T], from the
+  masks m_0 = num_masked [B]: m_{i+1} = floor(m_i (1 - alpha(t_{i+1})) /
+  (1 - alpha(t_i))) (an equal share per step under the linear schedule and
+  grid), m_T = 0; step i reveals m_i - m_{i+1}."""
+  alpha = schedule.alpha(time_grid(num_steps, grid))
+  ratio = (1.0 - alpha[1:]) / (1.0 - alpha[:-1])
+  is_last = jnp.arange(num_steps) == num_steps - 1
+
+  def step(left, xs):
+    r, last = xs
+    keep = jnp.floor(left * r + 1e-6).astype(jnp.int32)  # 1e-6: round-off
+    keep = jnp.where(last, 0, keep)
+    return keep, left - keep
+
+  _, counts = jax.lax.scan(step, num_masked.astype(jnp.int32), (ratio, is_last))
+  return counts.T
+
+
+def _confidence(logits, order, keys):
+  """Scores [B, N]; ``keys`` [B] (one per sequence) for the random order."""
   if order == "random":
-    return jax.random.uniform(key, logits.shape[:-1])
+    return jax.vmap(lambda k: jax.random.uniform(k, logits.shape[1:-1]))(keys)
   probs = jax.nn.softmax(logits, axis=-1)
   if order == "top_prob":
     return jnp.max(probs, axis=-1)
@@ -95,7 +146,7 @@ def _reveal_top(scores, masked, num_reveal):
 def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
            order: str = "ancestral", *, vocab_size: int | None = None,
            temperature: float = 1.0, top_p: float | None = None,
-           grid: str = "linear", reuse_logits: bool = True,
+           grid: str = "linear", skip_idle: bool = True,
            return_nfe: bool = False):
   """Generates the masked positions of ``x_init``.
 
@@ -104,14 +155,16 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
     key: PRNG key.
     x_init: int [B, N]; the mask id V marks positions to generate, the others are
       kept as given.
-    num_steps: steps (network calls at most) for every order but first_hitting.
+    num_steps: T, the grid's steps, for every order but first_hitting.
     schedule: the ``Schedule`` the model was trained with.
     order: one of ``ORDERS``.
     vocab_size: V; inferred from the logits' shape when None.
     temperature: softmax temperature of the drawn values; 0 is greedy.
     top_p: nucleus threshold for the drawn values (None: off).
     grid: time grid, "linear" or "cosine" (``schedules.time_grid``).
-    reuse_logits: skip the network when nothing changed at the last step.
+    skip_idle: ancestral only: call the network only at the steps where a
+      sequence reveals something (exact, module docstring); False calls it at
+      every step until nothing is masked (the reference loop).
     return_nfe: also return the number of network calls made (int32 scalar).
 
   Returns:
@@ -121,66 +174,76 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
     raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
-  t_shape = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
   if vocab_size is None:
-    vocab_size = infer_vocab_size(denoise_fn, x_init, t_shape)
+    vocab_size = infer_vocab_size(denoise_fn, x_init,
+                                  jax.ShapeDtypeStruct((batch_size,), jnp.float32))
   check_tokens(x_init, vocab_size, allow_mask=True, name="x_init")
   mask_id = vocab_size
+  plan_key, draw_key = jax.random.split(key)
+  row_keys = jax.random.split(draw_key, batch_size)
+  to_generate = x_init == mask_id
 
   if order == "first_hitting":
-    num_iters = length
-    times = None
+    tau = jnp.where(to_generate, first_hitting_times(plan_key, x_init.shape, schedule), -1.0)
+
+    def next_event(x, cursor):
+      """(event id [B], time [B], active [B]); the event id is the masks left."""
+      del cursor
+      masked = x == mask_id
+      left = jnp.sum(masked, axis=-1)
+      return left, jnp.maximum(jnp.max(jnp.where(masked, tau, -1.0), axis=-1), 0.0), left > 0
+
+    def choose(masked, logits, event, keys):
+      del logits, event, keys
+      latest = jnp.argmax(jnp.where(masked, tau, -jnp.inf), axis=-1)
+      return masked & (jnp.arange(length) == latest[:, None])
   else:
-    num_iters = num_steps
     times = time_grid(num_steps, grid)
+    if order == "ancestral":
+      steps = jnp.where(
+          to_generate, ancestral_reveal_steps(plan_key, x_init.shape, num_steps, schedule, grid),
+          num_steps)
 
-  def next_time(i, x, t_prev, key):
-    """The time at which step i calls the network, [B]."""
-    if times is not None:
-      return jnp.full((batch_size,), times[i])
-    num_masked = jnp.sum(x == mask_id, axis=-1)
-    u = jax.random.uniform(key, (batch_size,))
-    exponent = 1.0 / jnp.maximum(num_masked, 1)
-    s = schedule.inverse(1.0 - (1.0 - schedule.alpha(t_prev)) * u**exponent)
-    return jnp.where(num_masked > 0, s, t_prev)
+      def next_step(x, cursor):
+        """The earliest reveal step of the masks left, [B] (T when none)."""
+        del cursor
+        return jnp.min(jnp.where(x == mask_id, steps, num_steps), axis=-1)
 
-  def update(i, x, logits, t, key):
-    """x after step i, given the logits at time t."""
-    masked = x == mask_id
-    value_key, reveal_key = jax.random.split(key)
-    values = draw_tokens(value_key, logits, temperature, top_p).astype(x.dtype)
-    last = i == num_iters - 1
-    if order == "first_hitting":
-      scores = jax.random.uniform(reveal_key, x.shape)
-      reveal = _reveal_top(scores, masked, jnp.ones((batch_size,), jnp.int32))
-    elif order == "ancestral":
-      alpha_t, alpha_s = schedule.alpha(times[i]), schedule.alpha(times[i + 1])
-      p_reveal = jnp.where(last, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
-      reveal = masked & (jax.random.uniform(reveal_key, x.shape) < p_reveal)
+      def choose(masked, logits, event, keys):
+        del logits, keys
+        return masked & (steps == event[:, None])
     else:
-      num_masked = jnp.sum(masked, axis=-1)
-      ratio = (1.0 - schedule.alpha(times[i + 1])) / (1.0 - schedule.alpha(times[i]))
-      keep = jnp.floor(num_masked * ratio + 1e-6).astype(jnp.int32)  # 1e-6: round-off
-      keep = jnp.where(last, 0, keep)
-      scores = _confidence(logits, order, reveal_key)
-      reveal = _reveal_top(scores, masked, num_masked - keep)
-    return jnp.where(reveal, values, x)
+      counts = confidence_reveal_counts(jnp.sum(to_generate, axis=-1), num_steps, schedule,
+                                        grid)
 
-  def body(i, carry):
-    x, logits, changed, nfe, t_prev = carry
-    time_key, step_key = jax.random.split(jax.random.fold_in(key, i))
-    t = next_time(i, x, t_prev, time_key)
-    call = changed if reuse_logits else jnp.bool_(True)
-    logits = jax.lax.cond(
-        call, lambda: denoise_fn(x, t).astype(jnp.float32), lambda: logits)
-    x_new = update(i, x, logits, t, step_key)
-    changed = jnp.any(x_new != x)
-    return x_new, logits, changed, nfe + call.astype(jnp.int32), t
+      def next_step(x, cursor):
+        """Every step reveals something until no mask is left: the next one."""
+        del x
+        return cursor
 
-  init = (x_init,
-          jnp.zeros((batch_size, length, vocab_size), jnp.float32),
-          jnp.any(x_init == mask_id),
-          jnp.int32(0),
-          jnp.ones((batch_size,), jnp.float32))
-  x, _, _, nfe, _ = jax.lax.fori_loop(0, num_iters, body, init)
+      def choose(masked, logits, event, keys):
+        count = jnp.take_along_axis(counts, jnp.minimum(event, num_steps - 1)[:, None], 1)[:, 0]
+        return _reveal_top(_confidence(logits, order, keys), masked, count)
+
+    def next_event(x, cursor):
+      """(step [B], its time t_step [B], active [B])."""
+      step = next_step(x, cursor) if skip_idle else cursor
+      active = (step < num_steps) & jnp.any(x == mask_id, axis=-1)
+      return step, times[jnp.minimum(step, num_steps - 1)], active
+
+  def body(carry):
+    x, cursor, nfe = carry
+    event, t, active = next_event(x, cursor)
+    logits = denoise_fn(x, t).astype(jnp.float32)
+    keys = jax.vmap(lambda k, e: jax.random.split(jax.random.fold_in(k, e)))(row_keys, event)
+    values = jax.vmap(lambda k, l: draw_tokens(k, l, temperature, top_p))(keys[:, 0], logits)
+    reveal = choose(x == mask_id, logits, event, keys[:, 1]) & active[:, None]
+    return jnp.where(reveal, values.astype(x.dtype), x), event + 1, nfe + 1
+
+  def cond(carry):
+    x, cursor, _ = carry
+    return jnp.any(next_event(x, cursor)[2])
+
+  init = (x_init, jnp.zeros((batch_size,), jnp.int32), jnp.int32(0))
+  x, _, nfe = jax.lax.while_loop(cond, body, init)
   return (x, nfe) if return_nfe else x
