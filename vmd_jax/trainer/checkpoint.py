@@ -18,9 +18,14 @@ class CheckpointError(RuntimeError):
 
 
 def abstract_like(tree):
-  """ShapeDtypeStructs (with shardings) describing ``tree``, for restoring into."""
+  """ShapeDtypeStructs (with shardings) describing ``tree``, for restoring into. A
+  leaf without a sharding (``jax.eval_shape``'s) is restored replicated on every
+  device, whatever mesh saved it (a run trained on a pod loads on one GPU)."""
+  everywhere = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ("devices",)),
+                                          jax.sharding.PartitionSpec())
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=getattr(x, "sharding", None) or everywhere),
       tree)
 
 
