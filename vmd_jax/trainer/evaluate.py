@@ -73,8 +73,8 @@ def nelbo_metrics(model: MaskedDiffusion, params, dataset, config, key, mesh) ->
   seq_values, seq_weights = [], []
   rows = sharding.process_rows(data, batch_size)
   for i, local in enumerate(dataset.eval_batches(batch_size, rows=rows)):
-    batch = sharding.global_batch(lambda _: {k: local[k] for k in ("x0", "weight")},
-                                  batch_size, data)
+    batch = sharding.from_process_rows({k: local[k] for k in ("x0", "weight")}, batch_size,
+                                       data)
     acc = np.zeros(batch_size)
     for k in range(config.eval.nelbo_samples):
       key_ik = jax.random.fold_in(key, i * 1000 + k)
@@ -100,7 +100,7 @@ def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=Non
       return prior_lib.GaussianMixture(
           *(jnp.asarray(arrays[k]) for k in prior_lib.GaussianMixture._fields))
   x0 = dataset.train_batch(2**31 - 1, config.prior.fit_samples)["x0"]
-  mesh = mesh or sharding.make_mesh(sharding.mesh_config(config))
+  mesh = mesh or sharding.data_parallel_mesh()
   encode = jax.jit(lambda params, x: tuple(model.encode_posteriors(params, x)),
                    out_shardings=sharding.replicated(mesh))
   chunks = [encode(params, sharding.replicate(x0[i:i + 4096], mesh))
@@ -147,8 +147,8 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
 def evaluate_run(config, model, dataset, params, workdir, writer=None,
                  output: str = "eval.json", mesh=None) -> dict:
   """Runs every evaluation, writes ``output`` in ``workdir`` and returns it.
-  ``mesh``: the devices to use (default: ``config.mesh`` over every device)."""
-  mesh = mesh or sharding.make_mesh(sharding.mesh_config(config))
+  ``mesh``: the devices to use (default: data parallel over every device)."""
+  mesh = mesh or sharding.data_parallel_mesh()
   key = jax.random.key(config.seed + 12345)
   k_nelbo, k_samples = jax.random.split(key)
   result = {"model": config.model.kind, "data": config.data.name,

@@ -57,10 +57,12 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
-def mesh_config(config):
-  """``config.mesh``, or its defaults for a config saved before the field existed."""
-  from vmd_jax.trainer import config as config_lib
-  return config.mesh if "mesh" in config else config_lib.base_config().mesh
+def data_parallel_mesh(devices=None) -> Mesh:
+  """The mesh of ``config.mesh.data = -1, fsdp = 1`` over ``devices`` (default: all):
+  what evaluation and sampling of a loaded run use, whatever mesh trained it."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices), 1), AXES, axis_types=(AxisType.Auto,) * 2,
+                       devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -113,8 +115,12 @@ def global_batch(make_rows: Callable[[slice], dict], batch_size: int,
                  sharding: NamedSharding) -> dict:
   """The global batch {name: jax.Array [batch_size, ...]} from this process's rows
   only: ``make_rows(slice(lo, hi))`` returns rows [lo, hi) of every array."""
-  rows = process_rows(sharding, batch_size)
-  local = make_rows(rows)
+  return from_process_rows(make_rows(process_rows(sharding, batch_size)), batch_size, sharding)
+
+
+def from_process_rows(local: dict, batch_size: int, sharding: NamedSharding) -> dict:
+  """{name: jax.Array [batch_size, ...]} from this process's rows ``local`` (the
+  ``process_rows`` of each array)."""
   return {k: jax.make_array_from_process_local_data(
               sharding, np.asarray(v), (batch_size,) + np.shape(v)[1:])
           for k, v in local.items()}
