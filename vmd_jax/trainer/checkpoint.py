@@ -70,7 +70,10 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint found in {self.directory}")
-    args = ocp.args.PyTreeRestore({name: abstract_like(target)}, partial_restore=True)
+    abstract = {name: abstract_like(target)}
+    args = ocp.args.PyTreeRestore(
+        abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True)
     try:
       return self._manager.restore(step, args=args)[name]
     except Exception as e:  # orbax raises many types for unreadable data
