@@ -143,8 +143,8 @@ def test_missing_files_raise_file_not_found_and_leave_nothing(tmp_path):
 def small_text8(monkeypatch):
   """A 20,000-character stand-in for text8, with the checks scaled to it."""
   text = tn.normalize_text(FIXTURE.read_text(encoding="utf-8"))[:20_000].encode()
-  monkeypatch.setattr(t8, "TEXT8_CHARS", len(text))
-  monkeypatch.setattr(t8, "TEXT8_TEXT_MD5", hashlib.md5(text).hexdigest())
+  monkeypatch.setattr(ts, "TEXT8_CHARS", len(text))
+  monkeypatch.setattr(ts, "TEXT8_TEXT_MD5", hashlib.md5(text).hexdigest())
   return text
 
 

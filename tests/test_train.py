@@ -85,10 +85,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch)
   train.train_and_evaluate(c, str(tmp_path / "straight"))
 
   real_batch = synthetic.ProbabilityTable.train_batch
-  def dying_batch(self, step, batch_size):
+  def dying_batch(self, step, batch_size, rows=None):
     if step == 13:
       raise Interrupt("killed")
-    return real_batch(self, step, batch_size)
+    return real_batch(self, step, batch_size, rows)
   monkeypatch.setattr(synthetic.ProbabilityTable, "train_batch", dying_batch)
   with pytest.raises(Interrupt):
     train.train_and_evaluate(c, str(tmp_path / "resumed"))
@@ -137,7 +137,7 @@ import jax, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 from test_train import tiny_config, _model_and_tx
-from vmd_jax.trainer import build, state as state_lib, train
+from vmd_jax.trainer import build, sharding, state as state_lib, train
 assert jax.device_count() == 8
 c = tiny_config("vmd")
 model, tx = _model_and_tx(c)
@@ -145,8 +145,8 @@ data = build.build_dataset(c)
 x0 = data.train_batch(0, 32)["x0"]
 losses = []
 for devices in (jax.devices()[:1], jax.devices()):
-  mesh = train.make_mesh(devices)
-  rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  mesh = sharding.make_mesh(c.mesh, devices)
+  rep, dat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   state = jax.jit(lambda k: state_lib.init_state(model, tx, k, x0[:1]), out_shardings=rep)(jax.random.key(0))
   step = jax.jit(train.make_train_step(model, tx, 0, 0.9), in_shardings=(rep, dat), out_shardings=(rep, rep))
   for i in range(3):

@@ -4,6 +4,11 @@ Training batches are a pure function of (seed, step): a run resumed from a
 checkpoint at step k sees exactly the batches an uninterrupted run sees, with
 no iterator state to save. Evaluation batches cover the evaluation split once,
 in order; padding (rows or tokens) carries weight 0.
+
+Multi-host: ``rows=slice(lo, hi)`` asks for rows [lo, hi) of every batch only,
+with exactly the values those rows have in the whole batch, so each process
+builds only its share of a global batch (the cheap random draws, e.g. window
+starts, are made for the whole batch; the rows' tokens only for [lo, hi)).
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ class Dataset(abc.ABC):
   seq_len: int
 
   @abc.abstractmethod
-  def train_batch(self, step: int, batch_size: int) -> Batch:
-    """The training batch of ``step``; deterministic in (the dataset's seed, step)."""
+  def train_batch(self, step: int, batch_size: int, rows: slice | None = None) -> Batch:
+    """The training batch of ``step``, deterministic in (the dataset's seed, step);
+    with ``rows``, only those rows of it (``row_range``)."""
 
   @abc.abstractmethod
-  def eval_batches(self, batch_size: int) -> Iterator[Batch]:
-    """The evaluation split once, in fixed order; every batch has ``batch_size`` rows."""
+  def eval_batches(self, batch_size: int, rows: slice | None = None) -> Iterator[Batch]:
+    """The evaluation split once, in fixed order; every batch has ``batch_size`` rows
+    (with ``rows``: only those rows of each batch)."""
 
   @abc.abstractmethod
   def score_samples(self, draw, key, eval_config, figure_path=None) -> dict:
@@ -52,3 +59,14 @@ class Dataset(abc.ABC):
 def rng_for_step(seed: int, step: int) -> np.random.Generator:
   """An independent numpy generator for each (seed, step)."""
   return np.random.default_rng([seed, step])
+
+
+def row_range(rows: slice | None, batch_size: int) -> slice:
+  """``rows`` as ``slice(lo, hi)`` with 0 <= lo <= hi <= batch_size (None: every
+  row); a step other than 1 or a range outside the batch is a ValueError."""
+  if rows is None:
+    return slice(0, batch_size)
+  lo, hi, step = rows.indices(batch_size)
+  if step != 1 or (rows.start or 0) < 0 or (rows.stop or 0) > batch_size or hi < lo:
+    raise ValueError(f"rows={rows} is not a contiguous range of a batch of {batch_size} rows")
+  return slice(lo, hi)

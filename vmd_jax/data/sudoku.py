@@ -14,10 +14,10 @@ Tokens: digit d in 1..9 -> token d-1; vocab_size = 9, the mask id is 9, seq_len 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
+from etils import epath
 
 from vmd_jax.data import base
 
@@ -52,7 +52,7 @@ def _unit_errors(grids: np.ndarray, first: int) -> dict[str, np.ndarray]:
           for kind, unit in _units(grids).items()}
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: epath.Path) -> list[str]:
   if not path.is_file():
     raise FileNotFoundError(f"Sudoku file not found: {path} (get the public puzzles with "
                             "`bash launch/get_sudoku.sh DIR`, or point config.data."
@@ -69,7 +69,7 @@ def _read_lines(path: Path) -> list[str]:
   return lines
 
 
-def _check_chars(codes: np.ndarray, allowed: np.ndarray, path: Path, what: str, accepted: str):
+def _check_chars(codes: np.ndarray, allowed: np.ndarray, path: epath.Path, what: str, accepted: str):
   """codes uint32 [R, 81] code points; raises at the first one not in ``allowed``."""
   bad = ~np.isin(codes, allowed)
   if bad.any():
@@ -79,8 +79,9 @@ def _check_chars(codes: np.ndarray, allowed: np.ndarray, path: Path, what: str, 
 
 
 def load_sudoku_csv(path: str | os.PathLike) -> SudokuGrids:
-  """Parses and validates one CSV file (format in the module docstring)."""
-  path = Path(path)
+  """Parses and validates one CSV file (format in the module docstring); local or
+  ``gs://``."""
+  path = epath.Path(path)
   lines = _read_lines(path)
   if not lines:
     raise SudokuDataError(f"{path}:1: empty file; expected a header, one of {list(HEADERS)}")
@@ -183,28 +184,32 @@ class SudokuDataset(base.Dataset):
     self.eval_given = held_out.puzzles[:num_eval] != 0
     self.seed, self.augment = seed, augment
 
-  def train_batch(self, step: int, batch_size: int) -> base.Batch:
-    """{"x0": int32 [B, 81], "given": bool [B, 81]}, a pure function of (seed, step)."""
+  def train_batch(self, step: int, batch_size: int, rows: slice | None = None) -> base.Batch:
+    """{"x0": int32 [B, 81], "given": bool [B, 81]}, a pure function of (seed, step);
+    with ``rows``, those rows of it."""
+    rows = base.row_range(rows, batch_size)
     rng = base.rng_for_step(self.seed, step)
-    rows = rng.integers(0, len(self.train_x0), size=batch_size)
-    x0 = self.train_x0[rows]
+    picked = rng.integers(0, len(self.train_x0), size=batch_size)[rows]
+    x0 = self.train_x0[picked]
     if self.augment:
       identity = np.tile(np.arange(VOCAB_SIZE, dtype=np.int32), (batch_size, 1))
-      relabel = rng.permuted(identity, axis=1)  # row b: token v -> relabel[b, v]
+      relabel = rng.permuted(identity, axis=1)[rows]  # row b: token v -> relabel[b, v]
       x0 = np.take_along_axis(relabel, x0, axis=1)
-    return {"x0": x0, "given": self.train_given[rows]}
+    return {"x0": x0, "given": self.train_given[picked]}
 
-  def eval_batches(self, batch_size: int) -> Iterator[base.Batch]:
-    """The evaluation rows in file order; the last batch is padded with weight-0 rows."""
+  def eval_batches(self, batch_size: int, rows: slice | None = None) -> Iterator[base.Batch]:
+    """The evaluation rows in file order; the last batch is padded with weight-0 rows;
+    with ``rows``, those rows of each batch."""
+    rows = base.row_range(rows, batch_size)
     for start in range(0, len(self.eval_x0), batch_size):
       x0 = self.eval_x0[start:start + batch_size]
       given = self.eval_given[start:start + batch_size]
       pad = batch_size - len(x0)
       weight = np.ones((batch_size, SEQ_LEN), np.float32)
       weight[len(x0):] = 0.0
-      yield {"x0": np.concatenate([x0, np.zeros((pad, SEQ_LEN), np.int32)]),
-             "given": np.concatenate([given, np.zeros((pad, SEQ_LEN), bool)]),
-             "weight": weight}
+      yield {"x0": np.concatenate([x0, np.zeros((pad, SEQ_LEN), np.int32)])[rows],
+             "given": np.concatenate([given, np.zeros((pad, SEQ_LEN), bool)])[rows],
+             "weight": weight[rows]}
 
   def score_samples(self, draw, key, eval_config, figure_path=None) -> dict:
     """The fraction of evaluation puzzles solved (``sudoku_accuracy``) from their

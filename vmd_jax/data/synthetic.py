@@ -17,10 +17,10 @@ KL(data || empirical distribution of the samples) in nats; plus total variation.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
+from etils import epath
 
 from vmd_jax import exact
 from vmd_jax.data import base
@@ -97,17 +97,21 @@ class ProbabilityTable(base.Dataset):
     rows = rng.choice(len(self.probs), size=num, p=self.probs)
     return self._sequences[rows]
 
-  def train_batch(self, step: int, batch_size: int) -> base.Batch:
-    """{"x0": int32 [B, N]}, i.i.d. from the table, a pure function of (seed, step)."""
-    return {"x0": self.sample(base.rng_for_step(self.seed, step), batch_size)}
+  def train_batch(self, step: int, batch_size: int, rows: slice | None = None) -> base.Batch:
+    """{"x0": int32 [B, N]}, i.i.d. from the table, a pure function of (seed, step);
+    with ``rows``, those rows of it."""
+    rows = base.row_range(rows, batch_size)
+    return {"x0": self.sample(base.rng_for_step(self.seed, step), batch_size)[rows]}
 
   def eval_samples(self) -> np.ndarray:
     """The fixed evaluation set, int32 [num_eval, N]."""
     return self.sample(base.rng_for_step(self.eval_seed, EVAL_STEP), self.num_eval)
 
-  def eval_batches(self, batch_size: int) -> Iterator[base.Batch]:
+  def eval_batches(self, batch_size: int, rows: slice | None = None) -> Iterator[base.Batch]:
     """The evaluation set in order: {"x0": int32 [B, N], "weight": float32 [B, N]};
-    the last batch is padded with rows of token 0 and weight 0."""
+    the last batch is padded with rows of token 0 and weight 0; with ``rows``,
+    those rows of each batch."""
+    rows = base.row_range(rows, batch_size)
     samples = self.eval_samples()
     for start in range(0, len(samples), batch_size):
       x0 = samples[start:start + batch_size]
@@ -115,7 +119,7 @@ class ProbabilityTable(base.Dataset):
       weight = np.ones((batch_size, self.seq_len), np.float32)
       weight[real:] = 0.0
       x0 = np.concatenate([x0, np.zeros((batch_size - real, self.seq_len), np.int32)])
-      yield {"x0": x0, "weight": weight}
+      yield {"x0": x0[rows], "weight": weight[rows]}
 
   def score_samples(self, draw, key, eval_config, figure_path=None) -> dict:
     """``eval_config.num_samples`` unconditional samples drawn in batches of
@@ -132,7 +136,7 @@ class ProbabilityTable(base.Dataset):
     samples = np.concatenate(chunks)
     if figure_path is not None and self.seq_len == 2:
       save_joint_figure(self.probs, samples, self.vocab_size, figure_path,
-                        title=Path(figure_path).stem)
+                        title=epath.Path(figure_path).stem)
     return {**synthetic_metrics(self.probs, samples, self.vocab_size), "nfe": max(calls),
             "num_samples": len(samples)}
 
@@ -143,11 +147,12 @@ def from_npy(path: str | os.PathLike, vocab_size: int = 0, seq_len: int = 0, see
   shape) or [V^N] (then ``vocab_size`` and ``seq_len`` must be given); kwargs go
   to ``ProbabilityTable``. Missing file -> FileNotFoundError; bad contents ->
   ValueError naming the file."""
-  path = Path(path)
+  path = epath.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"probability table not found: {path}")
   try:
-    probs = np.load(path, allow_pickle=False)
+    with path.open("rb") as f:
+      probs = np.load(f, allow_pickle=False)
   except ValueError as e:
     raise ValueError(f"{path}: not a numeric .npy array ({e})") from e
   if not (vocab_size and seq_len):
@@ -268,10 +273,11 @@ def save_joint_figure(probs, samples, vocab_size: int, path: str | os.PathLike,
   fig.colorbar(image, ax=list(axes), shrink=0.85, label="probability")
   if title:
     fig.suptitle(title)
-  path = Path(path)
+  path = epath.Path(path)
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  fig.savefig(tmp, format="png", dpi=100)
-  os.replace(tmp, path)  # atomic: a reader sees the old figure or the new one
+  with tmp.open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+  tmp.replace(path)  # atomic on a local disk: a reader sees the old figure or the new one
 
 
 def from_config(data_config, seed: int) -> ProbabilityTable:

@@ -18,6 +18,8 @@ import numpy as np
 
 from vmd_jax.data import base
 from vmd_jax.data import text_normalize as tn
+from vmd_jax.data.multihost import prepare_on_first_process
+from vmd_jax.data.paths import as_path
 from vmd_jax.data.text_sources import PYTHON_DOCS, SPLITS, split_bounds, write_python_docs_text
 
 
@@ -29,6 +31,7 @@ class Text8Dataset(base.Dataset):
 
   Train batches: ``{"x0": int32 [B, L]}``, windows at uniform random starts in
   the train split, drawn from ``base.rng_for_step(seed, step)``.
+  With ``rows``, both give only those rows of each batch (``base.row_range``).
   Eval batches: ``{"x0": int32 [B, L], "weight": float32 [B, L]}`` over
   consecutive windows [i*L, (i+1)*L); if L does not divide the split length the
   last window is the split's final L characters, and the characters it shares
@@ -74,10 +77,11 @@ class Text8Dataset(base.Dataset):
       self._splits[name] = tokens
     return self._splits[name]
 
-  def train_batch(self, step: int, batch_size: int) -> base.Batch:
+  def train_batch(self, step: int, batch_size: int, rows: slice | None = None) -> base.Batch:
+    rows = base.row_range(rows, batch_size)
     tokens = self.split("train")
     rng = base.rng_for_step(self.seed, step)
-    starts = rng.integers(0, len(tokens) - self.seq_len + 1, size=batch_size)
+    starts = rng.integers(0, len(tokens) - self.seq_len + 1, size=batch_size)[rows]
     x0 = tokens[starts[:, None] + np.arange(self.seq_len)]
     return {"x0": x0.astype(np.int32)}
 
@@ -95,14 +99,17 @@ class Text8Dataset(base.Dataset):
       first = np.append(first, length - n % length)
     return starts, first
 
-  def eval_batches(self, batch_size: int, split: str = "test") -> Iterator[base.Batch]:
+  def eval_batches(self, batch_size: int, rows: slice | None = None,
+                   split: str = "test") -> Iterator[base.Batch]:
+    rows = base.row_range(rows, batch_size)
     tokens = self.split(split)
     starts, first = self.eval_windows(split)
     positions = np.arange(self.seq_len)
     for b in range(0, len(starts), batch_size):
-      s, f = starts[b:b + batch_size], first[b:b + batch_size]
-      x0 = np.zeros((batch_size, self.seq_len), np.int32)
-      weight = np.zeros((batch_size, self.seq_len), np.float32)
+      lo, hi = b + rows.start, min(b + rows.stop, len(starts))
+      s, f = starts[lo:hi], first[lo:hi]
+      x0 = np.zeros((rows.stop - rows.start, self.seq_len), np.int32)
+      weight = np.zeros((rows.stop - rows.start, self.seq_len), np.float32)
       x0[:len(s)] = tokens[s[:, None] + positions]
       weight[:len(s)] = positions[None, :] >= f[:, None]
       yield {"x0": x0, "weight": weight}
@@ -122,22 +129,33 @@ def from_config(data_config, seed: int) -> Text8Dataset:
   ``text8_source = "local"``: the text file or folder at ``text8_path``,
   normalised unless ``text8_normalize`` is off; ``text8_path = "python-docs"``
   (or empty) uses Python's documentation (``write_python_docs_text``).
-  Prepared once under ``text8_data_dir`` (default ~/tensorflow_datasets).
+  Prepared once under ``text8_data_dir`` (default ~/tensorflow_datasets; local
+  or ``gs://``), by process 0 alone when several share it; the others wait, then
+  read it.
   """
-  from vmd_jax.data.text8_builder import prepare_local_text, prepare_text8
-  d = data_config
-  data_dir = os.path.expanduser(d.text8_data_dir or "~/tensorflow_datasets")
+  data_dir = as_path(data_config.text8_data_dir or "~/tensorflow_datasets")
+  prepare_on_first_process(lambda: _prepare(data_config, data_dir),
+                           f"preparing text8 in {data_dir}")
+  return Text8Dataset.from_builder(_builder(data_config, data_dir),
+                                   seq_len=data_config.seq_len or 256, seed=seed)
+
+
+def _builder(d, data_dir):
+  """The tfds builder of ``config.data`` ``d`` (not prepared)."""
+  from vmd_jax.data.text8_builder import Text8, local_text_config
   if d.text8_source == "text8":
-    builder = prepare_text8(data_dir, local_path=d.text8_path or None)
-  else:
-    path = d.text8_path
-    if path in ("", PYTHON_DOCS):
-      os.makedirs(data_dir, exist_ok=True)
-      path = os.path.join(data_dir, "python_docs.txt")
-      if not os.path.exists(path):
-        write_python_docs_text(path)
-    builder = prepare_local_text(path, data_dir, normalize=d.text8_normalize)
-  return Text8Dataset.from_builder(builder, seq_len=d.seq_len or 256, seed=seed)
+    return Text8(data_dir=os.fspath(data_dir), config="text8", local_path=d.text8_path or None)
+  path = data_dir / "python_docs.txt" if d.text8_path in ("", PYTHON_DOCS) else d.text8_path
+  return Text8(data_dir=os.fspath(data_dir),
+               config=local_text_config(path, normalize=d.text8_normalize))
+
+
+def _prepare(d, data_dir):
+  if d.text8_source != "text8" and d.text8_path in ("", PYTHON_DOCS):
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not (data_dir / "python_docs.txt").exists():
+      write_python_docs_text(data_dir / "python_docs.txt")
+  _builder(d, data_dir).download_and_prepare()
 
 
 def render(tokens) -> str:

@@ -26,9 +26,16 @@ holds characters [k*chunk, (k+1)*chunk) of the split (``chunk_chars``, 1M for
 text8), so ``load_split`` sorts by index and concatenates. The character count
 of each split is kept in ``info.metadata["split_chars"]`` and checked on load.
 
-A failed prepare (missing file, bad character, bad checksum) removes every
-directory it created under ``data_dir``, except a downloads folder holding a
-downloaded file (tfds's download cache).
+A failed prepare (missing file, bad character, bad checksum) removes the
+directories it created under ``data_dir``, but never one holding a prepared
+dataset (its ``dataset_info.json``: another process sharing the data dir may
+have just finished it) or another writer's unfinished one (tfds's
+``*.incomplete*``), nor a downloads folder holding a downloaded file (tfds's
+download cache).
+Several processes sharing a data dir should still prepare on one of them only
+(``multihost.prepare_on_first_process``, as ``text8.from_config`` does).
+
+Paths may be local or remote (``gs://``): they go through ``etils.epath``.
 
 Checksums: the sha256 of text8.zip and the md5 of the unzipped text are the
 values published alongside ``TEXT8_URL`` in several independent public
@@ -48,7 +55,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -57,6 +63,7 @@ from tensorflow_datasets.core.download import checksums as tfds_checksums
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
 from vmd_jax.data import text_normalize as tn
+from vmd_jax.data.paths import as_path
 from vmd_jax.data.text_sources import (_HOW_TO_GET_TEXT8, SPLITS, TEXT8_URL, TEXT8_ZIP_SHA256,
                                        TEXT8_ZIP_SIZE, _find_text8, read_local_text,
                                        read_text8, split_bounds)
@@ -87,9 +94,9 @@ def local_text_config(path: str | os.PathLike, *, normalize: bool = True,
   options, so different texts get different dataset directories. A changed file
   at the same path is not detected: delete its directory or pass a new name.
   """
-  path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  path = os.fspath(as_path(path))
   if name is None:
-    stem = re.sub(r"[^a-z0-9]+", "_", os.path.basename(path).lower()).strip("_")
+    stem = re.sub(r"[^a-z0-9]+", "_", path.rstrip("/").rsplit("/", 1)[-1].lower()).strip("_")
     digest = hashlib.sha1(
         f"{path}|{normalize}|{chunk_chars}".encode()).hexdigest()[:8]
     name = f"local_{stem or 'text'}_{digest}"
@@ -123,8 +130,7 @@ class Text8(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, local_path: str | os.PathLike | None = None,
                allow_download: bool = True, **kwargs):
-    self._local_path = (None if local_path is None else
-                        epath.Path(os.path.expanduser(os.fspath(local_path))))
+    self._local_path = None if local_path is None else as_path(local_path)
     self._allow_download = allow_download
     self._manual_dir: epath.Path | None = None
     super().__init__(**kwargs)
@@ -149,19 +155,18 @@ class Text8(tfds.core.GeneratorBasedBuilder):
       super().download_and_prepare(download_dir=download_dir,
                                    download_config=download_config, **kwargs)
     except BaseException:
-      for path in created:  # parents first
-        if path.exists():
-          shutil.rmtree(path)
+      for path in reversed(created):  # innermost first
+        _remove_unless_in_use(path)
       if created_downloads and downloads.exists() and not _holds_files(downloads):
-        shutil.rmtree(downloads)  # downloaded files are kept, as a cache
+        downloads.rmtree()  # downloaded files are kept, as a cache
       if created_root and root.exists() and not _holds_files(root):
-        shutil.rmtree(root)
+        root.rmtree()
       raise
 
   def _check_sources_exist(self) -> None:
     """Fails fast, before anything is written, on a missing explicit path."""
     text_path = self.builder_config.text_path
-    if text_path is not None and not os.path.exists(text_path):
+    if text_path is not None and not epath.Path(text_path).exists():
       raise FileNotFoundError(
           f"local text {text_path} not found: pass the path of a text file or "
           f"of a directory of text files to local_text_config.")
@@ -232,7 +237,19 @@ class Text8(tfds.core.GeneratorBasedBuilder):
 
 
 def _holds_files(path: epath.Path) -> bool:
-  return any(files for _, _, files in os.walk(path))
+  return any(files for _, _, files in path.walk())
+
+
+def _remove_unless_in_use(path: epath.Path) -> None:
+  """Removes the directory ``path`` unless it holds a prepared dataset (tfds
+  writes ``dataset_info.json`` last) or another writer's unfinished one (tfds's
+  ``*.incomplete*`` directories; a failed prepare has removed its own already)."""
+  if not path.is_dir():
+    return
+  for _, dirs, files in path.walk():
+    if "dataset_info.json" in files or any(".incomplete" in d for d in dirs):
+      return
+  path.rmtree()
 
 
 def prepare_text8(data_dir: str | os.PathLike, *,

@@ -21,6 +21,7 @@ import zipfile
 from etils import epath
 
 from vmd_jax.data import text_normalize as tn
+from vmd_jax.data.paths import as_path
 
 TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 TEXT8_ZIP_SIZE = 31_344_016
@@ -86,20 +87,21 @@ def read_text8(path: str | os.PathLike) -> bytes:
   return data
 
 
-def text_files(path: str | os.PathLike) -> list[str]:
-  """``[path]`` for a file; for a directory, its non-hidden files, recursively, sorted."""
-  path = os.fspath(path)
-  if os.path.isfile(path):
+def text_files(path: str | os.PathLike) -> list[epath.Path]:
+  """``[path]`` for a file; for a directory, its non-hidden files, recursively, sorted
+  (local or ``gs://``)."""
+  path = as_path(path)
+  if path.is_file():
     return [path]
-  if not os.path.isdir(path):
+  if not path.is_dir():
     raise FileNotFoundError(f"local text {path} not found")
   files = []
-  for folder, dirs, names in os.walk(path):
+  for folder, dirs, names in path.walk():
     dirs[:] = [d for d in dirs if not d.startswith(".")]
-    files += [os.path.join(folder, n) for n in names if not n.startswith(".")]
+    files += [folder / n for n in names if not n.startswith(".")]
   if not files:
     raise FileNotFoundError(f"no text files in directory {path}")
-  return sorted(files)
+  return sorted(files, key=os.fspath)
 
 
 def read_local_text(path: str | os.PathLike, normalize: bool = True) -> str:
@@ -111,12 +113,11 @@ def read_local_text(path: str | os.PathLike, normalize: bool = True) -> str:
   """
   texts = []
   for name in text_files(path):
-    with open(name, encoding="utf-8", errors="replace") as f:
-      text = f.read()
+    text = name.read_bytes().decode("utf-8", errors="replace")
     if normalize:
       text = tn.normalize_text(text)
     else:
-      tn.check_text8_alphabet(text, source=name)
+      tn.check_text8_alphabet(text, source=os.fspath(name))
     if text:
       texts.append(text)
   return " ".join(texts)

@@ -43,9 +43,14 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
 
 
 def abstract_like(tree):
-  """ShapeDtypeStructs (with shardings) describing ``tree``, for restoring into."""
+  """ShapeDtypeStructs (with shardings) describing ``tree``, for restoring into. A
+  leaf without a sharding (``jax.eval_shape``'s) is restored replicated on every
+  device, whatever mesh saved it (a run trained on a pod loads on one GPU)."""
+  everywhere = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ("devices",)),
+                                          jax.sharding.PartitionSpec())
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=getattr(x, "sharding", None) or everywhere),
       tree)
 
 
@@ -127,7 +132,10 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint found in {self.directory}")
-    args = ocp.args.PyTreeRestore({name: abstract_like(target)}, partial_restore=True)
+    abstract = {name: abstract_like(target)}
+    args = ocp.args.PyTreeRestore(
+        abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True)
     try:
       return self._manager.restore(step, args=args)[name]
     except Exception as e:  # orbax raises many types for unreadable data

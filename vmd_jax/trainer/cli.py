@@ -15,8 +15,10 @@ run exit 1, SIGTERM / SIGINT after saving exit 128 + the signal (143 / 130). Any
 other uncaught exception prints its traceback and ends the process at once
 (exit 1), so no stuck thread keeps it alive.
 
-Multi-host: pass ``--distributed`` on every process (``jax.distributed.initialize``
-reads the coordinator from the environment on TPU pods and SLURM).
+Multi-host: pass ``--distributed`` on every process. ``jax.distributed.initialize``
+finds the coordinator, the process count and this process's id by itself on TPU
+pods and under SLURM; elsewhere set ``JAX_COORDINATOR_ADDRESS`` (host:port of
+process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` on every process.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def _train(argv):
   import jax
   _check_workdir(FLAGS.workdir)
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_args(os.environ))
   from vmd_jax.trainer import sweep, train
   try:
     config = config_lib.validate(FLAGS.config)
@@ -146,6 +148,19 @@ def _train(argv):
     sweep.run_sweep(config, FLAGS.workdir)
   else:
     train.train_and_evaluate(config, FLAGS.workdir)
+
+
+def distributed_args(environ) -> dict:
+  """``jax.distributed.initialize`` arguments from JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID (JAX reads JAX_COORDINATOR_ADDRESS itself); the ones not set are
+  left to JAX's cluster detection (TPU pods, SLURM)."""
+  args = {}
+  for name, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+    if environ.get(name, "") != "":
+      if not environ[name].isdigit():
+        raise InputError(f"{name}={environ[name]!r} is not a non-negative integer")
+      args[arg] = int(environ[name])
+  return args
 
 
 def _evaluate(argv):

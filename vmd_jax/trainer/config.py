@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention = "xla"           # one of ATTENTION_IMPLEMENTATIONS
   c.model.remat = False               # recompute blocks in the backward pass (less memory)
   c.model.dropout = 0.0
-  c.model.dtype = "float32"           # compute dtype, one of DTYPES
+  c.model.dtype = "float32"           # compute dtype, one of DTYPES; bfloat16 on GPU / TPU
   c.model.time_conditioning = True
   c.model.position_embedding = "sinusoidal"  # absolute positions: "sinusoidal", "learned", "none"
   c.model.latent_dim = 2              # VMD only
@@ -110,6 +110,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 200
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 2
+  c.train.peak_flops_per_device = 0.0  # for the MFU log; 0 = the chip's from trainer/mfu.py
+
+  c.mesh = ml_collections.ConfigDict()  # trainer/sharding.py
+  c.mesh.data = -1                    # data-parallel axis size; -1 = the devices left over
+  c.mesh.fsdp = 1                     # FSDP axis size: params / optimizer / EMA sharded
+  c.mesh.fsdp_min_size = 2**18        # leaves with fewer elements stay replicated
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 10000          # samples drawn per setting (synthetic)
@@ -307,6 +313,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ValueError(f"config.train.ema_decay = {t.ema_decay!r}; must be in [0, 1)")
   for name in ("num_samples", "batch_size", "nelbo_samples"):
     _positive(f"eval.{name}", e[name])
+  _positive("train.peak_flops_per_device", t.get("peak_flops_per_device", 0.0), allow_zero=True)
+  if "mesh" in config:  # (absent in configs saved before it existed: the defaults)
+    for name in ("data", "fsdp"):
+      value = config.mesh[name]
+      if not isinstance(value, int) or value == 0 or value < -1:
+        raise ValueError(f"config.mesh.{name} = {value!r}; must be a positive int or -1 "
+                         "(the devices left over)")
+    if config.mesh.data == config.mesh.fsdp == -1:
+      raise ValueError("config.mesh.data and config.mesh.fsdp are both -1; at most one may be")
+    _positive("mesh.fsdp_min_size", config.mesh.fsdp_min_size, allow_zero=True)
   _positive("eval.temperature", e.temperature, allow_zero=True)
   if not 0.0 < e.top_p <= 1.0:
     raise ValueError(f"config.eval.top_p = {e.top_p!r}; must be in (0, 1]")

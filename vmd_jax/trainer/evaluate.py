@@ -11,7 +11,13 @@
   solved; text8: a few decoded samples.
 
 Parameters enter every jitted function as an argument, never as a closed-over
-constant, so one compiled program serves any weights.
+constant, so one compiled program serves any weights, in whatever layout the
+trainer gave them (replicated or FSDP-sharded). The NELBO's evaluation batches
+are sharded over the mesh's devices: each process builds only its rows of each
+batch (the split is divided among processes), and the per-sequence sums come
+back replicated, reduced on the host in float64 exactly as on one device. The
+batch size is rounded up to a multiple of the device count (weight-0 rows).
+Sampling runs replicated on the mesh.
 
 Command line: ``vmd-jax evaluate --workdir=DIR [--data=FILE] [--settings=...]``.
 """
@@ -30,7 +36,7 @@ from vmd_jax import prior as prior_lib
 from vmd_jax.losses import DiagonalGaussian
 from vmd_jax.networks import MaskedDiffusion
 from vmd_jax.trainer import config as config_lib
-from vmd_jax.trainer import io
+from vmd_jax.trainer import io, sharding
 
 
 def check_settings(config, model: MaskedDiffusion, seq_len: int) -> None:
@@ -43,28 +49,39 @@ def check_settings(config, model: MaskedDiffusion, seq_len: int) -> None:
                        f"the {blocks} blocks (each block gets NFE / {blocks} steps)")
 
 
-def nelbo_metrics(model: MaskedDiffusion, params, dataset, config, key) -> dict:
+def eval_batch_size(batch_size: int, mesh) -> int:
+  """``batch_size`` rounded up to a multiple of the mesh's devices."""
+  return -(-batch_size // mesh.size) * mesh.size
+
+
+def nelbo_metrics(model: MaskedDiffusion, params, dataset, config, key, mesh) -> dict:
   """Token-weighted NELBO (nats and bits per token) and its standard error."""
   sees_xt = model.encoder is not None and model.encoder.sees_xt
+  batch_size = eval_batch_size(config.eval.batch_size, mesh)
+  data = sharding.batch_sharding(mesh)
 
-  @jax.jit
-  def per_token(params, x0, key):
+  @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
+  def weighted_sums(params, x0, weight, key):
+    """(sum_n values[b, n] * weight[b, n], sum_n weight[b, n]), each [B]: a
+    sequence's share of the bound and its tokens."""
     terms = model.loss(params, x0, key)
     values = terms["per_token"]
     if model.encoder is not None:  # + KL / N: the VMD bound
       values = values + terms["kl"][:, None] / x0.shape[1]
-    return values
+    return jnp.sum(values * weight, -1), jnp.sum(weight, -1)
 
   seq_values, seq_weights = [], []
-  for i, batch in enumerate(dataset.eval_batches(config.eval.batch_size)):
-    x0 = jnp.asarray(batch["x0"])
-    w = np.asarray(batch["weight"], np.float64)
-    acc = np.zeros(x0.shape[0])
+  rows = sharding.process_rows(data, batch_size)
+  for i, local in enumerate(dataset.eval_batches(batch_size, rows=rows)):
+    batch = sharding.from_process_rows({k: local[k] for k in ("x0", "weight")}, batch_size,
+                                       data)
+    acc = np.zeros(batch_size)
     for k in range(config.eval.nelbo_samples):
-      values = per_token(params, x0, jax.random.fold_in(key, i * 1000 + k))
-      acc += np.sum(np.asarray(values) * w, -1)
+      key_ik = jax.random.fold_in(key, i * 1000 + k)
+      value, weight = weighted_sums(params, batch["x0"], batch["weight"], key_ik)
+      acc += np.asarray(value, np.float64)
     seq_values.append(acc / config.eval.nelbo_samples)
-    seq_weights.append(w.sum(-1))
+    seq_weights.append(np.asarray(weight, np.float64))
   v, w = np.concatenate(seq_values), np.concatenate(seq_weights)
   rate = v.sum() / w.sum()
   stderr = math.sqrt(np.sum(np.square(v - rate * w))) / w.sum()
@@ -74,7 +91,7 @@ def nelbo_metrics(model: MaskedDiffusion, params, dataset, config, key) -> dict:
           "eval_tokens": float(w.sum()), "time_samples_per_sequence": config.eval.nelbo_samples}
 
 
-def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir):
+def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=None):
   """The Gaussian-mixture prior of ``vmd_jax.prior``, fitted to q(z | x_0) over
   ``prior.fit_samples`` training sequences (loaded from ``prior.npz`` if there)."""
   path = io.as_path(workdir) / "prior.npz"
@@ -83,8 +100,11 @@ def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir):
       return prior_lib.GaussianMixture(
           *(jnp.asarray(arrays[k]) for k in prior_lib.GaussianMixture._fields))
   x0 = dataset.train_batch(2**31 - 1, config.prior.fit_samples)["x0"]
-  encode = jax.jit(lambda params, x: tuple(model.encode_posteriors(params, x)))
-  chunks = [encode(params, jnp.asarray(x0[i:i + 4096])) for i in range(0, len(x0), 4096)]
+  mesh = mesh or sharding.data_parallel_mesh()
+  encode = jax.jit(lambda params, x: tuple(model.encode_posteriors(params, x)),
+                   out_shardings=sharding.replicated(mesh))
+  chunks = [encode(params, sharding.replicate(x0[i:i + 4096], mesh))
+            for i in range(0, len(x0), 4096)]
   posterior = DiagonalGaussian(*(jnp.concatenate(parts) for parts in zip(*chunks)))
   gmm = prior_lib.fit_aggregate_posterior_prior(
       posterior, jax.random.key(config.seed + 1), config.prior.components, config.prior.fit_iters)
@@ -94,20 +114,21 @@ def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir):
   return gmm
 
 
-def priors(model: MaskedDiffusion, params, dataset, config, workdir) -> dict:
+def priors(model: MaskedDiffusion, params, dataset, config, workdir, mesh) -> dict:
   """{name suffix: prior sampler or None (N(0, I))} for the sample metrics."""
   if model.encoder is None or config.prior.kind != "mixture":
     return {"": None}
-  return {"": None, "/mixture": fit_prior(model, params, dataset, config, workdir).sample}
+  return {"": None, "/mixture": fit_prior(model, params, dataset, config, workdir, mesh).sample}
 
 
-def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir) -> dict:
+def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir,
+                   mesh) -> dict:
   """The dataset's ``score_samples`` for every ORDER:NFE setting and prior."""
   e = config.eval
   top_p = None if e.top_p >= 1.0 else e.top_p
   results = {}
-  for suffix, prior in priors(model, params, dataset, config, workdir).items():
-    @functools.partial(jax.jit, static_argnums=(3, 4))
+  for suffix, prior in priors(model, params, dataset, config, workdir, mesh).items():
+    @functools.partial(jax.jit, static_argnums=(3, 4), out_shardings=sharding.replicated(mesh))
     def draw(params, key, x_init, nfe, order, prior=prior):
       return model.sample(params, key, x_init, nfe, order, prior=prior,
                           temperature=e.temperature, top_p=top_p, grid=e.grid)
@@ -115,7 +136,7 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
     for order, nfe in config_lib.parse_eval_settings(e.settings):
       name = f"{order}:{nfe}{suffix}"
       key, sub = jax.random.split(key)
-      bound = lambda k, x: draw(params, k, jnp.asarray(x), nfe, order)
+      bound = lambda k, x: draw(params, k, sharding.replicate(x, mesh), nfe, order)
       figure = f"joint_{name.replace(':', '_').replace('/', '_')}.png"
       figure_path = io.as_path(workdir) / figure if jax.process_index() == 0 else None
       results[name] = dataset.score_samples(bound, sub, e, figure_path=figure_path)
@@ -124,13 +145,16 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
 
 
 def evaluate_run(config, model, dataset, params, workdir, writer=None,
-                 output: str = "eval.json") -> dict:
-  """Runs every evaluation, writes ``output`` in ``workdir`` and returns it."""
+                 output: str = "eval.json", mesh=None) -> dict:
+  """Runs every evaluation, writes ``output`` in ``workdir`` and returns it.
+  ``mesh``: the devices to use (default: data parallel over every device)."""
+  mesh = mesh or sharding.data_parallel_mesh()
   key = jax.random.key(config.seed + 12345)
   k_nelbo, k_samples = jax.random.split(key)
   result = {"model": config.model.kind, "data": config.data.name,
-            "nelbo": nelbo_metrics(model, params, dataset, config, k_nelbo),
-            "samples": sample_metrics(model, params, dataset, config, k_samples, workdir)}
+            "nelbo": nelbo_metrics(model, params, dataset, config, k_nelbo, mesh),
+            "samples": sample_metrics(model, params, dataset, config, k_samples, workdir,
+                                      mesh)}
   schedule = {k: float(v) for k, v in model.schedule_metrics(params).items()}
   if schedule:  # GenMD4: the learned exponent of every token value
     result["schedule"] = schedule

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import uuid
 from typing import Iterator
 
 from etils import epath
+
+from vmd_jax.data import paths
 
 
 @contextlib.contextmanager
@@ -59,10 +60,4 @@ def read_json(path):
   return json.loads(path.read_text())
 
 
-def as_path(path) -> epath.Path:
-  """``path`` as an ``epath.Path``: local paths expanded (~) and absolute, URLs
-  (``gs://...``) kept as they are."""
-  text = os.fspath(path)
-  if "://" in text:
-    return epath.Path(text)
-  return epath.Path(os.path.abspath(os.path.expanduser(text)))
+as_path = paths.as_path  # local paths expanded and absolute, URLs (gs://...) kept

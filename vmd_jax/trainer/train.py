@@ -4,7 +4,9 @@
 config, resumes from the latest checkpoint in ``workdir`` if there is one,
 trains, fits the learned prior if asked, evaluates, and writes ``eval.json``.
 Batches are a pure function of (seed, step), so a resumed run sees the data an
-uninterrupted run sees.
+uninterrupted run sees. The mesh, the state's layout (data parallel x FSDP) and
+the batch feeding (each process builds only its rows) are ``sharding``'s; the
+MFU log is ``mfu``'s.
 """
 
 from __future__ import annotations
@@ -17,17 +19,11 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vmd_jax.networks import MaskedDiffusion
 from vmd_jax.trainer import (build, checkpoint, config as config_lib, evaluate, guard, io, load,
-                             lock, preemption)
+                             lock, mfu, preemption, sharding)
 from vmd_jax.trainer.state import TrainState, ema_update, init_state, make_optimizer
-
-
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D data-parallel mesh over ``devices`` (default: every device of every process)."""
-  return Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
 
 
 def make_train_step(model: MaskedDiffusion, tx, seed: int, ema_decay: float):
@@ -54,13 +50,33 @@ def make_train_step(model: MaskedDiffusion, tx, seed: int, ema_decay: float):
   return train_step
 
 
-def shard_batch(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """Puts this process's rows of a global numpy batch onto the mesh."""
-  if jax.process_count() == 1:
-    return jax.device_put(x, sharding)
-  rows = x.shape[0] // jax.process_count()
-  local = x[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-  return jax.make_array_from_process_local_data(sharding, local, x.shape)
+def train_batch(dataset, step: int, batch_size: int, data_sharding) -> jax.Array:
+  """x0 [batch_size, N] of ``step`` on the mesh; this process builds only its rows."""
+  make_rows = lambda rows: {"x0": dataset.train_batch(step, batch_size, rows=rows)["x0"]}
+  return sharding.global_batch(make_rows, batch_size, data_sharding)["x0"]
+
+
+def init_sharded_state(model, tx, seed: int, seq_len: int, mesh, min_size: int):
+  """A fresh ``TrainState`` laid out by ``sharding.tree_shardings``; (state, shardings)."""
+  example = np.zeros((1, seq_len), np.int32)
+  init = lambda key: init_state(model, tx, key, example)
+  shardings = sharding.tree_shardings(jax.eval_shape(init, jax.random.key(seed)), mesh,
+                                      min_size)
+  return jax.jit(init, out_shardings=shardings)(jax.random.key(seed)), shardings
+
+
+def compile_step(model, tx, config, state, shardings, mesh, seq_len: int):
+  """The jitted, guarded train step ``(state, x0, ok) -> (state, metrics, ok)``
+  (``guard.guard_step``), compiled for ``state``'s layout; (step_fn, FLOPs per step
+  per device or None)."""
+  data, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  step = guard.guard_step(make_train_step(model, tx, config.seed, config.train.ema_decay))
+  step_fn = jax.jit(step, in_shardings=(shardings, data, rep),
+                    out_shardings=(shardings, rep, rep), donate_argnums=(0,))
+  x0 = jax.ShapeDtypeStruct((config.train.batch_size, seq_len), jnp.int32, sharding=data)
+  ok = jax.ShapeDtypeStruct((), jnp.bool_, sharding=rep)
+  compiled = step_fn.lower(state, x0, ok).compile()
+  return compiled, mfu.compiled_flops(compiled)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -81,10 +97,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir) -> dict:
   tc = config.train
-  n_dev = jax.device_count()
-  if tc.batch_size % n_dev:
-    raise ValueError(f"config.train.batch_size = {tc.batch_size} is not divisible by the "
-                     f"{n_dev} devices")
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch(tc.batch_size, mesh, "config.train.batch_size")
   if jax.process_index() == 0:
     io.write_json(workdir / "config.json", config.to_dict())
 
@@ -94,16 +108,8 @@ def _train_and_evaluate(config, workdir) -> dict:
   if jax.process_index() == 0:
     load.write_data_shape(workdir, dataset.vocab_size, dataset.seq_len)
   tx = make_optimizer(tc)
-  mesh = make_mesh()
-  replicated = NamedSharding(mesh, P())
-  data_sharding = NamedSharding(mesh, P("data"))
-
-  example = np.zeros((n_dev, dataset.seq_len), np.int32)
-  state = jax.jit(lambda k: init_state(model, tx, k, example), out_shardings=replicated)(
-      jax.random.key(config.seed))
-  step_fn = jax.jit(guard.guard_step(make_train_step(model, tx, config.seed, tc.ema_decay)),
-                    in_shardings=(replicated, data_sharding, replicated),
-                    out_shardings=(replicated, replicated, replicated), donate_argnums=(0,))
+  state, shardings = init_sharded_state(model, tx, config.seed, dataset.seq_len, mesh,
+                                        config.mesh.fsdp_min_size)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints",
                                  keep=tc.keep_checkpoints, every=tc.checkpoint_every)
   writer = metric_writers.create_default_writer(str(workdir),
@@ -111,16 +117,22 @@ def _train_and_evaluate(config, workdir) -> dict:
   try:  # however this ends, the last save completes and the metrics reach the disk
     state = _resume(ckpt, state)
     start = int(state.step)
+    step_fn, flops = compile_step(model, tx, config, state, shardings, mesh, dataset.seq_len)
+    peak = mfu.peak_flops_per_device(jax.devices()[0].device_kind, tc.peak_flops_per_device)
     if start == 0:
       writer.write_hparams(_flatten(config.to_dict()))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info("Training %s on %s: %d parameters, %d devices, steps %d..%d",
-                 config.model.kind, config.data.name, n_params, n_dev, start, tc.num_steps)
+    logging.info("Training %s on %s: %d parameters, mesh data %d x fsdp %d (%s), steps "
+                 "%d..%d; step FLOPs per device %s, peak %s", config.model.kind,
+                 config.data.name, n_params, mesh.shape["data"], mesh.shape["fsdp"],
+                 jax.devices()[0].device_kind, start, tc.num_steps, flops, peak)
     state_box = [state]
+    feed = lambda step: train_batch(dataset, step, tc.batch_size, sharding.batch_sharding(mesh))
+    rate = lambda steps_per_sec: mfu.utilisation(flops, steps_per_sec, peak)
     with preemption.StopSignals(ckpt.reached_preemption) as stop:
-      _train_loop(state_box, start, step_fn, dataset, data_sharding, tc, writer, ckpt, stop)
+      _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt, stop)
     result = evaluate.evaluate_run(config, model, dataset, state_box[0].ema_params, workdir,
-                                   writer)
+                                   writer, mesh=mesh)
   finally:
     ckpt.close()
     writer.close()
@@ -138,8 +150,9 @@ def _resume(ckpt, state):
   return restored
 
 
-def _train_loop(state_box, start, step_fn, dataset, data_sharding, tc, writer, ckpt, stop):
-  """Steps ``start..num_steps``; the current state lives in ``state_box[0]``.
+def _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt, stop):
+  """Steps ``start..num_steps``; the current state lives in ``state_box[0]``;
+  ``feed(step)`` is the batch, ``rate(steps_per_sec)`` the FLOP/s and MFU scalars.
 
   Each step's ``ok`` (guard.py) is read after the next step is dispatched, and at
   once before a save or a stop; SIGTERM / SIGINT (``stop``) save the step just
@@ -158,8 +171,7 @@ def _train_loop(state_box, start, step_fn, dataset, data_sharding, tc, writer, c
           None if latest is None else f"{ckpt.directory}/{latest}"))
 
   for step in range(start, tc.num_steps):
-    x0 = shard_batch(dataset.train_batch(step, tc.batch_size)["x0"], data_sharding)
-    state_box[0], metrics, ok = step_fn(state_box[0], x0, ok)
+    state_box[0], metrics, ok = step_fn(state_box[0], feed(step), ok)
     done = step + 1
     if pending is not None:
       check(*pending)
@@ -173,10 +185,11 @@ def _train_loop(state_box, start, step_fn, dataset, data_sharding, tc, writer, c
       steps_per_s = (done - step_last) / max(now - t_last, 1e-9)
       scalars["steps_per_sec"] = steps_per_s
       scalars["tokens_per_sec"] = steps_per_s * tc.batch_size * dataset.seq_len
+      scalars.update(rate(steps_per_s))
       writer.write_scalars(done, scalars)
       eta = (tc.num_steps - done) / max(steps_per_s, 1e-9)
-      logging.info("step %d/%d  loss %.4f  %.1f steps/s  ETA %.0fs", done, tc.num_steps,
-                   scalars["loss"], steps_per_s, eta)
+      logging.info("step %d/%d  loss %.4f  %.1f steps/s  %s  ETA %.0fs", done, tc.num_steps,
+                   scalars["loss"], steps_per_s, _flops_text(scalars), eta)
       sums, count, t_last, step_last = None, 0, now, done
     stopping = stop.requested(done)
     if stopping or done % tc.checkpoint_every == 0 or done == tc.num_steps:
@@ -188,6 +201,13 @@ def _train_loop(state_box, start, step_fn, dataset, data_sharding, tc, writer, c
       raise stop.stopped(done, tc.num_steps, f"{ckpt.directory}/{done}")
   if tc.num_steps > start:
     logging.info("Trained steps %d..%d", start, tc.num_steps)
+
+
+def _flops_text(scalars) -> str:
+  if "flops_per_sec" not in scalars:
+    return ""
+  text = f"{scalars['flops_per_sec'] / 1e12:.3g} TFLOP/s per device"
+  return text + (f"  MFU {scalars['mfu']:.1%}" if "mfu" in scalars else "")
 
 
 def _flatten(d, prefix=""):

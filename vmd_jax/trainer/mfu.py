@@ -1,0 +1,61 @@
+"""Model FLOPs utilisation (MFU) of the train step.
+
+  MFU = step FLOPs per device x steps per second / peak FLOP/s per device.
+
+The step's FLOPs are XLA's count for the compiled (partitioned, so per-device)
+train step, ``compiled.cost_analysis()["flops"]``: forward, backward and
+optimizer, as the program runs them (rematerialised work included). Peaks are
+the vendors' dense bf16 figures; ``config.train.peak_flops_per_device`` (> 0)
+overrides the table, e.g. for fp32 or an unlisted chip. On a device with no
+known peak (a CPU) only the FLOPs and the achieved FLOP/s are logged.
+"""
+
+from __future__ import annotations
+
+from absl import logging
+
+# Dense bf16 FLOP/s per device (one chip; a TPU v4/v5p chip is one JAX device),
+# matched against jax.Device.device_kind, most specific first.
+PEAK_FLOPS = (
+    ("H100", 989e12),          # H100 SXM
+    ("H200", 989e12),
+    ("TPU v5 lite", 197e12),   # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),        # v5p reports "TPU v5"
+    ("TPU v4", 275e12),
+)
+
+
+def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | None:
+  """``override`` if > 0, else the table's peak for ``device_kind``, else None."""
+  if override > 0:
+    return float(override)
+  for name, peak in PEAK_FLOPS:
+    if name.lower() in device_kind.lower():
+      return peak
+  return None
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled function (per device), or None if XLA has no count."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception as e:  # not every backend implements it
+    logging.warning("no FLOP count for the train step (%s)", e)
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def utilisation(flops_per_step: float | None, steps_per_sec: float,
+                peak: float | None) -> dict:
+  """{"flops_per_step", "flops_per_sec" (achieved, per device), "mfu" (if ``peak``)}."""
+  if flops_per_step is None:
+    return {}
+  out = {"flops_per_step": flops_per_step, "flops_per_sec": flops_per_step * steps_per_sec}
+  if peak:
+    out["mfu"] = out["flops_per_sec"] / peak
+  return out
