@@ -76,9 +76,12 @@ def run(mesh_shape, devices, steps=3):
   state, shard = train.init_sharded_state(model, tx, c.seed, data.seq_len, mesh, 64)
   step, flops = train.compile_step(model, tx, c, state, shard, mesh, data.seq_len)
   losses = []
+  ok = jax.device_put(np.bool_(True), sharding.replicated(mesh))
   for i in range(steps):
-    state, m = step(state, train.train_batch(data, i, 16, sharding.batch_sharding(mesh)))
+    state, m, ok = step(state, train.train_batch(data, i, 16, sharding.batch_sharding(mesh)),
+                        ok)
     losses.append(float(m["loss"]))
+  assert bool(ok)
   return mesh, state, losses, flops
 
 _, one, one_losses, _ = run((1, 1), jax.devices()[:1])
