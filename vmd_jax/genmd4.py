@@ -87,7 +87,7 @@ import numpy as np
 
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_tokens
-from vmd_jax.losses import stratified_times, token_log_likelihood
+from vmd_jax.losses import draw_times, token_log_likelihood
 from vmd_jax.sampling import top_p_logits
 from vmd_jax.schedules import MD4_EPS, time_grid
 
@@ -272,15 +272,6 @@ def nelbo_terms_at(denoise_fn: DenoiseFn, x0, xt, t, params: GenMD4Params, *,
           "xt": xt}
 
 
-def _draw_times(key, batch_size, t, antithetic):
-  if t is not None:
-    return key, jnp.asarray(t, jnp.float32)
-  key, t_key = jax.random.split(key)
-  if antithetic:
-    return key, stratified_times(t_key, batch_size)
-  return key, jax.random.uniform(t_key, (batch_size,))
-
-
 def nelbo_terms(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
                 eps: float = MD4_EPS, t=None, noise=None, antithetic: bool = True):
   """GenMD4's continuous-time NELBO, one Monte Carlo sample of (t, x_t) per sequence.
@@ -306,7 +297,7 @@ def nelbo_terms(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
   """
   chex.assert_rank(x0, 2)
   check_tokens(x0, params.raw_w.shape[-1], name="x0")
-  key, t = _draw_times(key, x0.shape[0], t, antithetic)
+  key, t = draw_times(key, x0.shape[0], t, antithetic)
   xt = mask_tokens(params, x0, t, key=key, noise=noise, eps=eps)
   return nelbo_terms_at(denoise_fn, x0, xt, t, params, eps=eps)
 
@@ -345,7 +336,7 @@ def rloo_loss(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
   """
   chex.assert_rank(x0, 2)
   check_tokens(x0, params.raw_w.shape[-1], name="x0")
-  key, t = _draw_times(key, x0.shape[0], t, antithetic)
+  key, t = draw_times(key, x0.shape[0], t, antithetic)
   if noise is None:
     if key is None:
       raise ValueError("rloo_loss needs a key or explicit noise")

@@ -77,7 +77,9 @@ def bits_per_token(nats, num_tokens):
   return nats / (num_tokens * math.log(2.0))
 
 
-def _draw_times(key, batch_size, t, antithetic):
+def draw_times(key, batch_size, t, antithetic):
+  """(key left for the masking noise, times [B]): ``t`` as given, else stratified
+  (``antithetic``) or i.i.d. uniform times drawn from ``key``."""
   if t is not None:
     return key, jnp.asarray(t, jnp.float32)
   key, t_key = jax.random.split(key)
@@ -157,7 +159,7 @@ def md4_nelbo_terms(denoise_fn: DenoiseFn, x0, key, schedule, *,
   """
   chex.assert_rank(x0, 2)
   batch_size = x0.shape[0]
-  key, t = _draw_times(key, batch_size, t, antithetic)
+  key, t = draw_times(key, batch_size, t, antithetic)
   if vocab_size is None:
     vocab_size = infer_vocab_size(denoise_fn, x0, t)
   check_tokens(x0, vocab_size, name="x0")
@@ -241,7 +243,7 @@ def vmd_loss(denoise_fn: DenoiseFn, encode_fn: Callable, x0, key, schedule, *,
   """
   chex.assert_rank(x0, 2)
   batch_size = x0.shape[0]
-  key, t = _draw_times(key, batch_size, t, antithetic)
+  key, t = draw_times(key, batch_size, t, antithetic)
   if vocab_size is None:
     stats = jax.eval_shape(encode_fn, x0, x0, t)
     vocab_size = infer_vocab_size(denoise_fn, x0, t, stats[0])

@@ -1,6 +1,6 @@
 """Interleaved md4 / vmd_jax measurements (system python; the workers use their venvs).
 
-The shared harness's driver (``MD4_BENCH``, default ../shared/bench/md4) with the
+The md4 harness's driver (its folder in ``MD4_BENCH``, required) with the
 vmd_jax worker taken from this folder; the md4 worker stays the shared one.
 
   python3 driver.py train  --rounds 6 --steps 2 --peak 3
@@ -14,7 +14,10 @@ import argparse, json, os, statistics, subprocess, sys, time
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = {"md4": os.environ.get("MD4_PY", os.path.expanduser("~/.cache/md4venv/bin/python")),
       "vmd": os.environ.get("VMD_PY", os.path.abspath(".venv/bin/python"))}
-MD4_BENCH = os.path.abspath(os.environ.get("MD4_BENCH", "../shared/bench/md4"))
+if "MD4_BENCH" not in os.environ:  # the md4 side: md4_worker.py, worker_common.py
+  sys.exit("driver.py: set MD4_BENCH to the folder of the md4 harness (md4_worker.py, "
+           "worker_common.py)")
+MD4_BENCH = os.path.abspath(os.environ["MD4_BENCH"])
 WORKER = {"md4": f"{MD4_BENCH}/md4_worker.py", "vmd": f"{HERE}/vmd_worker.py"}
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 ENV.pop("XLA_FLAGS", None)       # same (default) XLA CPU settings for both sides

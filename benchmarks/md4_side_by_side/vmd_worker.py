@@ -9,7 +9,9 @@ The shared harness's ``vmd_worker.py`` adapted to the trainer package's API
 harness at ``MD4_BENCH`` so both sides measure alike.
 """
 import os, sys, time
-sys.path.insert(0, os.environ.get("MD4_BENCH", "../shared/bench/md4"))
+if "MD4_BENCH" not in os.environ:
+  sys.exit("vmd_worker.py: set MD4_BENCH to the md4 harness's folder (worker_common.py)")
+sys.path.insert(0, os.environ["MD4_BENCH"])
 from worker_common import B, N, V, LAYERS, HEADS, WIDTH, emit, flops_of, timed, Peak, serve
 import jax, jax.numpy as jnp, numpy as np
 from vmd_jax.trainer import build, config as config_lib, state as vstate, train as vtrain
