@@ -52,6 +52,17 @@ def test_core_runs_without_flax_or_tensorflow():
   assert out.returncode == 0 and "core OK" in out.stdout, out.stderr[-3000:]
 
 
+def test_trainer_imports_no_tensorflow():
+  """TensorFlow (about 0.5 GB resident) loads only where a run writes summaries or
+  builds text8, not when a program imports the train step, ``load`` or the CLI."""
+  code = ("import sys\n"
+          "from vmd_jax.trainer import cli, evaluate, load, train\n"
+          "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+  assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-3000:])
+
+
 def test_core_dependencies_and_extras():
   project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
   core = sorted(d.split(">")[0].split("=")[0].split("[")[0] for d in project["dependencies"])

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 
 from vmd_jax.networks import MaskedDiffusion
 from vmd_jax.trainer import (build, checkpoint, config as config_lib, evaluate, guard, io, load,
@@ -112,6 +111,7 @@ def _train_and_evaluate(config, workdir) -> dict:
                                         config.mesh.fsdp_min_size)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints",
                                  keep=tc.keep_checkpoints, every=tc.checkpoint_every)
+  from clu import metric_writers  # imports TensorFlow (0.5 GB): only where a run writes summaries
   writer = metric_writers.create_default_writer(str(workdir),
                                                 just_logging=jax.process_index() > 0)
   try:  # however this ends, the last save completes and the metrics reach the disk
