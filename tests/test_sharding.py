@@ -142,6 +142,29 @@ for k in on_one:
   np.testing.assert_allclose(on_one[k], on_eight[k], rtol=2e-5)
 np.testing.assert_allclose(on_one["nelbo_nats_per_token"], v / w, rtol=1e-5)
 stage("evaluated")
+
+# Sampling and the mixture prior's fit: rows split over the 8 devices (each process
+# feeding its rows) draw what one device draws; a batch the devices do not divide
+# (4 rows of 100 - 96) runs replicated.
+rows = np.arange(96 * 3).reshape(96, 3)
+split = sharding.split_rows(rows, mesh)
+assert split.sharding.is_equivalent_to(sharding.batch_sharding(mesh), 2)
+assert {s.data.shape for s in split.addressable_shards} == {(12, 3)}
+np.testing.assert_array_equal(np.asarray(split), rows)
+assert sharding.split_rows(rows[:4], mesh).sharding.is_fully_replicated
+c.eval.settings = "random:2,top_prob_margin:2"
+c.eval.num_samples, c.eval.batch_size = 196, 96
+assert c.prior.kind == "mixture"
+draws = {}
+for name, m in (("one", sharding.data_parallel_mesh(jax.devices()[:1])), ("eight", mesh)):
+  os.makedirs(os.path.join(workdir, name))
+  draws[name] = evaluate.sample_metrics(model, params, data, c, key,
+                                        os.path.join(workdir, name), m)
+print("samples 1 device", draws["one"], "8 devices", draws["eight"])
+assert set(draws["one"]) == {"random:2", "top_prob_margin:2", "random:2/mixture",
+                             "top_prob_margin:2/mixture"}
+assert draws["one"] == draws["eight"]
+stage("sampled")
 print("OK")
 """
 

@@ -17,7 +17,11 @@ are sharded over the mesh's devices: each process builds only its rows of each
 batch (the split is divided among processes), and the per-sequence sums come
 back replicated, reduced on the host in float64 exactly as on one device. The
 batch size is rounded up to a multiple of the device count (weight-0 rows).
-Sampling runs replicated on the mesh.
+Sampling splits each batch's rows over the mesh's devices when the device count
+divides it (``eval.batch_size`` a multiple of the devices; otherwise that batch
+runs replicated), each process feeding only its rows; the samples come back
+replicated, the same draws as on one device. The learned prior's fit encodes
+its sequences the same way.
 
 Command line: ``vmd-jax evaluate --workdir=DIR [--data=FILE] [--settings=...]``.
 """
@@ -103,7 +107,7 @@ def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=Non
   mesh = mesh or sharding.data_parallel_mesh()
   encode = jax.jit(lambda params, x: tuple(model.encode_posteriors(params, x)),
                    out_shardings=sharding.replicated(mesh))
-  chunks = [encode(params, sharding.replicate(x0[i:i + 4096], mesh))
+  chunks = [encode(params, sharding.split_rows(x0[i:i + 4096], mesh))
             for i in range(0, len(x0), 4096)]
   posterior = DiagonalGaussian(*(jnp.concatenate(parts) for parts in zip(*chunks)))
   gmm = prior_lib.fit_aggregate_posterior_prior(
@@ -136,7 +140,7 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
     for order, nfe in config_lib.parse_eval_settings(e.settings):
       name = f"{order}:{nfe}{suffix}"
       key, sub = jax.random.split(key)
-      bound = lambda k, x: draw(params, k, sharding.replicate(x, mesh), nfe, order)
+      bound = lambda k, x: draw(params, k, sharding.split_rows(x, mesh), nfe, order)
       figure = f"joint_{name.replace(':', '_').replace('/', '_')}.png"
       figure_path = io.as_path(workdir) / figure if jax.process_index() == 0 else None
       results[name] = dataset.score_samples(bound, sub, e, figure_path=figure_path)

@@ -129,3 +129,14 @@ def from_process_rows(local: dict, batch_size: int, sharding: NamedSharding) -> 
 def replicate(x, mesh: Mesh) -> jax.Array:
   """A host array (the same on every process) as an array replicated on ``mesh``."""
   return jax.device_put(np.asarray(x), replicated(mesh))
+
+
+def split_rows(x, mesh) -> jax.Array:
+  """A host batch ``x`` [B, ...] (the same on every process) on ``mesh``: rows
+  split over the devices, each process giving only its rows, when the device
+  count divides B; replicated otherwise."""
+  x = np.asarray(x)
+  if len(x) % mesh.size:
+    return replicate(x, mesh)
+  rows = batch_sharding(mesh)
+  return from_process_rows({"x": x[process_rows(rows, len(x))]}, len(x), rows)["x"]
