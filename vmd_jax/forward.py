@@ -109,10 +109,17 @@ def mask_tokens(x0, t, schedule, mask_id: int, *, key=None, noise=None):
   """
   chex.assert_rank(x0, 2)
   chex.assert_shape(t, (x0.shape[0],))
+  return mask_where(x0, schedule.alpha(t)[:, None], mask_id, key=key, noise=noise)
+
+
+def mask_where(x0, keep, mask_id: int, *, key=None, noise=None):
+  """x_t[i] = mask_id if noise[i] >= keep[i] else x0[i]: a draw of the forward
+  process given each entry's probability ``keep`` of staying unmasked (broadcast
+  to x0's shape), with ``noise`` ~ U[0, 1) drawn from ``key`` when not given.
+  Every forward process here (MD4, GenMD4, Prime's digits) is this step."""
   if noise is None:
     if key is None:
-      raise ValueError("mask_tokens needs a key or explicit noise")
+      raise ValueError("masking needs a key or explicit noise")
     noise = jax.random.uniform(key, x0.shape)
   chex.assert_equal_shape([noise, x0])
-  alpha = schedule.alpha(t)[:, None]
-  return jnp.where(noise >= alpha, jnp.asarray(mask_id, x0.dtype), x0)
+  return jnp.where(noise >= keep, jnp.asarray(mask_id, x0.dtype), x0)

@@ -86,7 +86,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmd_jax.exact import all_sequences
-from vmd_jax.forward import check_tokens
+from vmd_jax.forward import check_tokens, mask_where
 from vmd_jax.losses import draw_times, token_log_likelihood
 from vmd_jax.sampling import top_p_logits
 from vmd_jax.schedules import MD4_EPS, time_grid
@@ -205,14 +205,8 @@ def mask_tokens(params: GenMD4Params, x0, t, *, key=None, noise=None,
   """
   chex.assert_rank(x0, 2)
   chex.assert_shape(t, (x0.shape[0],))
-  if noise is None:
-    if key is None:
-      raise ValueError("mask_tokens needs a key or explicit noise")
-    noise = jax.random.uniform(key, x0.shape)
-  chex.assert_equal_shape([noise, x0])
-  mask_id = params.raw_w.shape[-1]
-  keep = token_alpha(params, x0, t, eps=eps)
-  return jnp.where(noise >= keep, jnp.asarray(mask_id, x0.dtype), x0)
+  return mask_where(x0, token_alpha(params, x0, t, eps=eps), params.raw_w.shape[-1], key=key,
+                    noise=noise)
 
 
 def log_forward_prob(params: GenMD4Params, x0, xt, t, *, eps: float = MD4_EPS):

@@ -92,7 +92,7 @@ from jax.experimental import checkify
 
 from vmd_jax import block, forward
 from vmd_jax.exact import all_sequences
-from vmd_jax.forward import check_tokens
+from vmd_jax.forward import check_tokens, mask_where
 from vmd_jax.losses import stratified_times, discretize_times
 from vmd_jax.sampling import ORDERS, draw_tokens
 from vmd_jax.schedules import time_grid
@@ -349,13 +349,7 @@ def mask_digits(d0, t, schedule, code: DigitCode, *, key=None, noise=None):
     chex.assert_shape(t, (d0.shape[0],))
   else:
     chex.assert_shape(t, d0.shape[:2])
-  if noise is None:
-    if key is None:
-      raise ValueError("mask_digits needs a key or explicit noise")
-    noise = jax.random.uniform(key, d0.shape)
-  chex.assert_equal_shape([noise, d0])
-  alpha = _per_digit(schedule.alpha(t))
-  return jnp.where(noise >= alpha, jnp.asarray(code.mask_id, d0.dtype), d0)
+  return mask_where(d0, _per_digit(schedule.alpha(t)), code.mask_id, key=key, noise=noise)
 
 
 def _subsets(num_digits: int):
