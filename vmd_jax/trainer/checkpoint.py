@@ -117,21 +117,24 @@ class Checkpointer:
 
   def move_aside(self, step: int) -> epath.Path:
     """Moves step ``step`` to ``<directory>_corrupt/<step>[.N]`` (process 0) and
-    returns that path; orbax no longer lists it."""
+    returns that path, the same on every process (process 0 chooses N); orbax no
+    longer lists the step."""
     aside = self.directory.parent / f"{self.directory.name}_corrupt"
-    target = aside / str(step)
     n = 0
-    while target.exists():
-      n += 1
-      target = aside / f"{step}.{n}"
     if jax.process_index() == 0:
+      while (aside / self._aside_name(step, n)).exists():
+        n += 1
       aside.mkdir(parents=True, exist_ok=True)
-      (self.directory / str(step)).rename(target)
+      (self.directory / str(step)).rename(aside / self._aside_name(step, n))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices(f"vmd_jax: moved checkpoint {step} aside")
+      n = int(multihost_utils.broadcast_one_to_all(np.int32(n)))
     self._manager.reload()
-    return target
+    return aside / self._aside_name(step, n)
+
+  @staticmethod
+  def _aside_name(step: int, n: int) -> str:
+    return f"{step}.{n}" if n else str(step)
 
   def reached_preemption(self, step: int) -> bool:
     """Orbax's multi-process preemption sync point (False on one process)."""
