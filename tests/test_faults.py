@@ -26,7 +26,7 @@ import pytest
 from vmd_jax.trainer import checkpoint, guard, lock
 from test_train import REPO, final_params, tiny_config
 
-STEPS = 40
+STEPS = 24
 
 
 def run_training(workdir, log, cache_dir, train_overrides):
@@ -98,7 +98,7 @@ def log_of(workdir):
 
 @pytest.fixture(scope="module")
 def straight(runs, tmp_path_factory):
-  """The uninterrupted run: checkpoints 24, 32, 40."""
+  """The uninterrupted run: checkpoints 8, 16, 24."""
   workdir = tmp_path_factory.mktemp("straight") / "run"
   assert finish(runs(workdir, checkpoint_every=8, keep_checkpoints=3)) == 0, log_of(workdir)
   return workdir
@@ -126,12 +126,13 @@ def wait_for(condition, p, timeout=300):
 
 
 def test_sigkill_at_random_moments_resumes_bit_identical(runs, straight, tmp_path):
-  """Six SIGKILLs (three while orbax writes a step), then a run to the end: the
-  final state equals the uninterrupted run's, and no temporary directory is left."""
+  """Five SIGKILLs (three while orbax writes a step; the killed runs save every
+  step), then a run to the end: the final state equals the uninterrupted run's,
+  and no temporary directory is left."""
   workdir = tmp_path / "run"
   rng = random.Random(0)
   during_write, progress = 0, []
-  for i in range(6):
+  for i in range(5):
     before = (steps_in(workdir)[0] or [0])[-1]
     p = runs(workdir, checkpoint_every=1)
     if i % 2 == 0:  # the moment a step directory is being written
@@ -145,7 +146,7 @@ def test_sigkill_at_random_moments_resumes_bit_identical(runs, straight, tmp_pat
     progress.append((steps_in(workdir)[0] or [0])[-1])
   assert during_write >= 3 and progress == sorted(progress) and progress[-1] < STEPS, (
       during_write, progress)
-  p = runs(workdir, checkpoint_every=1)
+  p = runs(workdir, checkpoint_every=8)
   assert finish(p) == 0, log_of(workdir)[-3000:]
   assert f"Resuming from step {progress[-1]}" in log_of(workdir)
   assert not steps_in(workdir)[1]
@@ -154,12 +155,13 @@ def test_sigkill_at_random_moments_resumes_bit_identical(runs, straight, tmp_pat
 
 def test_sigterm_saves_the_current_step_and_resumes_from_it(runs, straight, tmp_path):
   workdir = tmp_path / "run"
-  p = runs(workdir, checkpoint_every=1000)  # no checkpoint but the one SIGTERM asks for
-  wait_for(lambda: f"step 10/{STEPS}" in log_of(workdir), p)
+  # no checkpoint but the one SIGTERM asks for; a log line every step to act at step 2
+  p = runs(workdir, checkpoint_every=1000, log_every=1)
+  wait_for(lambda: f"step 2/{STEPS}" in log_of(workdir), p)
   p.terminate()
   assert finish(p) == 128 + signal.SIGTERM
   saved, tmp = steps_in(workdir)
-  assert len(saved) == 1 and 10 <= saved[0] < STEPS and not tmp
+  assert len(saved) == 1 and 2 <= saved[0] < STEPS and not tmp
   last = log_of(workdir).strip().splitlines()[-1]
   assert last == (f"vmd-jax train: stopped by SIGTERM after step {saved[0]} of {STEPS}; "
                   f"saved {workdir}/checkpoints/{saved[0]}; run the same command again to "
@@ -272,28 +274,28 @@ def test_lock_without_flock_uses_a_holder_file_with_a_heartbeat(tmp_path, monkey
 
 def test_corrupt_newest_checkpoints_are_moved_aside_and_the_intact_one_resumed(
     runs, straight, tmp_path):
-  """Step 40 truncated, step 32 missing a file: both moved to checkpoints_corrupt/
-  with a warning each, the run resumes from 24 and ends where the reference does."""
+  """Step 24 truncated, step 16 missing a file: both moved to checkpoints_corrupt/
+  with a warning each, the run resumes from 8 and ends where the reference does."""
   workdir = tmp_path / "run"
   shutil.copytree(straight, workdir)
   ocdbt = "default/ocdbt.process_0"
-  data = workdir / "checkpoints" / "40" / ocdbt / "d"
+  data = workdir / "checkpoints" / "24" / ocdbt / "d"
   largest = max(data.iterdir(), key=lambda f: f.stat().st_size)
   size = largest.stat().st_size
   with open(largest, "r+b") as f:
     f.truncate(size // 2)
-  (workdir / "checkpoints" / "32" / "default" / "manifest.ocdbt").unlink()
+  (workdir / "checkpoints" / "16" / "default" / "manifest.ocdbt").unlink()
   files = {s: sorted(str(f.relative_to(workdir / "checkpoints" / s))
-                     for f in (workdir / "checkpoints" / s).rglob("*")) for s in ("32", "40")}
+                     for f in (workdir / "checkpoints" / s).rglob("*")) for s in ("16", "24")}
 
   assert finish(runs(workdir, checkpoint_every=8, keep_checkpoints=3)) == 0
   log = log_of(workdir)
-  for s in ("40", "32"):
+  for s in ("24", "16"):
     assert (f"Checkpoint step {s} in {workdir}/checkpoints could not be restored" in log), log
     moved = workdir / "checkpoints_corrupt" / s
     assert f"moved to {moved}" in log
     assert sorted(str(f.relative_to(moved)) for f in moved.rglob("*")) == files[s]
-  assert (moved.parent / "40" / ocdbt / "d" / largest.name).stat().st_size == size // 2
-  assert "Resuming from step 24" in log
-  assert steps_in(workdir)[0] == [24, 32, 40]
+  assert (moved.parent / "24" / ocdbt / "d" / largest.name).stat().st_size == size // 2
+  assert "Resuming from step 8" in log
+  assert steps_in(workdir)[0] == [8, 16, 24]
   assert_same_final_state(workdir, straight)

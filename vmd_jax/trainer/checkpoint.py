@@ -6,6 +6,11 @@ is removed at the next start). ``restore_newest_intact`` resumes from the newest
 step that reads back whole and finite: a newer one that does not (truncated or
 missing files, a disk that lied, NaN) is moved to ``<directory>_corrupt/<step>``
 with a one-line warning naming it, never deleted.
+
+Readers (``vmd-jax evaluate`` / ``sample``, ``vmd_jax.load``) open the directory
+``read_only``: they change nothing in it (a training run may hold the workdir
+and be writing a step), and ``restore_newest_intact_subtree`` skips a bad step
+with a one-line warning instead of moving it; the next training run moves it.
 """
 
 from __future__ import annotations
@@ -55,17 +60,23 @@ def abstract_like(tree):
 
 
 class Checkpointer:
-  """Saves every ``every`` steps (and when forced), keeps the last ``keep``."""
+  """Saves every ``every`` steps (and when forced), keeps the last ``keep``.
 
-  def __init__(self, directory, *, keep: int = 2, every: int = 1000):
+  ``read_only``: only restores; creates, removes and rewrites nothing (not even
+  the temporary directory of a save in progress)."""
+
+  def __init__(self, directory, *, keep: int = 2, every: int = 1000, read_only: bool = False):
     self.directory = epath.Path(directory)
     self.every = every
-    # Steps are chosen here (orbax alone would also save the very first step);
-    # temporary directories of a killed save are removed at the next start.
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
-                                             cleanup_tmp_directories=True))
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
+                                             create=False)
+    else:
+      # Steps are chosen here (orbax alone would also save the very first step);
+      # temporary directories of a killed save are removed at the next start.
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
+                                             cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -106,41 +117,74 @@ class Checkpointer:
 
   def move_aside(self, step: int) -> epath.Path:
     """Moves step ``step`` to ``<directory>_corrupt/<step>[.N]`` (process 0) and
-    returns that path; orbax no longer lists it."""
+    returns that path, the same on every process (process 0 chooses N); orbax no
+    longer lists the step."""
     aside = self.directory.parent / f"{self.directory.name}_corrupt"
-    target = aside / str(step)
     n = 0
-    while target.exists():
-      n += 1
-      target = aside / f"{step}.{n}"
     if jax.process_index() == 0:
+      while (aside / self._aside_name(step, n)).exists():
+        n += 1
       aside.mkdir(parents=True, exist_ok=True)
-      (self.directory / str(step)).rename(target)
+      (self.directory / str(step)).rename(aside / self._aside_name(step, n))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices(f"vmd_jax: moved checkpoint {step} aside")
+      n = int(multihost_utils.broadcast_one_to_all(np.int32(n)))
     self._manager.reload()
-    return target
+    return aside / self._aside_name(step, n)
+
+  @staticmethod
+  def _aside_name(step: int, n: int) -> str:
+    return f"{step}.{n}" if n else str(step)
 
   def reached_preemption(self, step: int) -> bool:
     """Orbax's multi-process preemption sync point (False on one process)."""
     return self._manager.reached_preemption(step)
 
   def restore_subtree(self, name: str, target, step: int | None = None):
-    """Restores only the field ``name`` of the saved state (e.g. "ema_params")
-    into the structure of ``target``, reading nothing else (no optimizer state)."""
+    """Restores only the field ``name`` of the saved state (e.g. "ema_params") of
+    ``step`` (default: the latest) into the structure of ``target``, reading
+    nothing else (no optimizer state). A step that is missing, unreadable or not
+    finite raises ``CheckpointError`` in one line naming it; no fallback."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint found in {self.directory}")
+    if step not in self._manager.all_steps():
+      raise CheckpointError(f"no checkpoint step {step} in {self.directory} (steps there: "
+                            f"{sorted(self._manager.all_steps()) or 'none'})")
     abstract = {name: abstract_like(target)}
     args = ocp.args.PyTreeRestore(
         abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
         partial_restore=True)
     try:
-      return self._manager.restore(step, args=args)[name]
+      tree = self._manager.restore(step, args=args)[name]
     except Exception as e:  # orbax raises many types for unreadable data
       raise CheckpointError(f"{name} of checkpoint step {step} in {self.directory} could not "
-                            f"be restored ({type(e).__name__}: {e})") from e
+                            f"be restored ({_first_line(e)})") from e
+    if not all_finite(tree):
+      raise CheckpointError(f"{name} of checkpoint step {step} in {self.directory} holds "
+                            "non-finite values")
+    return tree
+
+  def restore_newest_intact_subtree(self, name: str, target):
+    """(step, field ``name``) of the newest step whose field reads back whole and
+    finite: ``restore_newest_intact`` for readers. Each newer step is skipped with
+    a one-line warning naming it and left where it is (see the module docstring);
+    every process picks the same step. ``CheckpointError`` when none is intact."""
+    skipped = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        tree, problem = self.restore_subtree(name, target, step), None
+      except CheckpointError as e:
+        tree, problem = None, str(e)
+      if _on_every_process(problem is None):
+        return step, tree
+      logging.warning("%s: skipped, left in place; trying the step before it",
+                      problem or f"checkpoint step {step} failed on another process")
+      skipped.append(step)
+    if not skipped:
+      raise CheckpointError(f"no checkpoint found in {self.directory}")
+    raise CheckpointError(f"no intact checkpoint in {self.directory}: steps "
+                          f"{', '.join(map(str, skipped))} are unreadable or not finite")
 
   def wait(self):
     self._manager.wait_until_finished()

@@ -9,7 +9,9 @@
 ``vmd-jax CMD``. ``--config`` takes a config file's path or the name of one
 packaged in ``vmd_jax/configs`` (``--config=text8_vmd``). Bad input (an unknown
 or malformed config key, a missing file, a workdir that is a file) ends the
-command with one line on stderr naming the culprit and exit code 2. A run that ends
+command with one line on stderr naming the culprit and exit code 2; so does a
+workdir that ``evaluate`` or ``sample`` cannot read (no config.json, no intact
+checkpoint: a newer corrupt step is skipped with a warning). A run that ends
 early says why in its last line: a workdir held by another run or a diverged
 run exit 1, SIGTERM / SIGINT after saving exit 128 + the signal (143 / 130). Any
 other uncaught exception prints its traceback and ends the process at once
@@ -163,20 +165,30 @@ def distributed_args(environ) -> dict:
   return args
 
 
+def _reading_a_workdir(command):
+  """``command``, with a workdir or file it cannot read as ``InputError``."""
+  from vmd_jax.trainer.checkpoint import CheckpointError
+  try:
+    return command()
+  except (CheckpointError, FileNotFoundError) as e:
+    raise InputError(str(e)) from None
+
+
 def _evaluate(argv):
   import json
   del argv
   from vmd_jax.trainer.evaluate import evaluate_workdir
-  result = evaluate_workdir(FLAGS.workdir, FLAGS.data, FLAGS.settings, FLAGS.output)
+  result = _reading_a_workdir(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.data,
+                                                       FLAGS.settings, FLAGS.output))
   print(json.dumps(result["samples"], indent=2))
 
 
 def _sample(argv):
   del argv
   from vmd_jax.trainer.sample import sample_workdir
-  print(sample_workdir(FLAGS.workdir, num=FLAGS.num, steps=FLAGS.steps, order=FLAGS.order,
-                       seed=FLAGS.seed, prior=FLAGS.prior, temperature=FLAGS.temperature,
-                       puzzles=FLAGS.puzzles))
+  print(_reading_a_workdir(lambda: sample_workdir(
+      FLAGS.workdir, num=FLAGS.num, steps=FLAGS.steps, order=FLAGS.order, seed=FLAGS.seed,
+      prior=FLAGS.prior, temperature=FLAGS.temperature, puzzles=FLAGS.puzzles)))
 
 
 def _define_train_flags(argv):

@@ -175,7 +175,10 @@ def evaluate_run(config, model, dataset, params, workdir, writer=None,
 
 def evaluate_workdir(workdir, data: str | None = None, settings: str | None = None,
                      output: str | None = None) -> dict:
-  """Evaluates the latest checkpoint (EMA weights) of a trained ``workdir``.
+  """Evaluates the EMA weights of the newest intact checkpoint of a trained
+  ``workdir`` (``load.load``: a newer step that is unreadable or not finite is
+  skipped with one warning line and left in place; nothing in the workdir but
+  ``output`` is written, so a training run may hold it meanwhile).
 
   ``data``: another evaluation file (a Sudoku CSV, or a .npy probability table);
   ``settings``: ORDER:NFE pairs replacing ``eval.settings``. Writes ``output``

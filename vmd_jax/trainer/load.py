@@ -4,13 +4,19 @@
 >>> x_init = jnp.full((4, 4), model.vocab_size)                  # doctest: +SKIP
 >>> samples, calls = model.sample(params, jax.random.key(0), x_init, 4, "random")  # doctest: +SKIP
 
-Only the EMA parameters are read from the latest checkpoint (no optimizer
-state); ``params`` has the layout ``MaskedDiffusion.init`` gives.
+Only the EMA parameters are read (no optimizer state), from the newest
+checkpoint whose EMA parameters read back whole and finite; ``params`` has the
+layout ``MaskedDiffusion.init`` gives. A newer step that does not (truncated or
+missing files, NaN) is skipped with one warning line naming it. Loading is
+read-only: the bad step is left where it is, and nothing in the workdir is
+created, moved or removed, so it is safe while a training run holds the workdir
+(its next start moves the bad step to ``checkpoints_corrupt/``).
 """
 
 from __future__ import annotations
 
 import jax
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -36,7 +42,12 @@ def load_config(workdir) -> ml_collections.ConfigDict:
 
 
 def load(workdir, step: int | None = None) -> tuple[MaskedDiffusion, dict, ml_collections.ConfigDict]:
-  """(model, EMA params of ``step`` (default: the latest), config) of a run."""
+  """(model, EMA params, config) of a run: the EMA params of ``step``, or by
+  default of the newest intact step (see the module docstring).
+
+  Raises ``checkpoint.CheckpointError`` in one line when ``step`` is missing,
+  unreadable or not finite (an explicit step never falls back), or when no step
+  of ``workdir`` is intact."""
   config = load_config(workdir)
   shape_path = io.as_path(workdir) / SHAPE_FILE
   if shape_path.exists():
@@ -47,9 +58,13 @@ def load(workdir, step: int | None = None) -> tuple[MaskedDiffusion, dict, ml_co
     vocab_size, seq_len = dataset.vocab_size, dataset.seq_len
   model = build.build_model(config, vocab_size, seq_len)
   abstract = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, seq_len), np.int32))
-  ckpt = checkpoint.Checkpointer(io.as_path(workdir) / "checkpoints")
+  ckpt = checkpoint.Checkpointer(io.as_path(workdir) / "checkpoints", read_only=True)
   try:
-    params = ckpt.restore_subtree("ema_params", abstract, step)
+    if step is None:
+      step, params = ckpt.restore_newest_intact_subtree("ema_params", abstract)
+    else:
+      params = ckpt.restore_subtree("ema_params", abstract, step)
   finally:
     ckpt.close()
+  logging.info("Loaded the EMA parameters of step %d from %s", step, ckpt.directory)
   return model, params, config
