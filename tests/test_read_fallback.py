@@ -51,7 +51,7 @@ def trained(tmp_path_factory):
 
 def corrupt_copy(trained, destination):
   """A copy of the run whose steps 20 (saved here, NaN in one EMA leaf), 15
-  (every data file truncated) and 10 (manifest deleted) are bad; 5 is intact.
+  (every data file truncated to 0 bytes) and 10 (manifest deleted) are bad; 5 is intact.
   Also an in-progress save of step 25 (orbax's temporary directory) that a
   training run holding the workdir might be writing."""
   workdir, states = trained
@@ -65,8 +65,8 @@ def corrupt_copy(trained, destination):
   ckpt.save(20, state.replace(ema_params=jax.tree.unflatten(treedef, leaves)), force=True)
   ckpt.close()
   for data_file in (ckpts / "15" / "default" / "ocdbt.process_0" / "d").iterdir():
-    with open(data_file, "r+b") as f:
-      f.truncate(data_file.stat().st_size // 2)
+    with open(data_file, "r+b") as f:  # to 0: which half holds ema_params varies by run
+      f.truncate(0)
   (ckpts / "10" / "default" / "manifest.ocdbt").unlink()
   in_progress = ckpts / "25.orbax-checkpoint-tmp-1700000000000000"
   in_progress.mkdir()
@@ -156,8 +156,8 @@ def test_evaluate_uses_the_newest_intact_step_and_touches_no_checkpoint(trained,
   got = json.loads((workdir / "eval.json").read_text())
   np.testing.assert_allclose(got["nelbo"]["nelbo_nats_per_token"],
                              expected["nelbo"]["nelbo_nats_per_token"], rtol=1e-6)
-  newest = evaluate.evaluate_run(c, model, data, trained[1][15].ema_params, str(tmp_path))
-  assert newest["nelbo"]["nelbo_nats_per_token"] != got["nelbo"]["nelbo_nats_per_token"]
+  assert not np.array_equal(jax.tree.leaves(trained[1][5].ema_params)[0],
+                            jax.tree.leaves(trained[1][15].ema_params)[0])  # steps differ
 
 
 def test_evaluate_without_an_intact_step_is_one_line_and_exit_2(trained, tmp_path):
@@ -166,8 +166,11 @@ def test_evaluate_without_an_intact_step_is_one_line_and_exit_2(trained, tmp_pat
   before = snapshot(workdir)
   out = run_cli("evaluate", f"--workdir={workdir}")
   assert out.returncode == 2, out.stderr[-3000:]
-  last = out.stderr.strip().splitlines()[-1]
-  assert last == (f"vmd-jax evaluate: error: no intact checkpoint in {workdir}/checkpoints: "
-                  "steps 20, 15, 10, 5 are unreadable or not finite"), out.stderr[-3000:]
-  assert "Traceback" not in out.stderr
+  line = (f"vmd-jax evaluate: error: no intact checkpoint in {workdir}/checkpoints: steps 20, "
+          "15, 10, 5 are unreadable or not finite\n")
+  assert out.stderr.count("vmd-jax evaluate:") == 1 and line in out.stderr, out.stderr[-3000:]
+  # No traceback through our code. (After a truncated file, tensorstore's threads may
+  # print "RuntimeError: Event loop is closed" tracebacks of orbax's closed event loop,
+  # at any moment, even in the middle of a line.)
+  assert "/vmd_jax/" not in "".join(l for l in out.stderr.splitlines() if 'File "' in l)
   assert snapshot(workdir) == before
