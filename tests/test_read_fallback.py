@@ -51,7 +51,7 @@ def trained(tmp_path_factory):
 
 def corrupt_copy(trained, destination):
   """A copy of the run whose steps 20 (saved here, NaN in one EMA leaf), 15
-  (every data file truncated) and 10 (manifest deleted) are bad; 5 is intact.
+  (every data file truncated to 0 bytes) and 10 (manifest deleted) are bad; 5 is intact.
   Also an in-progress save of step 25 (orbax's temporary directory) that a
   training run holding the workdir might be writing."""
   workdir, states = trained
@@ -65,8 +65,8 @@ def corrupt_copy(trained, destination):
   ckpt.save(20, state.replace(ema_params=jax.tree.unflatten(treedef, leaves)), force=True)
   ckpt.close()
   for data_file in (ckpts / "15" / "default" / "ocdbt.process_0" / "d").iterdir():
-    with open(data_file, "r+b") as f:
-      f.truncate(data_file.stat().st_size // 2)
+    with open(data_file, "r+b") as f:  # to 0: which half holds ema_params varies by run
+      f.truncate(0)
   (ckpts / "10" / "default" / "manifest.ocdbt").unlink()
   in_progress = ckpts / "25.orbax-checkpoint-tmp-1700000000000000"
   in_progress.mkdir()
