@@ -18,5 +18,5 @@ else:
 
 
 def pytest_unconfigure(config):
-  if _CACHE is not None and not hasattr(config, "workerinput"):
+  if _CACHE is not None:  # the process that made it
     shutil.rmtree(_CACHE, ignore_errors=True)

@@ -102,18 +102,35 @@ class Checkpointer:
     """Restores the newest step that reads back whole with finite values into the
     structure of ``target``; each newer step that does not is moved aside (see
     the module docstring). Returns the state, or None when no step is left."""
-    for step in sorted(self._manager.all_steps(), reverse=True):
-      try:
-        state = self.restore(target, step)
-        problem = None if all_finite(state) else "holds non-finite values"
-      except CheckpointError as e:
-        state, problem = None, f"could not be restored ({_first_line(e.__cause__ or e)})"
-      if _on_every_process(problem is None):
-        return state
+    def read(step):
+      state = self.restore(target, step)
+      if not all_finite(state):
+        raise CheckpointError("holds non-finite values")
+      return state
+
+    def set_aside(step, error):
+      problem = ("failed on another process" if error is None else
+                 f"could not be restored ({_first_line(error.__cause__)})" if error.__cause__
+                 else str(error))
       moved = self.move_aside(step)
       logging.warning("Checkpoint step %d in %s %s: moved to %s; trying the step before it",
-                      step, self.directory, problem or "failed on another process", moved)
-    return None
+                      step, self.directory, problem, moved)
+
+    return self._newest_readable(read, set_aside)[1]
+
+  def _newest_readable(self, read, on_bad):
+    """(step, ``read(step)``) of the newest step that every process reads without
+    ``CheckpointError``, or (None, None). ``on_bad(step, error)`` is called for each
+    newer step, newest first; ``error`` is None where only another process failed."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        tree, error = read(step), None
+      except CheckpointError as e:
+        tree, error = None, e
+      if _on_every_process(error is None):
+        return step, tree
+      on_bad(step, error)
+    return None, None
 
   def move_aside(self, step: int) -> epath.Path:
     """Moves step ``step`` to ``<directory>_corrupt/<step>[.N]`` (process 0) and
@@ -171,16 +188,16 @@ class Checkpointer:
     a one-line warning naming it and left where it is (see the module docstring);
     every process picks the same step. ``CheckpointError`` when none is intact."""
     skipped = []
-    for step in sorted(self._manager.all_steps(), reverse=True):
-      try:
-        tree, problem = self.restore_subtree(name, target, step), None
-      except CheckpointError as e:
-        tree, problem = None, str(e)
-      if _on_every_process(problem is None):
-        return step, tree
+
+    def skip(step, error):
       logging.warning("%s: skipped, left in place; trying the step before it",
-                      problem or f"checkpoint step {step} failed on another process")
+                      error or f"checkpoint step {step} failed on another process")
       skipped.append(step)
+
+    step, tree = self._newest_readable(lambda step: self.restore_subtree(name, target, step),
+                                       skip)
+    if step is not None:
+      return step, tree
     if not skipped:
       raise CheckpointError(f"no checkpoint found in {self.directory}")
     raise CheckpointError(f"no intact checkpoint in {self.directory}: steps "
