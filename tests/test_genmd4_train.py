@@ -148,6 +148,7 @@ def test_main_end_to_end_exponents_move_logged_and_restored(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert "genmd4/w_9=" in out.stderr and "score=" in out.stderr
   result = json.loads((workdir / "eval.json").read_text())
+  assert result["step"] == 20  # the final step's EMA parameters
   w_eval = np.array([result["schedule"][f"genmd4/w_{v}"] for v in range(10)])
   assert np.all(w_eval > 0) and np.max(np.abs(w_eval - 1.0)) > 0.05, w_eval
   assert result["samples"]["ancestral:2"]["nfe"] <= 2

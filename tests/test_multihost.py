@@ -46,7 +46,8 @@ def start_processes(args, logs_dir, num=2, entry=("-m", "vmd_jax.main"), env=Non
   for i in range(num):
     env_i = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                  JAX_NUM_PROCESSES=str(num), JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu",
-                 XLA_FLAGS="--xla_force_host_platform_device_count=2", **(env or {}))
+                 XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
+                 **(env or {}))
     logs.append(logs_dir / f"{tag}_{i}.log")
     with open(logs[-1], "w") as log:
       procs.append(subprocess.Popen([sys.executable, *entry, "--distributed", *args], cwd=REPO,

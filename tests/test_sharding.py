@@ -52,7 +52,7 @@ def test_peak_flops_table_and_override():
 
 EIGHT_DEVICES = r"""
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 import time
 import jax, numpy as np
 T0 = time.time()
@@ -152,7 +152,7 @@ assert split.sharding.is_equivalent_to(sharding.batch_sharding(mesh), 2)
 assert {s.data.shape for s in split.addressable_shards} == {(12, 3)}
 np.testing.assert_array_equal(np.asarray(split), rows)
 assert sharding.split_rows(rows[:4], mesh).sharding.is_fully_replicated
-c.eval.settings = "random:2,top_prob_margin:2"
+c.eval.settings = "top_prob_margin:2"
 c.eval.num_samples, c.eval.batch_size = 196, 96
 assert c.prior.kind == "mixture"
 draws = {}
@@ -161,8 +161,7 @@ for name, m in (("one", sharding.data_parallel_mesh(jax.devices()[:1])), ("eight
   draws[name] = evaluate.sample_metrics(model, params, data, c, key,
                                         os.path.join(workdir, name), m)
 print("samples 1 device", draws["one"], "8 devices", draws["eight"])
-assert set(draws["one"]) == {"random:2", "top_prob_margin:2", "random:2/mixture",
-                             "top_prob_margin:2/mixture"}
+assert set(draws["one"]) == {"top_prob_margin:2", "top_prob_margin:2/mixture"}
 assert draws["one"] == draws["eight"]
 stage("sampled")
 print("OK")

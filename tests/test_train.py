@@ -132,7 +132,7 @@ def test_corrupt_only_checkpoint_is_moved_aside_and_the_run_starts_over(tmp_path
 
 EIGHT_DEVICES = r"""
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 import jax, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))

@@ -149,13 +149,14 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
 
 
 def evaluate_run(config, model, dataset, params, workdir, writer=None,
-                 output: str = "eval.json", mesh=None) -> dict:
+                 output: str = "eval.json", mesh=None, step: int | None = None) -> dict:
   """Runs every evaluation, writes ``output`` in ``workdir`` and returns it.
-  ``mesh``: the devices to use (default: data parallel over every device)."""
+  ``mesh``: the devices to use (default: data parallel over every device);
+  ``step``: the training step of ``params``, recorded as ``"step"``."""
   mesh = mesh or sharding.data_parallel_mesh()
   key = jax.random.key(config.seed + 12345)
   k_nelbo, k_samples = jax.random.split(key)
-  result = {"model": config.model.kind, "data": config.data.name,
+  result = {"model": config.model.kind, "data": config.data.name, "step": step,
             "nelbo": nelbo_metrics(model, params, dataset, config, k_nelbo, mesh),
             "samples": sample_metrics(model, params, dataset, config, k_samples, workdir,
                                       mesh)}
@@ -169,7 +170,7 @@ def evaluate_run(config, model, dataset, params, workdir, writer=None,
       for name, metrics in result["samples"].items():
         scalars.update({f"eval/{name}/{k}": v for k, v in metrics.items()
                         if isinstance(v, (int, float))})
-      writer.write_scalars(config.train.num_steps, scalars)
+      writer.write_scalars(config.train.num_steps if step is None else step, scalars)
   return result
 
 
@@ -187,9 +188,9 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   from etils import epath
 
   from vmd_jax.trainer import build
-  from vmd_jax.trainer.load import load
+  from vmd_jax.trainer.load import load_with_step
 
-  model, params, config = load(workdir)
+  model, params, config, step = load_with_step(workdir)
   if data:
     if not epath.Path(data).exists():
       raise FileNotFoundError(f"evaluation data not found: {data}")
@@ -214,4 +215,4 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   check_settings(config, model, dataset.seq_len)
   if output is None:
     output = f"eval_{epath.Path(data).stem}.json" if data else "eval.json"
-  return evaluate_run(config, model, dataset, params, workdir, output=output)
+  return evaluate_run(config, model, dataset, params, workdir, output=output, step=step)

@@ -48,6 +48,12 @@ def load(workdir, step: int | None = None) -> tuple[MaskedDiffusion, dict, ml_co
   Raises ``checkpoint.CheckpointError`` in one line when ``step`` is missing,
   unreadable or not finite (an explicit step never falls back), or when no step
   of ``workdir`` is intact."""
+  return load_with_step(workdir, step)[:3]
+
+
+def load_with_step(workdir, step: int | None = None
+                   ) -> tuple[MaskedDiffusion, dict, ml_collections.ConfigDict, int]:
+  """``load`` and the step whose parameters it read."""
   config = load_config(workdir)
   shape_path = io.as_path(workdir) / SHAPE_FILE
   if shape_path.exists():
@@ -67,4 +73,4 @@ def load(workdir, step: int | None = None) -> tuple[MaskedDiffusion, dict, ml_co
   finally:
     ckpt.close()
   logging.info("Loaded the EMA parameters of step %d from %s", step, ckpt.directory)
-  return model, params, config
+  return model, params, config, step

@@ -132,7 +132,7 @@ def _train_and_evaluate(config, workdir) -> dict:
     with preemption.StopSignals(ckpt.reached_preemption) as stop:
       _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt, stop)
     result = evaluate.evaluate_run(config, model, dataset, state_box[0].ema_params, workdir,
-                                   writer, mesh=mesh)
+                                   writer, mesh=mesh, step=int(state_box[0].step))
   finally:
     ckpt.close()
     writer.close()
