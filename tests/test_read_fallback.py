@@ -171,8 +171,9 @@ def test_evaluate_without_an_intact_step_is_one_line_and_exit_2(trained, tmp_pat
   line = (f"vmd-jax evaluate: error: no intact checkpoint in {workdir}/checkpoints: steps 20, "
           "15, 10, 5 are unreadable or not finite\n")
   assert out.stderr.count("vmd-jax evaluate:") == 1 and line in out.stderr, out.stderr[-3000:]
-  # No traceback through our code. (After a truncated file, tensorstore's threads may
-  # print "RuntimeError: Event loop is closed" tracebacks of orbax's closed event loop,
-  # at any moment, even in the middle of a line.)
-  assert "/vmd_jax/" not in "".join(l for l in out.stderr.splitlines() if 'File "' in l)
+  # No traceback at all: tensorstore's "Event loop is closed" reports from its threads
+  # (finishing reads of the truncated step after orbax closed its event loop; most
+  # runs print several) are dropped by the CLI.
+  assert "Traceback" not in out.stderr and "Event loop is closed" not in out.stderr, \
+      out.stderr[-3000:]
   assert snapshot(workdir) == before

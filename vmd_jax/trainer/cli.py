@@ -111,6 +111,27 @@ def _exit_now(code: int):
   os._exit(code)
 
 
+def _is_closed_loop_callback(exc_type, exc, tb) -> bool:
+  """True for ``RuntimeError("Event loop is closed")`` raised in
+  ``call_soon_threadsafe`` called straight from a foreign thread: tensorstore's
+  threads finishing reads of a checkpoint orbax has already given up on (a
+  truncated file), after orbax closed its event loop. Nothing is lost."""
+  return (exc_type is RuntimeError and str(exc) == "Event loop is closed"
+          and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
+
+
+def _drop_closed_loop_callbacks():
+  """Keeps tracebacks of ``_is_closed_loop_callback`` (reported by tensorstore
+  through ``sys.unraisablehook``, at any moment, even mid-line) out of stderr."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
+                                    unraisable.exc_traceback):
+      previous(unraisable)
+  sys.unraisablehook = hook
+
+
 def _flags_parser(argv):
   try:
     return FLAGS(argv)
@@ -236,6 +257,7 @@ def run_command(command: str, argv: list[str]):
     argv = define(argv)
 
     def guarded(args):
+      _drop_closed_loop_callbacks()
       try:
         return main(args)
       except InputError as e:
