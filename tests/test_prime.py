@@ -519,6 +519,33 @@ def test_nfe_and_idle_counts(joint):
   assert int(nfe) == 0  # nothing to generate: no call
 
 
+@pytest.mark.parametrize("given", [False, True])
+def test_skipping_steps_is_exact_for_a_time_conditioned_denoiser(given):
+  """A denoiser whose logits move with t: the ancestral sampler skipping the steps
+  that reveal nothing (decided before the call) draws the same digits as a call at
+  every step, from the same key, for every row of a batch whose rows reveal at
+  different steps; also from a partly given start. (Reusing the logits of an
+  earlier t, as this sampler once did, fails here.) The confidence orders reveal
+  something at every step until nothing is masked, so they have nothing to skip."""
+  def moving(x_t, t):  # the preferred token swings between 0 and 4 as t moves
+    ramp = jnp.linspace(-2.0, 2.0, V)
+    return jnp.broadcast_to(4.0 * jnp.cos(40.0 * t)[:, None, None] * ramp,
+                            x_t.shape[:2] + (V,))
+
+  sched = get_schedule("linear")
+  x_init = jnp.full((16, N, L), CODE.mask_id, jnp.int32)
+  if given:  # the first digit of position 0 given as 1
+    x_init = x_init.at[:, 0, 0].set(1)
+  run = jit(lambda k: [prime.sample(moving, k, x_init, 300, sched, CODE, "ancestral",
+                                    reuse_logits=reuse, return_nfe=True)
+                       for reuse in (True, False)])
+  for seed in range(3):
+    (skipped, nfe), (every, nfe_every) = run(jax.random.key(seed))
+    np.testing.assert_array_equal(skipped, every)
+    assert int(nfe_every) == 300 and int(nfe) < 100, int(nfe)
+    assert len(np.unique(np.asarray(CODE.from_digits(skipped)))) > 2  # draws depend on t
+
+
 def test_idle_steps_match_the_closed_form():
   sched = get_schedule("linear")
   code = prime.DigitCode(27, 2)

@@ -517,25 +517,55 @@ def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, al
     reveal = _reveal_top(scores, masked.reshape(batch_size, -1),
                          jnp.ones((batch_size,), jnp.int32)).reshape(x.shape)
   elif order == "ancestral":
-    alpha_t = jnp.broadcast_to(alpha_t, (batch_size,))[:, None, None]
-    alpha_s = jnp.broadcast_to(alpha_s, (batch_size,))[:, None, None]
-    p_reveal = jnp.where(last, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
-    reveal = masked & (jax.random.uniform(reveal_key, x.shape) < p_reveal)
+    reveal = _ancestral_reveal(reveal_key, masked, alpha_t, alpha_s, last)
   else:
-    ratio = (1.0 - alpha_s) / (1.0 - alpha_t)
+    candidates = _candidates(masked, unit)
     if unit == "token":
-      candidates = jnp.any(masked, axis=-1)  # [B, N]
       scores = _confidence(log_probs, order, reveal_key)
     else:
-      candidates = masked.reshape(batch_size, -1)
       scores = _confidence(digit_log_probs(logits, x, code), order, reveal_key)
       scores = scores.reshape(batch_size, -1)
-    num_masked = jnp.sum(candidates, axis=-1)
-    keep = jnp.floor(num_masked * ratio + 1e-6).astype(jnp.int32)  # 1e-6: round-off
-    keep = jnp.where(last, 0, keep)
-    chosen = _reveal_top(scores, candidates, num_masked - keep)
+    chosen = _reveal_top(scores, candidates,
+                         _confidence_count(candidates, alpha_t, alpha_s, last))
     reveal = masked & (chosen[..., None] if unit == "token" else chosen.reshape(x.shape))
   return jnp.where(reveal, values, x)
+
+
+def _ancestral_reveal(reveal_key, masked, alpha_t, alpha_s, last):
+  """Each masked digit with probability (alpha_s - alpha_t) / (1 - alpha_t), all
+  when ``last``: bool like ``masked`` [B, N, l]."""
+  alpha_t = jnp.broadcast_to(alpha_t, masked.shape[:1])[:, None, None]
+  alpha_s = jnp.broadcast_to(alpha_s, masked.shape[:1])[:, None, None]
+  p_reveal = jnp.where(last, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
+  return masked & (jax.random.uniform(reveal_key, masked.shape) < p_reveal)
+
+
+def _candidates(masked, unit):
+  """The units a confidence order ranks: positions with a masked digit [B, N]
+  (``unit="token"``) or masked digits [B, N l]."""
+  return jnp.any(masked, axis=-1) if unit == "token" else masked.reshape(masked.shape[0], -1)
+
+
+def _confidence_count(candidates, alpha_t, alpha_s, last):
+  """m - floor(m (1 - alpha_s) / (1 - alpha_t)) units to reveal (m when ``last``),
+  m = the candidates per row, int32 [B]."""
+  num_masked = jnp.sum(candidates, axis=-1)
+  keep = jnp.floor(num_masked * (1.0 - alpha_s) / (1.0 - alpha_t) + 1e-6).astype(jnp.int32)
+  return num_masked - jnp.where(last, 0, keep)  # 1e-6: round-off
+
+
+def reveals_any(key, x, code: DigitCode, order: str, *, alpha_t=None, alpha_s=None,
+                last=False, unit: str = "token"):
+  """Whether ``reveal_step`` with the same arguments reveals a digit of each row,
+  bool [B], decided without the logits: which digits an ancestral step reveals,
+  and how many units a confidence step reveals, do not depend on them."""
+  masked = x == code.mask_id
+  if order == "ancestral":
+    _, reveal_key = jax.random.split(key)
+    return jnp.any(_ancestral_reveal(reveal_key, masked, alpha_t, alpha_s, last), axis=(1, 2))
+  if order == "first_hitting":
+    return jnp.any(masked, axis=(1, 2))
+  return _confidence_count(_candidates(masked, unit), alpha_t, alpha_s, last) > 0
 
 
 def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: DigitCode,
@@ -571,8 +601,10 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     unit: "token" or "digit", the unit ranked by the confidence orders.
     temperature, top_p: applied to the renormalised token distribution; 0 is greedy.
     grid: "linear" or "cosine" (``schedules.time_grid``).
-    reuse_logits: skip the network when no digit changed at the last step or no
-      digit is left to generate (then ``nfe`` = T - idle steps for one sequence).
+    reuse_logits: skip the network at a step that reveals no digit of any row
+      (``reveals_any``, decided before the call); exact for any denoiser, time-
+      conditioned ones included, since a step that reveals nothing changes nothing
+      (then ``nfe`` = T - idle steps for one sequence). False: a call every step.
     return_nfe: also return the number of network calls (int32 scalar).
     return_idle: also return, per sequence, the number of steps in which no digit
       changed (int32 [B]).
@@ -607,23 +639,24 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     return s, s
 
   def body(i, carry):
-    x, logits, changed, nfe, t_prev, idle = carry
+    x, nfe, t_prev, idle = carry
     time_key, step_key = jax.random.split(jax.random.fold_in(key, i))
     t, s = step_times(i, x, t_prev, time_key)
-    call = (changed & jnp.any(x == mask_id)) if reuse_logits else jnp.bool_(True)
-    logits = jax.lax.cond(call, lambda: denoise_fn(x, t).astype(jnp.float32),
-                          lambda: logits)
-    x_new = reveal_step(step_key, x, logits, code, order, alpha_t=schedule.alpha(t),
-                        alpha_s=schedule.alpha(s), last=i == num_iters - 1, unit=unit,
-                        temperature=temperature, top_p=top_p)
+    step = dict(alpha_t=schedule.alpha(t), alpha_s=schedule.alpha(s), last=i == num_iters - 1,
+                unit=unit)
+    call = (jnp.any(reveals_any(step_key, x, code, order, **step)) if reuse_logits
+            else jnp.bool_(True))
+    x_new = jax.lax.cond(
+        call,
+        lambda: reveal_step(step_key, x, denoise_fn(x, t).astype(jnp.float32), code, order,
+                            temperature=temperature, top_p=top_p, **step),
+        lambda: x)
     same = jnp.all(x_new == x, axis=(1, 2))
-    return (x_new, logits, ~jnp.all(same), nfe + call.astype(jnp.int32), s,
-            idle + same.astype(jnp.int32))
+    return (x_new, nfe + call.astype(jnp.int32), s, idle + same.astype(jnp.int32))
 
-  init = (x_init, jnp.zeros((batch_size, length, code.vocab_size), jnp.float32),
-          jnp.any(x_init == mask_id), jnp.int32(0), jnp.ones((batch_size,), jnp.float32),
+  init = (x_init, jnp.int32(0), jnp.ones((batch_size,), jnp.float32),
           jnp.zeros((batch_size,), jnp.int32))
-  x, _, _, nfe, _, idle = jax.lax.fori_loop(0, num_iters, body, init)
+  x, nfe, _, idle = jax.lax.fori_loop(0, num_iters, body, init)
   out = (x,) + ((nfe,) if return_nfe else ()) + ((idle,) if return_idle else ())
   return out[0] if len(out) == 1 else out
 
