@@ -103,3 +103,18 @@ def test_evaluate_on_a_table_file_reads_its_shape(trained, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert (workdir / "eval_table.json").is_file()
   assert '"random:2"' in out.stdout
+
+
+def test_a_run_from_before_a_config_field_loads_with_its_default(tmp_path):
+  """config.json written before eval.prime_unit existed: load_config fills it in
+  (and any other missing field) from base_config, keeping every saved value."""
+  import json
+  from vmd_jax.trainer.load import load_config
+  saved = tiny_config("md4").to_dict()
+  saved["train"]["lr"] = 0.0123
+  del saved["eval"]["prime_unit"]
+  del saved["mesh"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config = load_config(tmp_path)
+  assert config.eval.prime_unit == "token" and config.mesh.data == -1
+  assert config.train.lr == 0.0123 and config.model.width == 16

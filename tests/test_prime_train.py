@@ -199,15 +199,30 @@ def test_text8_fixture_with_prime(tmp_path):
   c.model.width, c.model.depth, c.model.num_heads, c.model.dropout = 16, 1, 2, 0.0
   c.train.batch_size, c.train.num_steps, c.train.warmup_steps = 8, 3, 1
   c.train.log_every = c.train.checkpoint_every = 3
-  c.eval.batch_size, c.eval.nelbo_samples, c.eval.settings = 64, 1, "ancestral:4"
-  result = train.train_and_evaluate(config_lib.validate(c), str(tmp_path / "run"))
+  c.eval.batch_size, c.eval.nelbo_samples, c.eval.settings = 64, 1, "top_prob:4"
+  c.eval.prime_unit = "digit"
+  units = []
+
+  def spy(*args, **kwargs):  # eval.prime_unit reaches Prime's sampler
+    units.append(kwargs.get("unit"))
+    return sample(*args, **kwargs)
+
+  sample = prime.sample
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(prime, "sample", spy)
+    result = train.train_and_evaluate(config_lib.validate(c), str(tmp_path / "run"))
+  assert units and set(units) == {"digit"}
   bpc = result["nelbo"]["nelbo_bits_per_token"]
   assert math.log2(27) * 0.5 < bpc < math.log2(27) * 3
-  text = result["samples"]["ancestral:4"]["text"]
+  text = result["samples"]["top_prob:4"]["text"]
   assert text and all(set(s) <= set("abcdefghijklmnopqrstuvwxyz ") for s in text)
 
 
 def test_config_checks_prime_digits():
+  c = tiny()
+  c.eval.prime_unit = "cell"
+  with pytest.raises(ValueError, match=r"config.eval.prime_unit = 'cell'"):
+    config_lib.validate(c)
   c = tiny()
   c.diffusion.prime_digits = 0
   with pytest.raises(ValueError, match=r"config.diffusion.prime_digits = 0; must be an int >= 1"):

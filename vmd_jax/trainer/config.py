@@ -124,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.temperature = 1.0
   c.eval.top_p = 1.0
   c.eval.grid = "linear"
+  c.eval.prime_unit = "token"         # MDM-Prime's confidence orders rank "token"s or "digit"s
   c.eval.nelbo_samples = 1            # time samples per sequence for the NELBO / BPC
   return c
 
@@ -327,6 +328,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if not 0.0 < e.top_p <= 1.0:
     raise ValueError(f"config.eval.top_p = {e.top_p!r}; must be in (0, 1]")
   _one_of("eval.grid", e.grid, ("linear", "cosine"))
+  _one_of("eval.prime_unit", e.prime_unit, ("token", "digit"))
   parse_eval_settings(e.settings)
   return config
 

@@ -130,12 +130,13 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
   """The dataset's ``score_samples`` for every ORDER:NFE setting and prior."""
   e = config.eval
   top_p = None if e.top_p >= 1.0 else e.top_p
+  unit = {"unit": e.prime_unit} if model.prime_code else {}
   results = {}
   for suffix, prior in priors(model, params, dataset, config, workdir, mesh).items():
     @functools.partial(jax.jit, static_argnums=(3, 4), out_shardings=sharding.replicated(mesh))
     def draw(params, key, x_init, nfe, order, prior=prior):
       return model.sample(params, key, x_init, nfe, order, prior=prior,
-                          temperature=e.temperature, top_p=top_p, grid=e.grid)
+                          temperature=e.temperature, top_p=top_p, grid=e.grid, **unit)
 
     for order, nfe in config_lib.parse_eval_settings(e.settings):
       name = f"{order}:{nfe}{suffix}"

@@ -34,11 +34,23 @@ def write_data_shape(workdir, vocab_size: int, seq_len: int) -> None:
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-  """The validated config a run in ``workdir`` was trained with."""
+  """The validated config a run in ``workdir`` was trained with; a field added to
+  ``config.base_config`` after the run was made takes its default."""
   path = io.as_path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: is {workdir} a vmd_jax workdir?")
-  return config_lib.validate(ml_collections.ConfigDict(io.read_json(path)))
+  config = ml_collections.ConfigDict(io.read_json(path))
+  _fill_missing(config, config_lib.base_config())
+  return config_lib.validate(config)
+
+
+def _fill_missing(config, defaults) -> None:
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key],
+                                                                   ml_collections.ConfigDict):
+      _fill_missing(config[key], value)
 
 
 def load(workdir, step: int | None = None) -> tuple[MaskedDiffusion, dict, ml_collections.ConfigDict]:
