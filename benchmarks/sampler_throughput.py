@@ -23,7 +23,8 @@ kv_prefix
 
   python benchmarks/sampler_throughput.py --output=benchmarks/results_cpu.json
 
-Defaults: md4's text8 model cut to 4 layers of width 256 (4 heads), batch
+Defaults: md4's text8 model (``configs/text8_md4.py``'s network) cut to 4 layers
+of width 256 (4 heads; 3,702,336 parameters, as md4's), batch
 16 x 256, V = 27, a CPU-sized run. md4's full text8 size is
 --width=768 --depth=12 --num_heads=12, for a GPU.
 """
@@ -44,6 +45,7 @@ from absl import app, flags
 from vmd_jax import block, sampling
 from vmd_jax.networks import Denoiser, adapters
 from vmd_jax.schedules import get_schedule
+from vmd_jax.trainer import build, config as config_lib
 
 flags.DEFINE_list("parts", ["one_block", "blocks", "kv_prefix"], "Which parts to run.")
 flags.DEFINE_integer("length", 256, "Sequence length L.")
@@ -59,6 +61,8 @@ flags.DEFINE_string("order", "top_prob", "Order inside a block (top_prob reveals
                     "number of tokens per step, so every step is a network call).")
 flags.DEFINE_list("kv_lengths", ["256", "2048"], "L of the kv_prefix rows.")
 flags.DEFINE_integer("kv_block", 4, "L' of the kv_prefix rows.")
+flags.DEFINE_string("config", "configs/text8_md4.py", "The config whose network is timed "
+                    "(md4's), cut to --width/--depth/--num_heads, dropout 0.")
 flags.DEFINE_integer("width", 256, "Denoiser width.")
 flags.DEFINE_integer("depth", 4, "Denoiser depth.")
 flags.DEFINE_integer("num_heads", 4, "Attention heads.")
@@ -213,8 +217,10 @@ def main(argv):
   for b in block_sizes:
     if b < 1 or FLAGS.length % b:
       raise app.UsageError(f"block size {b} does not divide --length={FLAGS.length}")
-  model = Denoiser(vocab_size=FLAGS.vocab_size, width=FLAGS.width, depth=FLAGS.depth,
-                   num_heads=FLAGS.num_heads)
+  c = config_lib.load_config_file(FLAGS.config)
+  c.model.width, c.model.depth, c.model.num_heads = FLAGS.width, FLAGS.depth, FLAGS.num_heads
+  c.model.dropout = 0.0
+  model = build.build_denoiser(c, FLAGS.vocab_size, FLAGS.length)
   params = init_params(model, FLAGS.length)
   rows = []
   if "one_block" in FLAGS.parts:
@@ -234,7 +240,7 @@ def main(argv):
       "load_average": os.getloadavg(),
       "jax": jax.__version__,
       "settings": {k: FLAGS[k].value for k in (
-          "parts", "length", "batch", "ancestral_steps", "dense_steps", "block_sizes",
+          "config", "parts", "length", "batch", "ancestral_steps", "dense_steps", "block_sizes",
           "block_batch", "cache_segments", "steps_per_block", "order", "kv_lengths", "kv_block", "width",
           "depth", "num_heads", "vocab_size", "repeats")},
       "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
