@@ -23,6 +23,7 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensiv
 HEAVY_FILES = ("test_prime_train.py", "test_sharding.py", "test_multihost.py",
                "test_train.py", "test_block_model.py", "test_real_data.py",
                "test_faults.py", "test_cli.py", "test_genmd4_train.py", "test_readme.py",
+               "test_benchmarks.py",
                "test_sampling.py", "test_read_fallback.py", "test_prime.py", "test_block.py")
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # xdist workers inherit the controller's
