@@ -3,6 +3,7 @@
 import math
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -398,3 +399,21 @@ def test_vmd_loss_runs_with_the_models():
                         x0, jax.random.key(1), get_schedule("linear"))
   chex.assert_shape(out["loss"], (B,))
   assert np.all(np.isfinite(out["loss"])) and np.all(out["kl"] >= 0)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_split_dense_is_one_dense_split(use_bias):
+  """SplitDense has nn.Dense(2F)'s parameters, drawn alike from the same key (so
+  checkpoints of the fused GLU load), and returns that Dense's output split in two."""
+  from vmd_jax.networks.transformer import SplitDense
+  x = jax.random.normal(jax.random.key(1), (2, 5, 16))
+  split, dense = SplitDense(24, 2, use_bias), nn.Dense(48, use_bias=use_bias)
+  params = split.init(jax.random.key(0), x)
+  fused = dense.init(jax.random.key(0), x)
+  assert jax.tree.structure(params) == jax.tree.structure(fused)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fused)):
+    np.testing.assert_array_equal(a, b)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
+  a, b = split.apply(params, x)
+  whole = dense.apply(params, x)
+  np.testing.assert_allclose(jnp.concatenate([a, b], -1), whole, rtol=1e-5, atol=1e-6)
