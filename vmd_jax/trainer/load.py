@@ -39,18 +39,9 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   path = io.as_path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: is {workdir} a vmd_jax workdir?")
-  config = ml_collections.ConfigDict(io.read_json(path))
-  _fill_missing(config, config_lib.base_config())
+  config = config_lib.base_config()
+  config.update(io.read_json(path))  # recursive: the saved values over the defaults
   return config_lib.validate(config)
-
-
-def _fill_missing(config, defaults) -> None:
-  for key, value in defaults.items():
-    if key not in config:
-      config[key] = value
-    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key],
-                                                                   ml_collections.ConfigDict):
-      _fill_missing(config[key], value)
 
 
 def load(workdir, step: int | None = None) -> tuple[MaskedDiffusion, dict, ml_collections.ConfigDict]:
