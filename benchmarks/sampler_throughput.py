@@ -32,20 +32,18 @@ of width 256 (4 heads; 3,702,336 parameters, as md4's), batch
 from __future__ import annotations
 
 import json
-import os
-import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+import common
+from common import compile_and_time
 from vmd_jax import block, sampling
-from vmd_jax.networks import Denoiser, adapters
+from vmd_jax.networks import adapters
 from vmd_jax.schedules import get_schedule
-from vmd_jax.trainer import build, config as config_lib
+from vmd_jax.trainer import build
 
 flags.DEFINE_list("parts", ["one_block", "blocks", "kv_prefix"], "Which parts to run.")
 flags.DEFINE_integer("length", 256, "Sequence length L.")
@@ -67,31 +65,10 @@ flags.DEFINE_integer("width", 256, "Denoiser width.")
 flags.DEFINE_integer("depth", 4, "Denoiser depth.")
 flags.DEFINE_integer("num_heads", 4, "Attention heads.")
 flags.DEFINE_integer("vocab_size", 27, "V (text8: 27).")
+flags.DEFINE_multi_string("set", [], "FIELD=VALUE config overrides, e.g. model.dtype=bfloat16.")
 flags.DEFINE_integer("repeats", 1, "Timed runs after compilation.")
 flags.DEFINE_string("output", None, "Write the results as JSON here.")
 FLAGS = flags.FLAGS
-
-
-def compile_and_time(fn, *args, repeats: int):
-  """(compile seconds, median seconds of ``repeats`` runs, last output)."""
-  start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_seconds = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-  return compile_seconds, statistics.median(times), out
-
-
-def init_params(model: Denoiser, length: int):
-  """Random parameters (not the zero head's constant logits), drawn with numpy on
-  the traced shapes: the weights do not change the cost, only the sampled text."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, length), jnp.int32),
-                          jnp.zeros((1,)))
-  rng = np.random.default_rng(0)
-  return jax.tree.map(lambda s: jnp.asarray(0.05 * rng.normal(size=s.shape), s.dtype), shapes)
 
 
 def one_block(model, params, length, batch, ancestral_steps, dense_steps, repeats):
@@ -217,11 +194,11 @@ def main(argv):
   for b in block_sizes:
     if b < 1 or FLAGS.length % b:
       raise app.UsageError(f"block size {b} does not divide --length={FLAGS.length}")
-  c = config_lib.load_config_file(FLAGS.config)
-  c.model.width, c.model.depth, c.model.num_heads = FLAGS.width, FLAGS.depth, FLAGS.num_heads
-  c.model.dropout = 0.0
+  c = common.load_config(FLAGS.config, FLAGS.set,
+                         **{"model.width": FLAGS.width, "model.depth": FLAGS.depth,
+                            "model.num_heads": FLAGS.num_heads, "model.dropout": 0.0})
   model = build.build_denoiser(c, FLAGS.vocab_size, FLAGS.length)
-  params = init_params(model, FLAGS.length)
+  params = common.init_params(model, FLAGS.length)
   rows = []
   if "one_block" in FLAGS.parts:
     rows += one_block(model, params, FLAGS.length, FLAGS.batch, FLAGS.ancestral_steps,
@@ -233,16 +210,12 @@ def main(argv):
   if "kv_prefix" in FLAGS.parts:
     rows += kv_prefix(model, params, [int(n) for n in FLAGS.kv_lengths], FLAGS.kv_block,
                       FLAGS.batch, FLAGS.repeats)
-  device = jax.devices()[0]
   result = {
-      "device": f"{device.platform}: {device.device_kind}",
-      "cpu": platform.processor() or platform.machine(),
-      "load_average": os.getloadavg(),
-      "jax": jax.__version__,
+      **common.machine(),
       "settings": {k: FLAGS[k].value for k in (
           "config", "parts", "length", "batch", "ancestral_steps", "dense_steps", "block_sizes",
           "block_batch", "cache_segments", "steps_per_block", "order", "kv_lengths", "kv_block", "width",
-          "depth", "num_heads", "vocab_size", "repeats")},
+          "depth", "num_heads", "vocab_size", "repeats", "set")},
       "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
       "rows": rows,
   }

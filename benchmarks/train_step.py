@@ -15,8 +15,8 @@ config's length, measures in one process:
   achieved GFLOP/s over its GFLOP/s (both medians; a ratio, so it survives load);
 - ``peak_rss_mib``: the process's peak resident memory (``ru_maxrss``) after
   the train steps, before the forward pass is compiled; ``rss_after_imports_mib``
-  the same right after the imports (``vmd_jax.trainer.train`` imports
-  ``clu.metric_writers``, which imports TensorFlow: about 500 MiB of it).
+  the same right after the imports (no TensorFlow among them: the trainer
+  imports ``clu.metric_writers``, and with it TensorFlow, only to run).
 
   PYTHONPATH=. python benchmarks/train_step.py --output=benchmarks/train_step_cpu.json
   PYTHONPATH=. python benchmarks/train_step.py --set=model.attention=einsum
@@ -26,10 +26,7 @@ config's length, measures in one process:
 
 from __future__ import annotations
 
-import ast
 import json
-import os
-import platform
 import resource
 import statistics
 import time
@@ -39,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from vmd_jax.trainer import build, config as config_lib, state as state_lib, train
+import common
+from vmd_jax.trainer import build, state as state_lib, train
 
 flags.DEFINE_string("config", "configs/text8_md4.py", "Config file.")
 flags.DEFINE_integer("width", 256, "Model width (md4's probe: 256).")
@@ -56,33 +54,12 @@ VOCAB_SIZE = 27  # text8
 RSS_AFTER_IMPORTS_MIB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def flops_of(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan")))
-
-
-def seconds(fn, *args) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start
-
-
 def load_config():
-  c = config_lib.load_config_file(FLAGS.config)
-  c.model.width, c.model.depth, c.model.num_heads = FLAGS.width, FLAGS.depth, FLAGS.num_heads
-  c.model.dropout = FLAGS.dropout
-  c.train.batch_size = FLAGS.batch
-  for item in FLAGS.set:
-    field, _, text = item.partition("=")
-    group, _, name = field.rpartition(".")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    c[group][name] = value
-  return config_lib.validate(c)
+  return common.load_config(
+      FLAGS.config, FLAGS.set, **{"model.width": FLAGS.width, "model.depth": FLAGS.depth,
+                                  "model.num_heads": FLAGS.num_heads,
+                                  "model.dropout": FLAGS.dropout,
+                                  "train.batch_size": FLAGS.batch})
 
 
 def main(argv):
@@ -111,8 +88,8 @@ def main(argv):
 
   step_s, matmul_s = [], []
   for _ in range(FLAGS.repeats):  # interleaved, so load hits both alike
-    step_s.append(seconds(one_step))
-    matmul_s.append(seconds(matmul, a, b))
+    step_s.append(common.seconds(one_step))
+    matmul_s.append(common.seconds(matmul, a, b))
   peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
   params = box[0].params
@@ -120,19 +97,14 @@ def main(argv):
   forward = jax.jit(lambda p, x: model.denoise_fn(p)(x, jnp.full((x.shape[0],), 0.5))).lower(
       params, x_all_mask).compile()
   jax.block_until_ready(forward(params, x_all_mask))
-  forward_s = [seconds(forward, params, x_all_mask) for _ in range(FLAGS.repeats)]
+  forward_s = [common.seconds(forward, params, x_all_mask) for _ in range(FLAGS.repeats)]
 
-  flops = flops_of(step)
+  flops = common.flops_of(step)
   step_med, matmul_med, fwd_med = (statistics.median(x) for x in (step_s, matmul_s, forward_s))
   achieved = flops / step_med / 1e9
   peak = 2 * 2048**3 / matmul_med / 1e9
-  device = jax.devices()[0]
   result = {
-      "device": f"{device.platform}: {device.device_kind}",
-      "cpu": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(),
-      "load_average": os.getloadavg(),
-      "jax": jax.__version__,
+      **common.machine(),
       "settings": {"config": FLAGS.config, "width": FLAGS.width, "depth": FLAGS.depth,
                    "num_heads": FLAGS.num_heads, "batch": FLAGS.batch, "seq_len": seq_len,
                    "dropout": FLAGS.dropout, "overrides": FLAGS.set, "repeats": FLAGS.repeats,
@@ -143,8 +115,8 @@ def main(argv):
       "matmul_2048": {"seconds_median": matmul_med, "seconds": matmul_s, "gflops": peak},
       "share_of_matmul": achieved / peak,
       "forward": {"seconds_median": fwd_med, "seconds": forward_s,
-                  "flops": flops_of(forward),
-                  "achieved_gflops": flops_of(forward) / fwd_med / 1e9},
+                  "flops": common.flops_of(forward),
+                  "achieved_gflops": common.flops_of(forward) / fwd_med / 1e9},
       "peak_rss_mib": peak_rss_mib,
       "rss_after_imports_mib": RSS_AFTER_IMPORTS_MIB,
   }

@@ -3,8 +3,11 @@ claim: calls made by each sampler, a train step's FLOPs and timings. (Their spee
 goals live in benchmarks/, never here.)"""
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from test_train import REPO
 
@@ -44,3 +47,42 @@ def test_train_step_reports_flops_and_its_share_of_a_matmul(tmp_path):
   result = json.loads(output.read_text())
   assert result["train_step"]["flops_per_step"] > 3 * result["forward"]["flops"] / 2 > 0
   assert 0 < result["share_of_matmul"] and result["peak_rss_mib"] > 0
+
+
+def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
+  """benchmarks/gpu_rows.sh's train and sample parts, as on the GPU but tiny."""
+  peak = 1e12
+  tiny = ("--set=model.width=16 --set=model.depth=1 --set=model.num_heads=2 "
+          "--set=train.batch_size=2 --set=data.seq_len=16 --dtype=float32 --steps=3 "
+          f"--warmup=2 --sample_batch=2 --sample_steps=5 --peak={peak} ")
+  env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+         "SAMPLER_ARGS": "--width=16 --depth=1 --num_heads=2 --length=8 --batch=2 "
+                         "--block_sizes=4 --block_batch=2 --set=model.dtype=float32"}
+  for part, args in (("train", tiny + "--variants=xla,xla+remat"),
+                     ("sample", tiny + "--sample_attention=xla")):
+    out = subprocess.run(["bash", "benchmarks/gpu_rows.sh", part, str(tmp_path)], cwd=REPO,
+                         env={**env, "ACCELERATOR_ARGS": args, "ATTENTION": "xla"},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  rows = [r for name in ("accelerator_train.json", "accelerator_sample.json")
+          for r in json.loads((tmp_path / name).read_text())["rows"]]
+  train = {r["variant"]: r for r in rows if r["part"] == "train"}
+  plain, remat = train["xla"], train["xla+remat"]
+  assert plain["parameters"] == remat["parameters"] > 0
+  assert plain["model_flops_per_step"] == plain["xla_flops_per_step"] > 0
+  # Recomputed work is counted by XLA but is not model work.
+  assert remat["model_flops_per_step"] == plain["xla_flops_per_step"]
+  assert remat["xla_flops_per_step"] > remat["model_flops_per_step"]
+  for r in (plain, remat):
+    assert r["steps"] == 3
+    assert r["tokens_per_sec"] == pytest.approx(r["steps_per_sec"] * 2 * 16)
+    assert r["mfu"] == pytest.approx(r["model_flops_per_step"] * r["steps_per_sec"] / peak)
+    assert r["loss_first"] > 0 and r["loss_last"] > 0
+  sample = {r["order"]: r for r in rows if r["part"] == "sample"}
+  assert sample["ancestral"]["nfe"] == 5 and sample["first_hitting"]["nfe"] == 16
+  for r in sample.values():  # a call's FLOPs at this batch, times the calls made, per second
+    assert 0 < r["forward_flops"] < plain["model_flops_per_step"]
+    assert r["mfu"] == pytest.approx(r["forward_flops"] * r["nfe"] / r["seconds"] / peak)
+  blocks = json.loads((tmp_path / "sampler_md4.json").read_text())["rows"]
+  assert {(r["part"], r.get("kv_cache")) for r in blocks} == {
+      ("one_block", None), ("blocks", False), ("blocks", True)}

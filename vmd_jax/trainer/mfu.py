@@ -38,7 +38,8 @@ def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | No
 
 
 def compiled_flops(compiled) -> float | None:
-  """FLOPs of one call of a compiled function (per device), or None if XLA has no count."""
+  """FLOPs of one call of a compiled (or lowered) function, per device; None if XLA
+  has no count."""
   try:
     cost = compiled.cost_analysis()
   except Exception as e:  # not every backend implements it
