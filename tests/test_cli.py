@@ -28,6 +28,11 @@ def run_cli(*args, timeout=120):
     (["--config.seed=-1"], "config.seed = -1; must be an int in [0, 2^31)"),
     (["--config=nowhere/missing.py"], "config file 'nowhere/missing.py' not found (packaged "
                                       "configs: sudoku_md4"),
+    (["--config.model.attention=cudnn"], "config.model.attention = 'cudnn' needs "
+                                         "config.model.dtype = 'bfloat16'"),
+    (["--config.model.attention=cudnn", "--config.model.dtype=bfloat16"],
+     "config.model.attention = 'cudnn' runs on NVIDIA GPUs only, and this run's devices "
+     "are cpu"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   workdir = tmp_path / "run"
@@ -36,6 +41,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   lines = [l for l in out.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
   assert "Traceback" not in out.stderr and not workdir.exists()  # nothing written
+
+
+def test_training_without_tensorflow_is_one_line_and_exit_2(tmp_path):
+  """clu's metric writers need TensorFlow; an install without it is told what to add."""
+  workdir = tmp_path / "run"
+  code = ("import sys; sys.modules['tensorflow'] = None; from vmd_jax.trainer import cli; "
+          f"cli.run(['vmd-jax', 'train', '--config=synthetic_md4', '--workdir={workdir}'])")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].endswith(
+      "which needs tensorflow: pip install 'vmd_jax[train]'"), out.stderr[-2000:]
+  assert not workdir.exists()
 
 
 def test_workdir_that_is_a_file_is_refused(tmp_path):
@@ -118,3 +137,34 @@ def test_a_run_from_before_a_config_field_loads_with_its_default(tmp_path):
   config = load_config(tmp_path)
   assert config.eval.prime_unit == "token" and config.mesh.data == -1
   assert config.train.lr == 0.0123 and config.model.width == 16
+
+
+def _traceback_of(source: str, filename: str, name: str, exc_type=Exception):
+  """(type, value, traceback) of calling ``name`` defined by ``source`` in ``filename``."""
+  scope = {}
+  exec(compile(source, filename, "exec"), scope)
+  try:
+    scope[name]()
+  except exc_type as e:
+    return type(e), e, e.__traceback__.tb_next  # from the function's own frame outward
+
+
+@pytest.mark.parametrize("source,filename,name,dropped", [
+    # Python 3.12: orbax's read coroutine finalised with its read's error.
+    ("def _read_array_index_and_device_put():\n  raise Exception('Encountered error')",
+     "/site-packages/orbax/checkpoint/_src/serialization/serialization.py",
+     "_read_array_index_and_device_put", True),
+    ("def _read_array_index_and_device_put():\n  raise Exception('Encountered error')",
+     "/home/me/my_reader.py", "_read_array_index_and_device_put", False),
+    # tensorstore's threads calling into orbax's closed event loop.
+    ("def call_soon_threadsafe():\n  raise RuntimeError('Event loop is closed')",
+     "/usr/lib/python3.11/asyncio/base_events.py", "call_soon_threadsafe", True),
+    ("def call_later():\n  raise RuntimeError('Event loop is closed')",
+     "/usr/lib/python3.11/asyncio/base_events.py", "call_later", False),
+    ("def call_soon_threadsafe():\n  raise RuntimeError('something else')",
+     "/usr/lib/python3.11/asyncio/base_events.py", "call_soon_threadsafe", False),
+])
+def test_only_reports_of_abandoned_checkpoint_reads_are_dropped(source, filename, name,
+                                                                 dropped):
+  from vmd_jax.trainer import cli
+  assert cli._is_abandoned_read(*_traceback_of(source, filename, name)) is dropped

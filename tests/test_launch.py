@@ -64,7 +64,8 @@ def test_slurm_runs_one_srun_with_distributed(tmp_path):
   (call,) = log.read_text().splitlines()
   assert call.startswith("--kill-on-bad-exit=1 .venv/bin/python -m vmd_jax.main --distributed")
   for arg in ("--config=text8_md4", "--workdir=/shared/run",
-              "--config.data.text8_data_dir=gs://b/tfds", "--config.model.dtype=bfloat16"):
+              "--config.data.text8_data_dir=gs://b/tfds", "--config.model.dtype=bfloat16",
+              "--config.model.attention=cudnn"):
     assert arg in call.split()
   assert call.split()[-1] == "--config.train.num_steps=5"
   # Without WORKDIR it stops at once, naming it.

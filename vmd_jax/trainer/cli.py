@@ -111,23 +111,31 @@ def _exit_now(code: int):
   os._exit(code)
 
 
-def _is_closed_loop_callback(exc_type, exc, tb) -> bool:
-  """True for ``RuntimeError("Event loop is closed")`` raised in
-  ``call_soon_threadsafe`` called straight from a foreign thread: tensorstore's
-  threads finishing reads of a checkpoint orbax has already given up on (a
-  truncated file), after orbax closed its event loop. Nothing is lost."""
-  return (exc_type is RuntimeError and str(exc) == "Event loop is closed"
-          and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
+def _is_abandoned_read(exc_type, exc, tb) -> bool:
+  """True for the reports of reads that orbax had already given up on (a
+  truncated checkpoint file) finishing after orbax closed its event loop:
+  ``RuntimeError("Event loop is closed")`` raised in ``call_soon_threadsafe``,
+  called straight from one of tensorstore's threads, or (Python 3.12) orbax's
+  read coroutine ``_read_array_index_and_device_put`` finalised with its read's
+  error. The reader has already skipped that step; nothing is lost."""
+  codes = []
+  while tb is not None:  # outermost frame first
+    codes.append(tb.tb_frame.f_code)
+    tb = tb.tb_next
+  if exc_type is RuntimeError and str(exc) == "Event loop is closed":
+    return bool(codes) and codes[0].co_name == "call_soon_threadsafe"
+  return any(c.co_name == "_read_array_index_and_device_put" and "/orbax/" in c.co_filename
+             for c in codes)
 
 
-def _drop_closed_loop_callbacks():
-  """Keeps tracebacks of ``_is_closed_loop_callback`` (reported by tensorstore
-  through ``sys.unraisablehook``, at any moment, even mid-line) out of stderr."""
+def _drop_abandoned_reads():
+  """Keeps ``_is_abandoned_read`` reports (made through ``sys.unraisablehook``, at
+  any moment, even mid-line) out of stderr."""
   previous = sys.unraisablehook
 
   def hook(unraisable):
-    if not _is_closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
-                                    unraisable.exc_traceback):
+    if not _is_abandoned_read(unraisable.exc_type, unraisable.exc_value,
+                              unraisable.exc_traceback):
       previous(unraisable)
   sys.unraisablehook = hook
 
@@ -140,11 +148,13 @@ def _flags_parser(argv):
 
 
 class _QuietLibraries:
-  """Drops the INFO lines orbax and TensorFlow write for every checkpoint."""
+  """Drops the INFO lines orbax and TensorFlow write for every checkpoint, and JAX's
+  for each platform it probes and does not find (TPU, on every other machine)."""
 
   def filter(self, record):
     return record.levelno > std_logging.INFO or not any(
-        s in record.pathname for s in ("/orbax/", "/tensorflow/", "/tensorstore/"))
+        s in record.pathname for s in ("/orbax/", "/tensorflow/", "/tensorstore/",
+                                       "/jax/_src/xla_bridge.py"))
 
 
 def _check_workdir(workdir: str):
@@ -163,8 +173,14 @@ def _train(argv):
   from vmd_jax.trainer import sweep, train
   try:
     config = config_lib.validate(FLAGS.config)
+    config_lib.check_platform(config, jax.devices()[0].platform)
   except ValueError as e:
     raise InputError(str(e)) from None
+  try:
+    from clu import metric_writers  # noqa: F401  (imported by the run for its summaries)
+  except ImportError as e:
+    raise InputError(f"training writes its metrics through clu.metric_writers, which needs "
+                     f"{e.name}: pip install 'vmd_jax[train]'") from None
   logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   if "runs" in config:
@@ -257,7 +273,7 @@ def run_command(command: str, argv: list[str]):
     argv = define(argv)
 
     def guarded(args):
-      _drop_closed_loop_callbacks()
+      _drop_abandoned_reads()
       try:
         return main(args)
       except InputError as e:

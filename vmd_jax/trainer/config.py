@@ -223,6 +223,15 @@ def _check_genmd4(config) -> None:
                        f"'{order}:{nfe}' (vmd_jax.genmd4 samples ancestrally only)")
 
 
+def check_platform(config: ml_collections.ConfigDict, platform: str) -> None:
+  """Raises ValueError for a setting that devices of ``platform`` ("cpu", "gpu",
+  "tpu") cannot run; sweeps check each run."""
+  for run in config.runs.values() if "runs" in config else [config]:
+    if run.model.attention == "cudnn" and platform != "gpu":
+      raise ValueError(f"config.model.attention = 'cudnn' runs on NVIDIA GPUs only, and "
+                       f"this run's devices are {platform}: use 'xla' (or 'einsum')")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every key and value; returns the config. Sweeps validate each run."""
   if "runs" in config:
@@ -252,6 +261,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of("model.position_embedding", m.position_embedding, ("sinusoidal", "learned", "none"))
   _one_of("model.mlp_type", m.mlp_type, MLP_TYPES)
   _one_of("model.attention", m.attention, ATTENTION_IMPLEMENTATIONS)
+  if m.attention == "cudnn" and m.dtype != "bfloat16":
+    raise ValueError(f"config.model.attention = 'cudnn' needs config.model.dtype = "
+                     f"'bfloat16' (cuDNN's fused attention has no {m.dtype}); use 'xla'")
   for name in ("use_bias", "depth_scaled_init", "remat"):
     _one_of(f"model.{name}", m[name], (True, False))
   for name in ("width", "depth", "num_heads", "mlp_ratio", "encoder_width", "encoder_depth",
