@@ -27,10 +27,15 @@ fi
 
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/vmd_site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/vmd_site .whl/*.whl
   export PYTHONPATH=/tmp/vmd_site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# md4's batch on one GPU: XLA's attention keeps [512, 12, 256, 256] float32 scores per
+# layer for the backward pass, so let JAX take more than its default 75%.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
+# The XLA-attention step is compiled twice (its count is every row's model FLOPs).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/vmd_jax_xla_cache}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
   | tee "$out/gpu_$part.txt" || true
 python3 -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__version__, \
@@ -39,7 +44,7 @@ python3 -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__v
 
 quiet() { grep -v "^[IW][0-9]\{4\} " | tee "$1"; }  # absl's INFO / WARNING lines dropped
 case $part in
-  train)  # md4's size, batch 512 x 256, bf16: attention by cudnn, by XLA, cudnn with remat
+  train)  # md4's size, batch 512 x 256, bf16: attention by cuDNN, cuDNN with remat, XLA
     python3 benchmarks/accelerator.py --parts=train --steps=200 \
       --output="$out/accelerator_train.json" ${ACCELERATOR_ARGS:-} 2>&1 | quiet "$out/accelerator_train.log" ;;
   sample)  # batch 512: a call at every step, first hitting; then the CPU rows' script

@@ -58,7 +58,7 @@ def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
   env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
          "SAMPLER_ARGS": "--width=16 --depth=1 --num_heads=2 --length=8 --batch=2 "
                          "--block_sizes=4 --block_batch=2 --set=model.dtype=float32"}
-  for part, args in (("train", tiny + "--variants=xla,xla+remat"),
+  for part, args in (("train", tiny + "--variants=einsum+remat,xla"),
                      ("sample", tiny + "--sample_attention=xla")):
     out = subprocess.run(["bash", "benchmarks/gpu_rows.sh", part, str(tmp_path)], cwd=REPO,
                          env={**env, "ACCELERATOR_ARGS": args, "ATTENTION": "xla"},
@@ -67,12 +67,13 @@ def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
   rows = [r for name in ("accelerator_train.json", "accelerator_sample.json")
           for r in json.loads((tmp_path / name).read_text())["rows"]]
   train = {r["variant"]: r for r in rows if r["part"] == "train"}
-  plain, remat = train["xla"], train["xla+remat"]
+  plain, remat = train["xla"], train["einsum+remat"]
   assert plain["parameters"] == remat["parameters"] > 0
   assert plain["model_flops_per_step"] == plain["xla_flops_per_step"] > 0
-  # Recomputed work is counted by XLA but is not model work.
+  # Every variant's model FLOPs are the XLA-attention step's without remat (counted
+  # before that variant's own row ran); recomputed work is counted but is not model work.
   assert remat["model_flops_per_step"] == plain["xla_flops_per_step"]
-  assert remat["xla_flops_per_step"] > remat["model_flops_per_step"]
+  assert remat["xla_flops_per_step"] > 1.1 * remat["model_flops_per_step"]
   for r in (plain, remat):
     assert r["steps"] == 3
     assert r["tokens_per_sec"] == pytest.approx(r["steps_per_sec"] * 2 * 16)
