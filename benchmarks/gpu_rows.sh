@@ -57,7 +57,7 @@ case $part in
   tests)  # the math's tests (exact NELBOs, samplers' joints, KV cache) on the GPU's numerics
     XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest -p no:cacheprovider -n 4 -q \
       tests/test_losses.py tests/test_sampling.py tests/test_block.py tests/test_prime.py \
-      tests/test_genmd4.py tests/test_schedules.py tests/test_models.py \
+      tests/test_genmd4.py tests/test_schedules.py tests/test_models.py tests/test_prior.py \
       --junitxml="$out/tests.xml" 2>&1 | tail -40 | tee "$out/tests.log" ;;
   *) echo "unknown part $part: wheels, train, sample or tests" >&2; exit 2 ;;
 esac

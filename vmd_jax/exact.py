@@ -32,6 +32,23 @@ def sequence_index(x, vocab_size: int):
   return jnp.sum(x * powers, axis=-1)
 
 
+def conditional_logits(weights, one_hot, log_floor: float = -1e4):
+  """log p(x^n = v | context), [B, N, V], from weights w [B, S] of the S sequences
+  one_hot [S, N, V]:
+
+    p(x^n = v | context_b) = sum_s w_bs 1[s^n = v] / sum_s w_bs,
+
+  ``log_floor`` where it is 0, uniform where a row's weights are all 0. The sum is
+  a full float32 matmul (``Precision.HIGHEST``): by default accelerators round
+  float32 matmul inputs (to TF32 on GPUs, to bfloat16 passes on TPUs), which
+  would make the exact denoisers exact to 3 digits only.
+  """
+  joint = jnp.einsum("bs,snv->bnv", weights, one_hot, precision=jax.lax.Precision.HIGHEST)
+  total = jnp.sum(weights, axis=-1)[:, None, None]
+  cond = jnp.where(total > 0, joint / jnp.where(total > 0, total, 1.0), 1.0 / one_hot.shape[-1])
+  return jnp.where(cond > 0, jnp.log(jnp.where(cond > 0, cond, 1.0)), log_floor)
+
+
 def exact_denoiser(probs, vocab_size: int, length: int, log_floor: float = -1e4):
   """The optimal denoiser of the joint ``probs`` [V^N] as ``denoise_fn(x_t, t)``.
 
@@ -51,10 +68,7 @@ def exact_denoiser(probs, vocab_size: int, length: int, log_floor: float = -1e4)
     compatible = jnp.all((xt[:, None, :] == vocab_size) | (xt[:, None, :] == seqs[None]),
                          axis=-1)  # [B, S]
     weights = compatible * probs[None]
-    joint = jnp.einsum("bs,snv->bnv", weights, one_hot)
-    total = jnp.sum(weights, axis=-1)[:, None, None]
-    cond = jnp.where(total > 0, joint / jnp.where(total > 0, total, 1.0), 1.0 / vocab_size)
-    return jnp.where(cond > 0, jnp.log(jnp.where(cond > 0, cond, 1.0)), log_floor)
+    return conditional_logits(weights, one_hot, log_floor)
 
   return denoise_fn
 

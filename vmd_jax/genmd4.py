@@ -85,6 +85,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vmd_jax import exact
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_tokens, mask_where
 from vmd_jax.losses import draw_times, token_log_likelihood
@@ -493,10 +494,7 @@ def exact_denoiser(probs, params: GenMD4Params, vocab_size: int, length: int, *,
     log_w = jnp.where(compatible, log_w, -jnp.inf)                     # [B, S]
     top = jnp.max(log_w, axis=-1, keepdims=True)
     weights = jnp.exp(log_w - jnp.where(jnp.isfinite(top), top, 0.0))
-    joint = jnp.einsum("bs,snv->bnv", weights, one_hot)
-    total = jnp.sum(weights, axis=-1)[:, None, None]
-    cond = jnp.where(total > 0, joint / jnp.where(total > 0, total, 1.0), 1.0 / vocab_size)
-    return jnp.where(cond > 0, jnp.log(jnp.where(cond > 0, cond, 1.0)), log_floor)
+    return exact.conditional_logits(weights, one_hot, log_floor)
 
   return denoise_fn
 

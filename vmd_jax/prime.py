@@ -90,7 +90,7 @@ import numpy as np
 
 from jax.experimental import checkify
 
-from vmd_jax import block, forward
+from vmd_jax import block, exact, forward
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_tokens, mask_where
 from vmd_jax.losses import stratified_times, discretize_times
@@ -843,10 +843,7 @@ def exact_digit_denoiser(probs, code: DigitCode, length: int, log_floor: float =
     del t, unused
     ok = (x_t[:, None] == code.mask_id) | (x_t[:, None] == seq_digits[None])
     weights = jnp.all(ok, axis=(-2, -1)) * probs[None]  # [B, S]
-    joint = jnp.einsum("bs,snv->bnv", weights, one_hot)
-    total = jnp.sum(weights, axis=-1)[:, None, None]
-    cond = jnp.where(total > 0, joint / jnp.where(total > 0, total, 1.0), 1.0 / vocab_size)
-    return jnp.where(cond > 0, jnp.log(jnp.where(cond > 0, cond, 1.0)), log_floor)
+    return exact.conditional_logits(weights, one_hot, log_floor)
 
   return denoise_fn
 
