@@ -5,28 +5,29 @@ The rows of ``benchmarks/results_gpu.json`` (issue #10). For ``--config`` (defau
 88,734,272 parameters, batch 512 x 256) computing in ``--dtype`` (bfloat16):
 
 train
-  For each of ``--variants`` (an attention implementation, ``+remat`` to
-  recompute each block in the backward pass), what ``vmd_jax.main`` runs: the
-  trainer's sharded state (``train.init_sharded_state``), its compiled, guarded,
-  donated step (``train.compile_step``) and its batches (``train.train_batch``:
-  random windows of text in text8's alphabet, here Python's own documentation,
-  since text8 needs a download). ``--warmup`` steps, then ``--steps`` steps timed
-  from the first dispatch to the last state ready. Reported: steps/s, tokens/s,
-  XLA's FLOPs per step and
+  For each of ``--variants`` (an attention implementation, then options:
+  ``+remat`` recomputes each block in the backward pass, ``+batch=N`` sets the
+  batch), what ``vmd_jax.main`` runs: the trainer's sharded state
+  (``train.init_sharded_state``), its compiled, guarded, donated step
+  (``train.compile_step``) and its batches (``train.train_batch``: random windows
+  of text in text8's alphabet, here Python's own documentation, since text8 needs
+  a download). ``--warmup`` steps, then ``--steps`` steps timed from the first
+  dispatch to the last state ready. Reported: steps/s, tokens/s, the compiled
+  step's FLOPs (XLA's count) and
 
       MFU = model FLOPs per step x steps/s / peak FLOP/s per device,
 
-  the peak from ``vmd_jax.trainer.mfu`` (H100 / H200: 989e12 dense bf16) or
-  ``--peak``. Model FLOPs are XLA's count for the step compiled with
-  ``attention="xla"`` and no remat, whatever the variant: recomputed work is not
-  model work, and XLA may not count the FLOPs inside cuDNN's attention kernel (a
-  custom call). Each row also gives its own compiled step's count.
+  the peak from ``vmd_jax.trainer.mfu`` (H100 SXM / H200: 989e12 dense bf16) or
+  ``--peak``, the model FLOPs the trainer logs (``train.model_flops_per_device``:
+  the step with XLA's attention and no remat, so neither cuDNN's uncounted kernel
+  nor recomputation changes them).
 sample
   ``sampling.sample`` on ``--sample_batch`` all-mask sequences with random weights:
   ancestral calling the network at every one of ``--sample_steps`` steps (md4's
-  loop) and first hitting (L calls, one token each). Reported: tokens/s, ms per
-  call and MFU = forward FLOPs x calls / seconds / peak (XLA counts a loop's
-  body once, so the forward pass is compiled and counted alone at the same batch).
+  loop) and first hitting (L calls, one token each); one untimed run, then two
+  timed. Reported: tokens/s, ms per call and MFU = forward FLOPs x calls /
+  seconds / peak, the forward FLOPs counted as the train step's are (XLA's
+  attention, lowered alone at the same batch: XLA counts a loop's body once).
 
   python benchmarks/accelerator.py --output=benchmarks/results_gpu.json
 
@@ -56,12 +57,15 @@ from vmd_jax.schedules import get_schedule
 from vmd_jax.trainer import build, io, mfu, sharding, state as state_lib, train
 
 flags.DEFINE_string("config", "configs/text8_md4.py", "Config file (its size, batch, length).")
-flags.DEFINE_multi_string("set", [], "FIELD=VALUE config overrides, e.g. train.batch_size=256.")
+flags.DEFINE_multi_string("set", [], "FIELD=VALUE config overrides (--dtype and a variant's "
+                          "own options win), e.g. model.dropout=0.0.")
 flags.DEFINE_string("dtype", "bfloat16", "model.dtype: compute dtype.")
 flags.DEFINE_list("parts", ["train", "sample"], "Which parts to run.")
-flags.DEFINE_list("variants", ["cudnn", "cudnn+remat", "xla"],
-                  "Train variants: model.attention, '+remat' for model.remat=True.")
-flags.DEFINE_integer("steps", 300, "Timed train steps per variant.")
+flags.DEFINE_list("variants", ["cudnn+batch=256", "cudnn+remat", "xla+batch=256"],
+                  "Train variants: model.attention, then '+remat' (model.remat=True) "
+                  "and '+batch=N' (train.batch_size) if wanted. md4's batch of 512 "
+                  "needs remat on one 80 GB GPU.")
+flags.DEFINE_integer("steps", 200, "Timed train steps per variant.")
 flags.DEFINE_integer("warmup", 5, "Train steps run before timing.")
 flags.DEFINE_integer("sample_batch", 512, "Sequences per sampler call.")
 flags.DEFINE_integer("sample_steps", 256, "Steps of the ancestral row (a call at each).")
@@ -72,12 +76,20 @@ FLAGS = flags.FLAGS
 
 
 def variant_config(variant: str):
+  """The config of a ``--variants`` entry: ATTENTION[+remat][+batch=N]."""
   attention, *options = variant.split("+")
-  if set(options) - {"remat"}:
-    raise app.UsageError(f"unknown option in variant {variant!r}; only '+remat'")
-  return common.load_config(FLAGS.config, FLAGS.set, **{
-      "model.dtype": FLAGS.dtype, "model.attention": attention,
-      "model.remat": "remat" in options})
+  fields = {"model.dtype": FLAGS.dtype, "model.attention": attention, "model.remat": False}
+  for option in options:
+    name, _, value = option.partition("=")
+    if option == "remat":
+      fields["model.remat"] = True
+    elif name == "batch" and value.isdigit():
+      fields["train.batch_size"] = int(value)
+    else:
+      raise app.UsageError(f"unknown option {option!r} in variant {variant!r}; "
+                           "expected remat or batch=N")
+  # After --set: the variant's own fields win.
+  return common.load_config(FLAGS.config, [*FLAGS.set, *(f"{k}={v!r}" for k, v in fields.items())])
 
 
 def text_dataset(seq_len: int, seed: int) -> Text8Dataset:
@@ -88,13 +100,7 @@ def text_dataset(seq_len: int, seed: int) -> Text8Dataset:
   return Text8Dataset.from_tokens(text_normalize.encode(text), seq_len, seed)
 
 
-# Whose XLA count is the model FLOPs of every variant: the same math with no
-# recomputation and no custom call (XLA may not count cuDNN's attention kernel).
-MODEL_FLOPS_VARIANT = "xla"
-
-
-def train_row(variant: str, peak: float | None, flops_by_variant: dict) -> dict:
-  """The row of ``variant``; ``flops_by_variant`` caches XLA's count per variant."""
+def train_row(variant: str, peak: float | None) -> dict:
   c = variant_config(variant)
   tc, seq_len = c.train, c.data.seq_len
   dataset = text_dataset(seq_len, c.seed)
@@ -103,16 +109,10 @@ def train_row(variant: str, peak: float | None, flops_by_variant: dict) -> dict:
   tx = state_lib.make_optimizer(tc)
   state, shardings = train.init_sharded_state(model, tx, c.seed, seq_len, mesh,
                                               c.mesh.fsdp_min_size)
+  model_flops = train.model_flops_per_device(c, dataset.vocab_size, seq_len, tx, state)
   start = time.perf_counter()
   step_fn, flops = train.compile_step(model, tx, c, state, shardings, mesh, seq_len)
   compile_seconds = time.perf_counter() - start
-  flops_by_variant[variant] = flops
-  if MODEL_FLOPS_VARIANT not in flops_by_variant:  # compiled only, never run
-    c_ref = variant_config(MODEL_FLOPS_VARIANT)
-    model_ref = build.build_model(c_ref, dataset.vocab_size, seq_len)
-    flops_by_variant[MODEL_FLOPS_VARIANT] = train.compile_step(
-        model_ref, tx, c_ref, state, shardings, mesh, seq_len)[1]
-  model_flops = flops_by_variant[MODEL_FLOPS_VARIANT]
   feed = lambda step: train.train_batch(dataset, step, tc.batch_size,
                                         sharding.batch_sharding(mesh))
   ok = jax.device_put(np.bool_(True), state.step.sharding)
@@ -129,7 +129,7 @@ def train_row(variant: str, peak: float | None, flops_by_variant: dict) -> dict:
   if not bool(ok):
     raise RuntimeError(f"{variant}: a non-finite loss or gradient norm while timing")
   steps_per_sec = FLAGS.steps / elapsed
-  row = {"part": "train", "variant": variant, "dtype": FLAGS.dtype,
+  row = {"part": "train", "variant": variant, "dtype": FLAGS.dtype, "remat": c.model.remat,
          "parameters": int(sum(x.size for x in jax.tree.leaves(state.params))),
          "batch": tc.batch_size, "seq_len": seq_len, "steps": FLAGS.steps,
          "seconds": elapsed, "compile_seconds": compile_seconds,
@@ -148,8 +148,11 @@ def sample_rows(peak: float | None) -> list[dict]:
   model = build.build_denoiser(c, text_normalize.VOCAB_SIZE, seq_len)
   params = common.init_params(model, seq_len)
   x_init = jnp.full((batch, seq_len), model.vocab_size, jnp.int32)
-  forward = jax.jit(lambda p, x: adapters.denoise_fn(model, p)(x, jnp.full((batch,), 0.5)))
-  forward_flops = common.flops_of(forward.lower(params, x_init).compile())
+  c_count = c.copy_and_resolve_references()
+  c_count.model.attention = "xla"  # as the train step's model FLOPs are counted
+  model_count = build.build_denoiser(c_count, text_normalize.VOCAB_SIZE, seq_len)
+  forward = lambda p, x: adapters.denoise_fn(model_count, p)(x, jnp.full((batch,), 0.5))
+  forward_flops = mfu.compiled_flops(jax.jit(forward).lower(params, x_init))
   rows = []
   for order, steps, skip in [("ancestral", FLAGS.sample_steps, False),
                              ("first_hitting", seq_len, True)]:
@@ -158,7 +161,7 @@ def sample_rows(peak: float | None) -> list[dict]:
                              get_schedule(c.diffusion.schedule), order,
                              vocab_size=model.vocab_size, skip_idle=skip, return_nfe=True)
     compile_s, seconds, (x, nfe) = common.compile_and_time(
-        fn, params, jax.random.key(1), x_init, repeats=2)
+        fn, params, jax.random.key(1), x_init, repeats=2, warmup=1)
     if int(jnp.sum(x == model.vocab_size)):
       raise RuntimeError(f"{order}: masks left after sampling")
     calls_per_sec = int(nfe) / seconds
@@ -191,7 +194,7 @@ def main(argv):
   settings = {k: FLAGS[k].value for k in (
       "config", "set", "dtype", "parts", "variants", "steps", "warmup", "sample_batch",
       "sample_steps", "sample_attention")}
-  rows, flops_by_variant = [], {}
+  rows = []
 
   def add(row):  # written after each row: a run cut short keeps what it measured
     rows.append(row)
@@ -204,7 +207,7 @@ def main(argv):
     raise app.UsageError(f"--parts={','.join(FLAGS.parts)}: expected train and/or sample")
   for variant in FLAGS.variants if "train" in FLAGS.parts else []:
     variant_config(variant)  # a bad variant fails now, not after minutes of others
-  jobs = [(f"train {v}", lambda v=v: [train_row(v, peak, flops_by_variant)])
+  jobs = [(f"train {v}", lambda v=v: [train_row(v, peak)])
           for v in FLAGS.variants if "train" in FLAGS.parts]
   jobs += [("sample", lambda: sample_rows(peak))] if "sample" in FLAGS.parts else []
   failed = []

@@ -45,11 +45,14 @@ def seconds(fn, *args) -> float:
   return time.perf_counter() - start
 
 
-def compile_and_time(fn, *args, repeats: int):
-  """(compile seconds, median seconds of ``repeats`` runs, last output) of ``jit(fn)``."""
+def compile_and_time(fn, *args, repeats: int, warmup: int = 0):
+  """(compile seconds, median seconds of ``repeats`` runs, last output) of ``jit(fn)``,
+  after ``warmup`` untimed runs (a GPU's first run also loads its kernels)."""
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_seconds = time.perf_counter() - start
+  for _ in range(warmup):
+    jax.block_until_ready(compiled(*args))
   times, out = [], None
   for _ in range(repeats):
     start = time.perf_counter()

@@ -32,6 +32,8 @@ of width 256 (4 heads; 3,702,336 parameters, as md4's), batch
 from __future__ import annotations
 
 import json
+import sys
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +45,7 @@ from common import compile_and_time
 from vmd_jax import block, sampling
 from vmd_jax.networks import adapters
 from vmd_jax.schedules import get_schedule
-from vmd_jax.trainer import build
+from vmd_jax.trainer import build, io
 
 flags.DEFINE_list("parts", ["one_block", "blocks", "kv_prefix"], "Which parts to run.")
 flags.DEFINE_integer("length", 256, "Sequence length L.")
@@ -67,6 +69,7 @@ flags.DEFINE_integer("num_heads", 4, "Attention heads.")
 flags.DEFINE_integer("vocab_size", 27, "V (text8: 27).")
 flags.DEFINE_multi_string("set", [], "FIELD=VALUE config overrides, e.g. model.dtype=bfloat16.")
 flags.DEFINE_integer("repeats", 1, "Timed runs after compilation.")
+flags.DEFINE_integer("warmup_runs", 0, "Untimed runs before them (1 on a GPU).")
 flags.DEFINE_string("output", None, "Write the results as JSON here.")
 FLAGS = flags.FLAGS
 
@@ -77,21 +80,18 @@ def one_block(model, params, length, batch, ancestral_steps, dense_steps, repeat
   x_init = jnp.full((batch, length), model.vocab_size, jnp.int32)
   runs = [("ancestral", 100, True), ("ancestral", ancestral_steps, True),
           ("ancestral", dense_steps, False), ("first_hitting", length, True)]
-  rows = []
   for order, steps, skip in runs:
     def fn(params, key, x, order=order, steps=steps, skip=skip):
       return sampling.sample(adapters.denoise_fn(model, params), key, x, steps, schedule,
                              order, vocab_size=model.vocab_size, skip_idle=skip,
                              return_nfe=True)
-    compile_s, seconds, (x, nfe) = compile_and_time(fn, params, jax.random.key(1), x_init,
-                                                    repeats=repeats)
+    compile_s, seconds, (x, nfe) = compile_and_time(
+        fn, params, jax.random.key(1), x_init, repeats=repeats, warmup=FLAGS.warmup_runs)
     assert int(jnp.sum(x == model.vocab_size)) == 0
-    rows.append({"part": "one_block", "order": order, "steps": steps, "skip_idle": skip,
-                 "batch": batch, "length": length, "nfe": int(nfe), "seconds": seconds,
-                 "compile_seconds": compile_s, "ms_per_call": 1000 * seconds / int(nfe),
-                 "tokens_per_sec": batch * length / seconds})
-    print(json.dumps(rows[-1]), flush=True)
-  return rows
+    yield {"part": "one_block", "order": order, "steps": steps, "skip_idle": skip,
+           "batch": batch, "length": length, "nfe": int(nfe), "seconds": seconds,
+           "compile_seconds": compile_s, "ms_per_call": 1000 * seconds / int(nfe),
+           "tokens_per_sec": batch * length / seconds}
 
 
 def blocks(model, params, length, block_sizes, batch, steps_per_block, order, repeats,
@@ -99,7 +99,6 @@ def blocks(model, params, length, block_sizes, batch, steps_per_block, order, re
   """Rows per (regime, block size, cache segments; 0 = no cache)."""
   schedule = get_schedule("linear")
   x_init = jnp.full((batch, length), model.vocab_size, jnp.int32)
-  rows = []
   for regime in ("one_token_per_step", "steps_per_block"):
     for block_size in block_sizes:
       num = length // block_size
@@ -111,22 +110,18 @@ def blocks(model, params, length, block_sizes, batch, steps_per_block, order, re
           return block.block_sample(denoise, prefill, key, x, bs, s, schedule, order,
                                     vocab_size=model.vocab_size, use_cache=seg > 0,
                                     cache_segments=max(seg, 1), return_nfe=True)
-        compile_s, seconds, (_, nfe) = compile_and_time(fn, params, jax.random.key(1), x_init,
-                                                        repeats=repeats)
-        rows.append({"part": "blocks", "regime": regime, "block_size": block_size,
-                     "blocks": num, "steps_per_block": steps, "nfe": int(nfe),
-                     "kv_cache": use_cache, "cache_segments": segments, "batch": batch,
-                     "seconds": seconds,
-                     "compile_seconds": compile_s,
-                     "tokens_per_sec": batch * length / seconds,
-                     "ms_per_call": 1000 * seconds / int(nfe)})
-        print(json.dumps(rows[-1]), flush=True)
-  return rows
+        compile_s, seconds, (_, nfe) = compile_and_time(
+            fn, params, jax.random.key(1), x_init, repeats=repeats, warmup=FLAGS.warmup_runs)
+        yield {"part": "blocks", "regime": regime, "block_size": block_size,
+               "blocks": num, "steps_per_block": steps, "nfe": int(nfe),
+               "kv_cache": use_cache, "cache_segments": segments, "batch": batch,
+               "seconds": seconds, "compile_seconds": compile_s,
+               "tokens_per_sec": batch * length / seconds,
+               "ms_per_call": 1000 * seconds / int(nfe)}
 
 
 def kv_prefix(model, params, lengths, block_size, batch, repeats, calls=20):
   """Seconds per cached call of one block against P cached keys, P in 0..L."""
-  rows = []
   for length in lengths:
     x = jnp.zeros((batch, length), jnp.int32)
     _, prefill = adapters.block_denoiser_fns(model, params)
@@ -142,11 +137,10 @@ def kv_prefix(model, params, lengths, block_size, batch, repeats, calls=20):
         def body(i, acc):  # `calls` calls in one program: less dispatch noise
           return acc + denoise(x_block + i % 2, t, positions, mask, kv)[0, 0, 0]
         return jax.lax.fori_loop(0, calls, body, jnp.float32(0))
-      _, seconds, _ = compile_and_time(fn, params, x[:, :block_size], cache, repeats=repeats)
-      rows.append({"part": "kv_prefix", "length": length, "block_size": block_size,
-                   "batch": batch, "prefix": prefix, "ms_per_call": 1000 * seconds / calls})
-      print(json.dumps(rows[-1]), flush=True)
-  return rows
+      _, seconds, _ = compile_and_time(fn, params, x[:, :block_size], cache, repeats=repeats,
+                                       warmup=FLAGS.warmup_runs)
+      yield {"part": "kv_prefix", "length": length, "block_size": block_size,
+             "batch": batch, "prefix": prefix, "ms_per_call": 1000 * seconds / calls}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -199,30 +193,37 @@ def main(argv):
                             "model.num_heads": FLAGS.num_heads, "model.dropout": 0.0})
   model = build.build_denoiser(c, FLAGS.vocab_size, FLAGS.length)
   params = common.init_params(model, FLAGS.length)
-  rows = []
-  if "one_block" in FLAGS.parts:
-    rows += one_block(model, params, FLAGS.length, FLAGS.batch, FLAGS.ancestral_steps,
-                      FLAGS.dense_steps, FLAGS.repeats)
-  if "blocks" in FLAGS.parts:
-    rows += blocks(model, params, FLAGS.length, block_sizes, FLAGS.block_batch,
-                   FLAGS.steps_per_block, FLAGS.order, FLAGS.repeats,
-                   [int(s) for s in FLAGS.cache_segments])
-  if "kv_prefix" in FLAGS.parts:
-    rows += kv_prefix(model, params, [int(n) for n in FLAGS.kv_lengths], FLAGS.kv_block,
-                      FLAGS.batch, FLAGS.repeats)
-  result = {
-      **common.machine(),
-      "settings": {k: FLAGS[k].value for k in (
-          "config", "parts", "length", "batch", "ancestral_steps", "dense_steps", "block_sizes",
-          "block_batch", "cache_segments", "steps_per_block", "order", "kv_lengths", "kv_block", "width",
-          "depth", "num_heads", "vocab_size", "repeats", "set")},
-      "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
-      "rows": rows,
+  settings = {k: FLAGS[k].value for k in (
+      "config", "parts", "length", "batch", "ancestral_steps", "dense_steps", "block_sizes",
+      "block_batch", "cache_segments", "steps_per_block", "order", "kv_lengths", "kv_block",
+      "width", "depth", "num_heads", "vocab_size", "repeats", "warmup_runs", "set")}
+  n_params = int(sum(x.size for x in jax.tree.leaves(params)))
+  rows, failed = [], []
+  parts = {
+      "one_block": lambda: one_block(model, params, FLAGS.length, FLAGS.batch,
+                                     FLAGS.ancestral_steps, FLAGS.dense_steps, FLAGS.repeats),
+      "blocks": lambda: blocks(model, params, FLAGS.length, block_sizes, FLAGS.block_batch,
+                               FLAGS.steps_per_block, FLAGS.order, FLAGS.repeats,
+                               [int(s) for s in FLAGS.cache_segments]),
+      "kv_prefix": lambda: kv_prefix(model, params, [int(n) for n in FLAGS.kv_lengths],
+                                     FLAGS.kv_block, FLAGS.batch, FLAGS.repeats),
   }
+  if set(FLAGS.parts) - set(parts):
+    raise app.UsageError(f"--parts={','.join(FLAGS.parts)}: expected some of {list(parts)}")
+  for name in FLAGS.parts:
+    try:
+      for row in parts[name]():  # written after each row: a run cut short keeps them
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if FLAGS.output:
+          io.write_json(FLAGS.output, {**common.machine(), "settings": settings,
+                                       "parameters": n_params, "rows": rows})
+    except Exception:  # one failing part (a kernel this device lacks) spares the others
+      traceback.print_exc()
+      failed.append(name)
   print(markdown(rows))
-  if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
-      json.dump(result, f, indent=2)
+  if failed:
+    sys.exit(f"failed: {', '.join(failed)} (tracebacks above)")
 
 
 if __name__ == "__main__":

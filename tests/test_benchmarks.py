@@ -50,40 +50,47 @@ def test_train_step_reports_flops_and_its_share_of_a_matmul(tmp_path):
 
 
 def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
-  """benchmarks/gpu_rows.sh's train and sample parts, as on the GPU but tiny."""
+  """benchmarks/gpu_rows.sh's parts, as on the GPU but tiny."""
   peak = 1e12
   tiny = ("--set=model.width=16 --set=model.depth=1 --set=model.num_heads=2 "
           "--set=train.batch_size=2 --set=data.seq_len=16 --dtype=float32 --steps=3 "
           f"--warmup=2 --sample_batch=2 --sample_steps=5 --peak={peak} ")
   env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
          "SAMPLER_ARGS": "--width=16 --depth=1 --num_heads=2 --length=8 --batch=2 "
-                         "--block_sizes=4 --block_batch=2 --set=model.dtype=float32"}
-  for part, args in (("train", tiny + "--variants=einsum+remat,xla"),
-                     ("sample", tiny + "--sample_attention=xla")):
+                         "--block_sizes=4 --block_batch=2 --set=model.dtype=float32",
+         "ATTENTION": "xla"}
+  for part, args in (("train", tiny + "--variants=einsum+remat,xla+batch=4"),
+                     ("sample", tiny + "--sample_attention=xla"), ("blocks", "")):
     out = subprocess.run(["bash", "benchmarks/gpu_rows.sh", part, str(tmp_path)], cwd=REPO,
-                         env={**env, "ACCELERATOR_ARGS": args, "ATTENTION": "xla"},
+                         env={**env, "ACCELERATOR_ARGS": args},
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
   rows = [r for name in ("accelerator_train.json", "accelerator_sample.json")
           for r in json.loads((tmp_path / name).read_text())["rows"]]
   train = {r["variant"]: r for r in rows if r["part"] == "train"}
-  plain, remat = train["xla"], train["einsum+remat"]
+  remat, plain = train["einsum+remat"], train["xla+batch=4"]
+  assert (remat["batch"], plain["batch"]) == (2, 4) and remat["remat"] and not plain["remat"]
   assert plain["parameters"] == remat["parameters"] > 0
-  assert plain["model_flops_per_step"] == plain["xla_flops_per_step"] > 0
-  # Every variant's model FLOPs are the XLA-attention step's without remat (counted
-  # before that variant's own row ran); recomputed work is counted but is not model work.
-  assert remat["model_flops_per_step"] == plain["xla_flops_per_step"]
+  # Model FLOPs (train.model_flops_per_device, tested in test_sharding.py) leave out
+  # the recomputation that XLA's own count of the remat step adds.
+  assert plain["model_flops_per_step"] > remat["model_flops_per_step"] > 0
   assert remat["xla_flops_per_step"] > 1.1 * remat["model_flops_per_step"]
   for r in (plain, remat):
     assert r["steps"] == 3
-    assert r["tokens_per_sec"] == pytest.approx(r["steps_per_sec"] * 2 * 16)
+    assert r["tokens_per_sec"] == pytest.approx(r["steps_per_sec"] * r["batch"] * 16)
     assert r["mfu"] == pytest.approx(r["model_flops_per_step"] * r["steps_per_sec"] / peak)
     assert r["loss_first"] > 0 and r["loss_last"] > 0
   sample = {r["order"]: r for r in rows if r["part"] == "sample"}
   assert sample["ancestral"]["nfe"] == 5 and sample["first_hitting"]["nfe"] == 16
   for r in sample.values():  # a call's FLOPs at this batch, times the calls made, per second
-    assert 0 < r["forward_flops"] < plain["model_flops_per_step"]
+    assert 0 < r["forward_flops"] < remat["model_flops_per_step"]
     assert r["mfu"] == pytest.approx(r["forward_flops"] * r["nfe"] / r["seconds"] / peak)
-  blocks = json.loads((tmp_path / "sampler_md4.json").read_text())["rows"]
-  assert {(r["part"], r.get("kv_cache")) for r in blocks} == {
-      ("one_block", None), ("blocks", False), ("blocks", True)}
+  one = json.loads((tmp_path / "sampler_one_block.json").read_text())["rows"]
+  assert {r["order"] for r in one} == {"ancestral", "first_hitting"}
+  blocks = json.loads((tmp_path / "sampler_blocks.json").read_text())["rows"]
+  assert {r["kv_cache"] for r in blocks} == {False, True}
+  # A part whose script fails still runs the next script, and exits 1.
+  out = subprocess.run(["bash", "benchmarks/gpu_rows.sh", "sample", str(tmp_path / "bad")],
+                       cwd=REPO, env={**env, "ACCELERATOR_ARGS": tiny + "--sample_attention=no"},
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 1 and (tmp_path / "bad" / "sampler_one_block.json").exists()

@@ -1,14 +1,15 @@
 """Model FLOPs utilisation (MFU) of the train step.
 
-  MFU = step FLOPs per device x steps per second / peak FLOP/s per device.
+  MFU = model FLOPs per step per device x steps per second / peak FLOP/s per device.
 
 The step's FLOPs are XLA's count for the compiled (partitioned, so per-device)
 train step, ``compiled.cost_analysis()["flops"]``: forward, backward and
-optimizer, as the program runs them (rematerialised work included). Peaks are
-the vendors' dense bf16 figures; ``config.train.peak_flops_per_device`` (> 0)
-overrides the table, e.g. for fp32 or an unlisted chip. On a device with no
-known peak (a CPU) only the FLOPs and the achieved FLOP/s are logged.
-"""
+optimizer. With cuDNN attention or remat the trainer counts instead the same
+step built with XLA's attention and no remat (``train.model_flops_per_device``):
+XLA does not count inside cuDNN's kernel, and recomputed work is not model work.
+Peaks are the vendors' dense bf16 figures; ``config.train.peak_flops_per_device``
+(> 0) overrides the table, e.g. for fp32 or an unlisted chip. On a device with no
+known peak (a CPU) only the FLOPs and the achieved FLOP/s are logged."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from absl import logging
 # Dense bf16 FLOP/s per device (one chip; a TPU v4/v5p chip is one JAX device),
 # matched against jax.Device.device_kind, most specific first.
 PEAK_FLOPS = (
-    ("H100", 989e12),          # H100 SXM
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),          # H100 SXM ("NVIDIA H100 80GB HBM3")
     ("H200", 989e12),
     ("TPU v5 lite", 197e12),   # v5e
     ("TPU v5e", 197e12),

@@ -78,6 +78,21 @@ def compile_step(model, tx, config, state, shardings, mesh, seq_len: int):
   return compiled, mfu.compiled_flops(compiled)
 
 
+def model_flops_per_device(config, vocab_size: int, seq_len: int, tx, state) -> float | None:
+  """Model FLOPs of one train step, per device: XLA's count of the step built with
+  ``model.attention = "xla"`` and ``model.remat = False``, lowered (not compiled)
+  at the global batch, over the device count. The same math as any attention or
+  remat setting, but XLA does not count inside cuDNN's attention kernel (a custom
+  call), and recomputed work is not model work. None if XLA has no count."""
+  c = config.copy_and_resolve_references()
+  c.model.attention, c.model.remat = "xla", False
+  step = jax.jit(make_train_step(build.build_model(c, vocab_size, seq_len), tx, c.seed,
+                                 c.train.ema_decay))
+  x0 = jax.ShapeDtypeStruct((c.train.batch_size, seq_len), jnp.int32)
+  flops = mfu.compiled_flops(step.lower(state, x0))
+  return None if flops is None else flops / jax.device_count()
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per ``config`` in ``workdir`` (resuming if possible); returns eval metrics.
 
@@ -118,12 +133,14 @@ def _train_and_evaluate(config, workdir) -> dict:
     state = _resume(ckpt, state)
     start = int(state.step)
     step_fn, flops = compile_step(model, tx, config, state, shardings, mesh, dataset.seq_len)
+    if config.model.attention == "cudnn" or config.model.remat:  # else the same count
+      flops = model_flops_per_device(config, dataset.vocab_size, dataset.seq_len, tx, state)
     peak = mfu.peak_flops_per_device(jax.devices()[0].device_kind, tc.peak_flops_per_device)
     if start == 0:
       writer.write_hparams(_flatten(config.to_dict()))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Training %s on %s: %d parameters, mesh data %d x fsdp %d (%s), steps "
-                 "%d..%d; step FLOPs per device %s, peak %s", config.model.kind,
+                 "%d..%d; model FLOPs per step per device %s, peak %s", config.model.kind,
                  config.data.name, n_params, mesh.shape["data"], mesh.shape["fsdp"],
                  jax.devices()[0].device_kind, start, tc.num_steps, flops, peak)
     state_box = [state]
