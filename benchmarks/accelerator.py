@@ -142,7 +142,8 @@ def train_row(variant: str, peak: float | None) -> dict:
   return row
 
 
-def sample_rows(peak: float | None) -> list[dict]:
+def sample_rows(peak: float | None):
+  """The sample rows, each yielded as soon as it is measured."""
   c = variant_config(FLAGS.sample_attention)
   seq_len, batch = c.data.seq_len, FLAGS.sample_batch
   model = build.build_denoiser(c, text_normalize.VOCAB_SIZE, seq_len)
@@ -153,7 +154,6 @@ def sample_rows(peak: float | None) -> list[dict]:
   model_count = build.build_denoiser(c_count, text_normalize.VOCAB_SIZE, seq_len)
   forward = lambda p, x: adapters.denoise_fn(model_count, p)(x, jnp.full((batch,), 0.5))
   forward_flops = mfu.compiled_flops(jax.jit(forward).lower(params, x_init))
-  rows = []
   for order, steps, skip in [("ancestral", FLAGS.sample_steps, False),
                              ("first_hitting", seq_len, True)]:
     def fn(params, key, x, order=order, steps=steps, skip=skip):
@@ -171,8 +171,7 @@ def sample_rows(peak: float | None) -> list[dict]:
            "ms_per_call": 1000 / calls_per_sec, "tokens_per_sec": batch * seq_len / seconds,
            "forward_flops": forward_flops, **memory()}
     row.update(rate(forward_flops, calls_per_sec, peak))
-    rows.append(row)
-  return rows
+    yield row
 
 
 def rate(flops: float | None, per_sec: float, peak: float | None) -> dict:
@@ -221,6 +220,7 @@ def main(argv):
       add({"part": name.split()[0], "job": name, "error": f"{type(e).__name__}: {e}"})
   if failed:
     sys.exit(f"failed: {', '.join(failed)} (tracebacks above)")
+
 
 if __name__ == "__main__":
   app.run(main)
