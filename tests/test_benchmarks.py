@@ -50,23 +50,25 @@ def test_train_step_reports_flops_and_its_share_of_a_matmul(tmp_path):
 
 
 def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
-  """benchmarks/gpu_rows.sh's parts, as on the GPU but tiny."""
+  """benchmarks/gpu_rows.sh's parts, as on the GPU but tiny (a later flag wins)."""
   peak = 1e12
   tiny = ("--set=model.width=16 --set=model.depth=1 --set=model.num_heads=2 "
           "--set=train.batch_size=2 --set=data.seq_len=16 --dtype=float32 --steps=3 "
-          f"--warmup=2 --sample_batch=2 --sample_steps=5 --peak={peak} ")
+          f"--warmup=2 --sample_batch=2 --sample_steps=5 --sample_attention=xla --peak={peak}")
+  sampler = ("--width=16 --depth=1 --num_heads=2 --length=8 --batch=2 --block_batch=2 "
+             "--set=model.dtype=float32 --block_sizes=")
   env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-         "SAMPLER_ARGS": "--width=16 --depth=1 --num_heads=2 --length=8 --batch=2 "
-                         "--block_sizes=4 --block_batch=2 --set=model.dtype=float32",
          "ATTENTION": "xla"}
-  for part, args in (("train", tiny + "--variants=einsum+remat,xla+batch=4"),
-                     ("sample", tiny + "--sample_attention=xla"), ("blocks", "")):
-    out = subprocess.run(["bash", "benchmarks/gpu_rows.sh", part, str(tmp_path)], cwd=REPO,
-                         env={**env, "ACCELERATOR_ARGS": args},
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-  rows = [r for name in ("accelerator_train.json", "accelerator_sample.json")
-          for r in json.loads((tmp_path / name).read_text())["rows"]]
+
+  def part(name, accelerator_args="", sampler_args=""):
+    return subprocess.run(["bash", "benchmarks/gpu_rows.sh", name, str(tmp_path)], cwd=REPO,
+                          env={**env, "ACCELERATOR_ARGS": accelerator_args,
+                               "SAMPLER_ARGS": sampler_args},
+                          capture_output=True, text=True, timeout=600)
+
+  out = part("train", f"{tiny} --variants=einsum+remat,xla+batch=4 --parts=train,sample")
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  rows = json.loads((tmp_path / "accelerator_train.json").read_text())["rows"]
   train = {r["variant"]: r for r in rows if r["part"] == "train"}
   remat, plain = train["einsum+remat"], train["xla+batch=4"]
   assert (remat["batch"], plain["batch"]) == (2, 4) and remat["remat"] and not plain["remat"]
@@ -85,12 +87,13 @@ def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
   for r in sample.values():  # a call's FLOPs at this batch, times the calls made, per second
     assert 0 < r["forward_flops"] < remat["model_flops_per_step"]
     assert r["mfu"] == pytest.approx(r["forward_flops"] * r["nfe"] / r["seconds"] / peak)
+  # A part whose first script fails (an unknown attention) still runs the next one,
+  # and exits 1.
+  out = part("sample", f"{tiny} --sample_attention=no", sampler + "4")
+  assert out.returncode == 1 and "config.model.attention = 'no'" in out.stdout
   one = json.loads((tmp_path / "sampler_one_block.json").read_text())["rows"]
   assert {r["order"] for r in one} == {"ancestral", "first_hitting"}
+  out = part("blocks", sampler_args=sampler + "8")  # one block: no cache
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
   blocks = json.loads((tmp_path / "sampler_blocks.json").read_text())["rows"]
-  assert {r["kv_cache"] for r in blocks} == {False, True}
-  # A part whose script fails still runs the next script, and exits 1.
-  out = subprocess.run(["bash", "benchmarks/gpu_rows.sh", "sample", str(tmp_path / "bad")],
-                       cwd=REPO, env={**env, "ACCELERATOR_ARGS": tiny + "--sample_attention=no"},
-                       capture_output=True, text=True, timeout=600)
-  assert out.returncode == 1 and (tmp_path / "bad" / "sampler_one_block.json").exists()
+  assert [r["nfe"] for r in blocks] == [8, 4]  # one token per step; --steps_per_block=4
