@@ -50,7 +50,9 @@ def test_train_step_reports_flops_and_its_share_of_a_matmul(tmp_path):
 
 
 def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
-  """benchmarks/gpu_rows.sh's parts, as on the GPU but tiny (a later flag wins)."""
+  """benchmarks/gpu_rows.sh's train and sample parts, as on the GPU but tiny (a later
+  flag wins; its blocks part is the sample part's sampler_throughput call with
+  --parts=blocks, whose rows test_sampler_throughput_... checks)."""
   peak = 1e12
   tiny = ("--set=model.width=16 --set=model.depth=1 --set=model.num_heads=2 "
           "--set=train.batch_size=2 --set=data.seq_len=16 --dtype=float32 --steps=3 "
@@ -93,7 +95,3 @@ def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
   assert out.returncode == 1 and "config.model.attention = 'no'" in out.stdout
   one = json.loads((tmp_path / "sampler_one_block.json").read_text())["rows"]
   assert {r["order"] for r in one} == {"ancestral", "first_hitting"}
-  out = part("blocks", sampler_args=sampler + "8")  # one block: no cache
-  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-  blocks = json.loads((tmp_path / "sampler_blocks.json").read_text())["rows"]
-  assert [r["nfe"] for r in blocks] == [8, 4]  # one token per step; --steps_per_block=4
