@@ -36,6 +36,7 @@ On a CPU (no known peak) it reports FLOP/s without MFU; ``--peak`` sets one.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -92,6 +93,7 @@ def variant_config(variant: str):
   return common.load_config(FLAGS.config, [*FLAGS.set, *(f"{k}={v!r}" for k, v in fields.items())])
 
 
+@functools.cache  # one per (seq_len, seed), shared by the variants
 def text_dataset(seq_len: int, seed: int) -> Text8Dataset:
   """Python's documentation in text8's alphabet (the offline text8 stand-in)."""
   with tempfile.TemporaryDirectory() as tmp:

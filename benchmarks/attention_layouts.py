@@ -11,14 +11,12 @@ timed interleaved in one process so that load hits all alike:
   PYTHONPATH=. python benchmarks/attention_layouts.py --rounds=9
 """
 
-import statistics
-import time
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+import common
 from vmd_jax.networks import transformer
 from vmd_jax.trainer import build, config as config_lib
 
@@ -77,14 +75,7 @@ def main(_):
     compiled[name] = (forward.lower(params, x).compile(), params, x)
     jax.block_until_ready(compiled[name][0](params, x))
   transformer.Attention = fused
-  times = {name: [] for name in compiled}
-  for _ in range(FLAGS.rounds):
-    for name, (fn, params, x) in compiled.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(params, x))
-      times[name].append(time.perf_counter() - start)
-  for name, t in times.items():
-    print(f"{name}: median {statistics.median(t):.3f} s of {len(t)}")
+  common.interleaved_medians(compiled, FLAGS.rounds)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,20 @@ def compile_and_time(fn, *args, repeats: int, warmup: int = 0):
   return compile_seconds, statistics.median(times), out
 
 
+def interleaved_medians(sides: dict, rounds: int) -> dict:
+  """{name: median seconds} of ``rounds`` calls of each compiled ``fn(*args)`` in
+  ``sides`` ({name: (fn, *args)}), taken in turns so that load hits every side
+  alike; each median is printed as it is known."""
+  times = {name: [] for name in sides}
+  for _ in range(rounds):
+    for name, (fn, *args) in sides.items():
+      times[name].append(seconds(fn, *args))
+  medians = {name: statistics.median(t) for name, t in times.items()}
+  for name, median in medians.items():
+    print(f"{name}: median {median:.3f} s of {rounds}")
+  return medians
+
+
 def flops_of(compiled) -> float:
   """XLA's FLOP count of one call of a compiled function (NaN if it has none).
 

@@ -12,24 +12,18 @@ jitted with the parameters as arguments.
 """
 
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+import common
 from vmd_jax.trainer import build, config as config_lib
 
 flags.DEFINE_integer("rounds", 15, "Timed calls per side, interleaved.")
 FLAGS = flags.FLAGS
 B, N, V, LAYERS, HEADS, WIDTH = 16, 256, 27, 4, 4, 256
-
-
-def flops_of(compiled) -> float:
-  cost = compiled.cost_analysis()
-  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
 
 
 def md4_forward():
@@ -64,16 +58,9 @@ def main(_):
     jax.block_until_ready(compiled(params, x))
     n_params = sum(p.size for p in jax.tree.leaves(params))
     sides[name] = (compiled, params, x)
-    print(f"{name}: {n_params:,} parameters, {flops_of(compiled) / 1e9:.2f} GFLOPs per forward")
-  times = {name: [] for name in sides}
-  for _ in range(FLAGS.rounds):
-    for name, (fn, params, x) in sides.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(params, x))
-      times[name].append(time.perf_counter() - start)
-  for name, t in times.items():
-    print(f"{name}: median {statistics.median(t):.3f} s of {len(t)}")
-  print(f"md4 / vmd_jax: {statistics.median(times['md4']) / statistics.median(times['vmd_jax']):.3f}"
+    print(f"{name}: {n_params:,} parameters, {common.flops_of(compiled) / 1e9:.2f} GFLOPs per forward")
+  medians = common.interleaved_medians(sides, FLAGS.rounds)
+  print(f"md4 / vmd_jax: {medians['md4'] / medians['vmd_jax']:.3f}"
         f"; load averages {os.getloadavg()}; jax {jax.__version__}")
 
 
