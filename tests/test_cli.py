@@ -168,3 +168,17 @@ def test_only_reports_of_abandoned_checkpoint_reads_are_dropped(source, filename
                                                                  dropped):
   from vmd_jax.trainer import cli
   assert cli._is_abandoned_read(*_traceback_of(source, filename, name)) is dropped
+
+
+def test_asyncio_logs_of_abandoned_reads_are_dropped_and_others_kept():
+  """asyncio logs "Task exception was never retrieved" with the task's exception."""
+  import logging
+  from vmd_jax.trainer import cli
+  source = "def _read_array_index_and_device_put():\n  raise Exception('Encountered error')"
+  record = lambda filename: logging.LogRecord(
+      "asyncio", logging.ERROR, "base_events.py", 1, "Task exception was never retrieved",
+      None, _traceback_of(source, filename, "_read_array_index_and_device_put"))
+  keep = cli._AbandonedReadRecords().filter
+  assert not keep(record("/site-packages/orbax/checkpoint/_src/serialization/serialization.py"))
+  assert keep(record("/home/me/my_reader.py"))
+  assert keep(logging.LogRecord("x", logging.INFO, "f.py", 1, "no exception", None, None))

@@ -128,9 +128,19 @@ def _is_abandoned_read(exc_type, exc, tb) -> bool:
              for c in codes)
 
 
+class _AbandonedReadRecords:
+  """Drops log records whose exception is an ``_is_abandoned_read`` one: asyncio's
+  "Task exception was never retrieved" for a read task collected after orbax gave
+  up on it."""
+
+  def filter(self, record):
+    return not (record.exc_info and _is_abandoned_read(*record.exc_info))
+
+
 def _drop_abandoned_reads():
   """Keeps ``_is_abandoned_read`` reports (made through ``sys.unraisablehook``, at
-  any moment, even mid-line) out of stderr."""
+  any moment, even mid-line, or logged by asyncio) out of stderr."""
+  logging.get_absl_handler().addFilter(_AbandonedReadRecords())
   previous = sys.unraisablehook
 
   def hook(unraisable):
