@@ -106,12 +106,16 @@ def test_model_loss_is_the_prime_nelbo(block_size):
   noise = jnp.asarray(rng.random((3, 4, 2)), jnp.float32)
   t = jnp.asarray(rng.random((3, 2) if block_size else (3,)), jnp.float32)
   got = jax.jit(lambda p: model.loss(p, x0, jax.random.key(5), t=t, noise=noise))(params)
-  if block_size:
-    fn, _ = adapters.block_denoiser_fns(model.denoiser, params["denoiser"])
-    want = prime.block_nelbo_terms(fn, x0, None, model.schedule, code, 2, t=t, noise=noise)
-  else:
-    fn = adapters.denoise_fn(model.denoiser, params["denoiser"])
-    want = prime.prime_nelbo_terms(fn, x0, None, model.schedule, code, t=t, noise=noise)
+
+  @jax.jit
+  def want_of(p):
+    if block_size:
+      fn, _ = adapters.block_denoiser_fns(model.denoiser, p["denoiser"])
+      return prime.block_nelbo_terms(fn, x0, None, model.schedule, code, 2, t=t, noise=noise)
+    fn = adapters.denoise_fn(model.denoiser, p["denoiser"])
+    return prime.prime_nelbo_terms(fn, x0, None, model.schedule, code, t=t, noise=noise)
+
+  want = want_of(params)
   for name in ("loss", "nelbo", "diffusion", "per_token"):
     np.testing.assert_allclose(got[name], want["nelbo" if name == "loss" else name],
                                rtol=2e-5, err_msg=name)
@@ -131,11 +135,15 @@ def test_block_prime_nelbo_with_one_digit_is_bd3lm():
   t = jnp.asarray(rng.random((2, 2)), jnp.float32)
   noise = jnp.asarray(rng.random((2, length)), jnp.float32)
   sched = build.build_schedule(tiny())
-  for steps in (None, 4):
-    ours = prime.block_nelbo_terms(digit_fn, x0, None, sched, code, bs, t=t,
-                                   noise=noise[..., None], num_steps=steps)
-    theirs = block.block_nelbo_terms(fn, x0, None, sched, bs, t=t, noise=noise,
-                                     num_steps=steps)
+
+  @jax.jit
+  def both():  # one compile, not hundreds of eager ops
+    return [(prime.block_nelbo_terms(digit_fn, x0, None, sched, code, bs, t=t,
+                                     noise=noise[..., None], num_steps=steps),
+             block.block_nelbo_terms(fn, x0, None, sched, bs, t=t, noise=noise,
+                                     num_steps=steps)) for steps in (None, 4)]
+
+  for ours, theirs in both():
     for name in ("nelbo", "diffusion", "reconstruction", "prior", "per_token", "per_block"):
       np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
@@ -181,7 +189,7 @@ def test_train_and_evaluate_with_prime(tmp_path, kind, block_size):
   model, params, restored = load(str(tmp_path))
   assert restored.diffusion.prime_digits == 2 and model.prime_code.base == 4
   x0 = jnp.array([[3, 4, 5, 6]], jnp.int32)
-  terms = model.loss(params, x0, jax.random.key(0))
+  terms = jax.jit(model.loss)(params, x0, jax.random.key(0))
   assert terms["per_token"].shape == (1, 4) and terms["xt" if block_size else "t"] is not None
   if kind == "vmd":
     np.testing.assert_allclose(terms["bound"], terms["nelbo"] + terms["kl"], rtol=1e-6)
