@@ -131,9 +131,10 @@ on_one = evaluate.nelbo_metrics(model, params, data, c, key,
                                 sharding.data_parallel_mesh(jax.devices()[:1]))
 on_eight = evaluate.nelbo_metrics(model, fsdp.ema_params, data, c, key, mesh)
 v, w = 0.0, 0.0
+loss = jax.jit(model.loss)
 for i, b in enumerate(data.eval_batches(96)):
   for k in range(2):
-    t = model.loss(params, b["x0"], jax.random.fold_in(key, i * 1000 + k))
+    t = loss(params, b["x0"], jax.random.fold_in(key, i * 1000 + k))
     values = np.asarray(t["per_token"]) + np.asarray(t["kl"])[:, None] / b["x0"].shape[1]
     v += np.sum(values * b["weight"]) / 2
   w += b["weight"].sum()
