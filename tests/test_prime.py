@@ -66,6 +66,9 @@ def test_base_is_the_exact_integer_root():
     assert prime.digit_base(v, l) == b, (v, l)
   with pytest.raises(ValueError, match="num_digits"):
     prime.DigitCode(5, 0)
+  assert prime.DigitCode(2, 30).num_codes == 2**30
+  with pytest.raises(ValueError, match=r"31 digits in base 2 make 2\^31 codes, more than int32"):
+    prime.DigitCode(2, 31)
 
 
 @pytest.mark.parametrize("v,l", [(5, 1), (6, 3), (27, 4), (50257, 2)])

@@ -173,6 +173,12 @@ def test_train_step_on_eight_devices_matches_one(tmp_path):
     ("eval.settings", "top_prob:0", r"ORDER:NFE with NFE >= 1"),
     ("eval.settings", "greedy:4", r"'greedy'; accepted values"),
     ("model.width", 31, r"config.model.width = 31 is not divisible by config.model.num_heads"),
+    ("train.b1", 1.0, r"config.train.b1 = 1.0; must be in \[0, 1\)"),
+    ("train.b2", -0.5, r"config.train.b2 = -0.5; must be in \[0, 1\)"),
+    ("data.num_eval", -5, r"config.data.num_eval = -5; must be >= 0"),
+    ("model.mlp_ratio", 0.01, r"mlp_ratio = 0.01 leaves no MLP hidden unit at width 16"),
+    ("prior.fit_samples", 3, r"config.prior.fit_samples = 3 is fewer than "
+                             r"config.prior.components = 4"),
 ])
 def test_bad_config_values_are_named(field, value, message):
   c = tiny_config()
@@ -193,3 +199,55 @@ def test_unknown_config_keys_fail_at_once(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "num_stepz" in out.stderr
   assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_path):
+  """A workdir with checkpoints resumes only with its own config, outside
+  ``RESUME_MAY_CHANGE``: another model or data would find every checkpoint
+  unreadable (moved aside as corrupt) or train on other data without a word."""
+  from vmd_jax.trainer import io, load
+  c = tiny_config("md4")
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+  io.write_json(tmp_path / "config.json", c.to_dict())
+  saved = (tmp_path / "config.json").read_text()
+  other = c.copy_and_resolve_references()
+  other.seed, other.model.width, other.train.num_steps = 7, 32, 40
+  with pytest.raises(train.BadSetup, match=r"holds checkpoints of a run with another config: "
+                     r"model.width: 16 -> 32; seed: 0 -> 7; resume it with its own config"):
+    train.train_and_evaluate(other, str(tmp_path))
+  assert (tmp_path / "config.json").read_text() == saved
+  assert sorted(os.listdir(tmp_path)) == [".lock", "checkpoints", "config.json"]
+  assert os.listdir(tmp_path / "checkpoints") == ["10"]
+  # What an operator changes when resuming: length, learning rate, evaluation, devices.
+  resumed = c.copy_and_resolve_references()
+  resumed.train.num_steps, resumed.train.lr, resumed.eval.settings = 40, 1e-4, "top_prob:2"
+  resumed.mesh.fsdp, resumed.model.attention, resumed.prior.components = 2, "einsum", 8
+  assert config_lib.resume_changes(load.load_config(tmp_path), resumed) == []
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"data.synthetic": "d3"}, r"unknown synthetic dataset 'd3'"),
+    ({"diffusion.block_size": 3}, r"block_size must be an int >= 1 that divides"),
+    ({"train.batch_size": 3, "mesh.data": 2}, r"config.mesh.data x config.mesh.fsdp must be"),
+])
+def test_bad_setup_is_one_error_before_config_json(tmp_path, change, message):
+  from vmd_jax.trainer import cli
+  c = tiny_config("md4")
+  for key, value in change.items():
+    group, field = key.split(".")
+    c[group][field] = value
+  with pytest.raises(train.BadSetup, match=message) as e:
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert cli._run_ended(e.value) == 2  # the command line: one line, exit 2
+  assert os.listdir(tmp_path / "run") == [".lock"]
+  (tmp_path / "file").write_text("")
+  with pytest.raises(train.BadSetup, match="Not a directory"):
+    train.train_and_evaluate(tiny_config("md4"), str(tmp_path / "file" / "run"))
+
+
+def test_empty_workdir_is_refused(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "vmd_jax.main", "--config=synthetic_md4",
+                        "--workdir="], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and out.stderr.strip().endswith(
+      "error: --workdir is empty (an unset variable?); name a directory"), out.stderr
+  assert not os.listdir(tmp_path)

@@ -127,7 +127,10 @@ class DigitCode:
   num_digits: int
 
   def __post_init__(self):
-    digit_base(self.vocab_size, self.num_digits)  # validates
+    b, l = digit_base(self.vocab_size, self.num_digits), self.num_digits  # validates
+    if b**l > jnp.iinfo(jnp.int32).max:
+      raise ValueError(f"{l} digits in base {b} make {b}^{l} codes, more than int32 tokens "
+                       f"hold: use fewer digits (prime_digits)")
 
   @property
   def base(self) -> int:

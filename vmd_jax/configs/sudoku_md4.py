@@ -39,7 +39,7 @@ taken from the paper, which publishes no architecture for Sudoku):
 
 Re-evaluate a trained workdir on another CSV (writes eval_<stem>.json):
 
-  python -m vmd_jax.evaluate --workdir=runs/sudoku_md4 --data=PATH/puzzles.csv
+  python -m vmd_jax evaluate --workdir=runs/sudoku_md4 --data=PATH/puzzles.csv
 """
 
 import os

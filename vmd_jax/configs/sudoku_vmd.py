@@ -13,7 +13,7 @@ setting is evaluated twice, with z ~ N(0, I) (``top_prob:5``) and with z from th
 mixture (``top_prob:5/mixture``).
 
   python -m vmd_jax.main --config=configs/sudoku_vmd.py --workdir=runs/sudoku_vmd
-  python -m vmd_jax.evaluate --workdir=runs/sudoku_vmd --data=PATH/puzzles.csv
+  python -m vmd_jax evaluate --workdir=runs/sudoku_vmd --data=PATH/puzzles.csv
 """
 
 from vmd_jax.configs import sudoku_md4

@@ -97,8 +97,9 @@ def check_overrides(argv: list[str]) -> list[str]:
 def _run_ended(e: BaseException) -> int | None:
   """The exit code of a run's own ending (workdir held, diverged, stopped by a
   signal), or None for any other exception."""
-  from vmd_jax.trainer import guard, lock, preemption
-  if isinstance(e, (guard.TrainingDiverged, lock.WorkdirLocked, preemption.RunStopped)):
+  from vmd_jax.trainer import guard, lock, preemption, train
+  if isinstance(e, (train.BadSetup, guard.TrainingDiverged, lock.WorkdirLocked,
+                    preemption.RunStopped)):
     return e.exit_code
   return None
 
@@ -168,6 +169,8 @@ class _QuietLibraries:
 
 
 def _check_workdir(workdir: str):
+  if not workdir.strip():
+    raise InputError("--workdir is empty (an unset variable?); name a directory")
   if "://" not in workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise InputError(f"--workdir={workdir} is a file, not a directory")
 

@@ -251,6 +251,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of("data.text8_source", d.text8_source, ("text8", "local"))
   _positive("data.vocab_size", d.vocab_size, allow_zero=True)
   _positive("data.seq_len", d.seq_len, allow_zero=True)
+  _positive("data.num_eval", d.num_eval, allow_zero=True)
   if d.name == "sudoku" and not (d.sudoku_train and d.sudoku_eval):
     raise ValueError("config.data.name = 'sudoku' needs config.data.sudoku_train and "
                      "config.data.sudoku_eval (CSV paths)")
@@ -269,6 +270,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for name in ("width", "depth", "num_heads", "mlp_ratio", "encoder_width", "encoder_depth",
                "encoder_heads"):
     _positive(f"model.{name}", m[name])
+  if int(m.mlp_ratio * m.width) < 1:
+    raise ValueError(f"config.model.mlp_ratio = {m.mlp_ratio!r} leaves no MLP hidden unit at "
+                     f"width {m.width}; need mlp_ratio * width >= 1")
   for name in ("cond_dim", "embed_dim", "time_hidden"):
     _positive(f"model.{name}", m[name], allow_zero=True)
   for name in ("mlp_multiple_of", "time_features"):
@@ -317,13 +321,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ValueError("config.prior.kind = 'mixture' needs config.model.kind = 'vmd'")
   for name in ("components", "fit_samples", "fit_iters"):
     _positive(f"prior.{name}", p[name])
+  if p.kind == "mixture" and p.fit_samples < p.components:
+    raise ValueError(f"config.prior.fit_samples = {p.fit_samples!r} is fewer than "
+                     f"config.prior.components = {p.components!r}: a mixture needs at least "
+                     "one encoding per component")
   for name in ("batch_size", "num_steps", "lr", "log_every", "checkpoint_every",
                "keep_checkpoints"):
     _positive(f"train.{name}", t[name])
   for name in ("warmup_steps", "weight_decay", "grad_clip", "end_lr_factor"):
     _positive(f"train.{name}", t[name], allow_zero=True)
-  if not 0.0 <= t.ema_decay < 1.0:
-    raise ValueError(f"config.train.ema_decay = {t.ema_decay!r}; must be in [0, 1)")
+  for name in ("ema_decay", "b1", "b2"):
+    if not 0.0 <= t[name] < 1.0:
+      raise ValueError(f"config.train.{name} = {t[name]!r}; must be in [0, 1)")
   for name in ("num_samples", "batch_size", "nelbo_samples"):
     _positive(f"eval.{name}", e[name])
   _positive("train.peak_flops_per_device", t.get("peak_flops_per_device", 0.0), allow_zero=True)
@@ -343,6 +352,37 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of("eval.prime_unit", e.prime_unit, ("token", "digit"))
   parse_eval_settings(e.settings)
   return config
+
+
+# What a resumed run may change: how long it trains, when and what it logs, saves
+# and evaluates, the learning rate's schedule (a diverged run's remedy), where its
+# data lives, how its devices compute (mesh, kernel, remat) and the prior fitted
+# after training. Anything else would train another run from its checkpoints.
+RESUME_MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.peak_flops_per_device", "train.lr",
+                     "train.warmup_steps", "train.end_lr_factor", "train.schedule_lr", "eval.",
+                     "mesh.", "prior.", "model.attention", "model.remat", "data.npy_path",
+                     "data.sudoku_train", "data.sudoku_eval", "data.text8_path",
+                     "data.text8_data_dir")
+
+
+def _flat(tree: dict, path: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{path}{key}."))
+    else:
+      flat[path + key] = value
+  return flat
+
+
+def resume_changes(saved: ml_collections.ConfigDict,
+                   config: ml_collections.ConfigDict) -> list[str]:
+  """The fields where ``config`` differs from the ``saved`` config of the run it
+  would resume, outside ``RESUME_MAY_CHANGE``: ``["seed: 0 -> 7", ...]``."""
+  old, new = _flat(saved.to_dict()), _flat(config.to_dict())
+  return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+          if old.get(key) != new.get(key) and not key.startswith(RESUME_MAY_CHANGE)]
 
 
 def load_config_file(path: str, *args):

@@ -11,6 +11,7 @@ MFU log is ``mfu``'s.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
@@ -93,34 +94,77 @@ def model_flops_per_device(config, vocab_size: int, seq_len: int, tx, state) -> 
   return None if flops is None else flops / jax.device_count()
 
 
+class BadSetup(ValueError):
+  """The run cannot start as asked: its data, workdir, mesh or batch size, or a
+  config that differs from the one its workdir's checkpoints were trained with.
+  Raised before anything is trained or written (the command line: one line, exit 2)."""
+  exit_code = 2
+
+
+@contextlib.contextmanager
+def _setting_up():
+  """Bad input met while setting a run up (``ValueError``, ``OSError``) as ``BadSetup``."""
+  try:
+    yield
+  except BadSetup:
+    raise
+  except (ValueError, OSError) as e:
+    raise BadSetup(str(e)) from e
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per ``config`` in ``workdir`` (resuming if possible); returns eval metrics.
 
-  Faults (README "What survives what"): the workdir is locked for the run
-  (``lock.WorkdirLocked``); a non-finite loss or gradient norm stops it unsaved
-  (``guard.TrainingDiverged``); SIGTERM / SIGINT save the current step and stop
-  (``preemption.RunStopped``); an unreadable newest checkpoint is moved aside and
-  the one before it resumed.
+  Faults (README "What survives what"): bad data, a workdir that cannot be
+  written, a batch the devices do not divide or a config that differs from the
+  one the workdir's checkpoints were trained with (outside
+  ``config.RESUME_MAY_CHANGE``) raise ``BadSetup`` before anything is written;
+  the workdir is locked for the run (``lock.WorkdirLocked``); a non-finite loss or
+  gradient norm stops it unsaved (``guard.TrainingDiverged``); SIGTERM / SIGINT
+  save the current step and stop (``preemption.RunStopped``); an unreadable
+  newest checkpoint is moved aside and the one before it resumed.
   """
   config_lib.validate(config)
   workdir = io.as_path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  with lock.WorkdirLock(workdir):
-    return _train_and_evaluate(config, workdir)
+  with contextlib.ExitStack() as held:
+    with _setting_up():
+      workdir.mkdir(parents=True, exist_ok=True)
+      held.enter_context(lock.WorkdirLock(workdir))
+      mesh, dataset, model = _set_up(config, workdir)
+    return _train_and_evaluate(config, workdir, mesh, dataset, model)
 
 
-def _train_and_evaluate(config, workdir) -> dict:
-  tc = config.train
+def _set_up(config, workdir):
+  """(mesh, dataset, model), checked; then ``config.json`` and the data's shape
+  are written (process 0)."""
   mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch(tc.batch_size, mesh, "config.train.batch_size")
-  if jax.process_index() == 0:
-    io.write_json(workdir / "config.json", config.to_dict())
-
+  sharding.check_batch(config.train.batch_size, mesh, "config.train.batch_size")
   dataset = build.build_dataset(config)
   model = build.build_model(config, dataset.vocab_size, dataset.seq_len)
   evaluate.check_settings(config, model, dataset.seq_len)
+  _check_resumable(config, workdir)
   if jax.process_index() == 0:
+    io.write_json(workdir / "config.json", config.to_dict())
     load.write_data_shape(workdir, dataset.vocab_size, dataset.seq_len)
+  return mesh, dataset, model
+
+
+def _check_resumable(config, workdir):
+  """Refuses to resume a workdir's checkpoints with another run's config."""
+  steps = workdir / "checkpoints"
+  if not (workdir / "config.json").exists() or not (
+      steps.exists() and any(p.name.isdigit() for p in steps.iterdir())):
+    return
+  changed = config_lib.resume_changes(load.load_config(workdir), config)
+  if changed:
+    shown = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
+    raise BadSetup(f"{workdir} holds checkpoints of a run with another config: {shown}; "
+                   "resume it with its own config (config.RESUME_MAY_CHANGE lists what may "
+                   "change) or train in a new --workdir")
+
+
+def _train_and_evaluate(config, workdir, mesh, dataset, model) -> dict:
+  tc = config.train
   tx = make_optimizer(tc)
   state, shardings = init_sharded_state(model, tx, config.seed, dataset.seq_len, mesh,
                                         config.mesh.fsdp_min_size)
