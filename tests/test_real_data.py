@@ -6,6 +6,7 @@ eval.json, re-evaluation on another CSV), not the numbers.
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -93,9 +94,9 @@ def test_sudoku_missing_csv_fails_before_training(tmp_path, sudoku_csvs):
   c.data.sudoku_eval = str(sudoku_csvs[1])
   c.data.num_eval = 0
   workdir = tmp_path / "run"
-  with pytest.raises(FileNotFoundError, match="no_such_puzzles.csv"):
+  with pytest.raises(train.BadSetup, match="Sudoku file not found: .*no_such_puzzles.csv"):
     train.train_and_evaluate(c, str(workdir))
-  assert not (workdir / "checkpoints").exists() and not (workdir / "eval.json").exists()
+  assert os.listdir(workdir) == [".lock"]  # no config.json, checkpoints or eval.json
 
 
 def test_text8_local_train_and_bpc(tmp_path):
