@@ -122,8 +122,10 @@ def nelbo_from_logits(logits, x0, xt, weight, schedule, vocab_size: int) -> dict
   batch_size, num_tokens = x0.shape
   chex.assert_shape(logits, (batch_size, num_tokens, vocab_size))
   weight = weight[:, None] if weight.ndim == 1 else weight
-  masked = (xt == vocab_size).astype(jnp.float32)
-  diffusion_per_token = -weight * token_log_likelihood(logits, x0) * masked
+  # Zeroed on unmasked tokens before the product: at t = 0 with alpha(0) = 1 the
+  # weight is inf and nothing is masked, and inf * 0 would make value and gradient NaN.
+  weight = jnp.where(xt == vocab_size, weight, 0.0)
+  diffusion_per_token = -weight * token_log_likelihood(logits, x0)
   diffusion = jnp.sum(diffusion_per_token, axis=-1)
   log_v = math.log(vocab_size)
   one = jnp.ones((batch_size,), jnp.float32)
