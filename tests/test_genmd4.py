@@ -330,6 +330,12 @@ def test_sampler_rejects_bad_initial_tokens(value):
   assert int(out.max()) < 4 and int(out[1, 4]) == 2
 
 
+@pytest.mark.parametrize("top_p", [0.0, float("nan")])
+def test_sampler_rejects_top_p_outside_zero_one(top_p):
+  with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+    genmd4.sample(_ZERO4, jax.random.key(0), jnp.full((1, 3), 4), 3, _PARAMS4, top_p=top_p)
+
+
 def test_checked_rloo_loss_raises_under_jit():
   from jax.experimental import checkify
   from vmd_jax import forward

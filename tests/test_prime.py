@@ -604,6 +604,10 @@ def test_temperature_zero_and_bad_arguments(joint):
     draw(denoise, "greedy", 2)
   with pytest.raises(ValueError, match=r"unknown reveal unit 'bit'"):
     draw(denoise, "top_prob", 2, unit="bit")
+  for top_p in (0.0, float("nan")):
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+      prime.sample(denoise, jax.random.key(0), jnp.full((1, N, L), 3), 2, LINEAR0, CODE,
+                   top_p=top_p)
 
 
 # ----------------------------------------------------------------------------

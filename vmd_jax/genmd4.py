@@ -89,7 +89,7 @@ from vmd_jax import exact
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_tokens, mask_where
 from vmd_jax.losses import draw_times, token_log_likelihood
-from vmd_jax.sampling import top_p_logits
+from vmd_jax.sampling import check_top_p, top_p_logits
 from vmd_jax.schedules import MD4_EPS, time_grid
 
 DenoiseFn = Callable[..., jax.Array]
@@ -385,6 +385,7 @@ def reverse_log_probs(logits, params: GenMD4Params, t, s, *, eps: float = MD4_EP
 
 
 def _sampling_logits(logits, temperature, top_p):
+  check_top_p(top_p)
   if temperature == 0.0:
     return jnp.where(logits >= jnp.max(logits, axis=-1, keepdims=True), 0.0, -jnp.inf)
   logits = logits / temperature
