@@ -191,6 +191,28 @@ def test_gaussian_kl_closed_form_and_monte_carlo():
                              [np.maximum(np.asarray(q.kl_per_dim()), 0.3).sum()], rtol=1e-6)
 
 
+def test_gaussian_kl_and_log_prob_in_float32_for_bfloat16_inputs():
+  mean = jnp.array([[0.0, 0.0, 0.5, -2.0]], jnp.bfloat16)
+  logvar = jnp.array([[0.01, -0.003, 0.0, 1.5]], jnp.bfloat16)
+  q = losses.DiagonalGaussian(mean, logvar)
+  m, lv = (np.asarray(a, np.float64) for a in (mean, logvar))  # the bf16 values, exactly
+  kl = 0.5 * (m**2 + np.expm1(lv) - lv)
+  assert q.kl_per_dim().dtype == jnp.float32 and q.kl_standard_normal().dtype == jnp.float32
+  np.testing.assert_allclose(q.kl_per_dim(), kl, rtol=1e-4)
+  assert float(q.kl_per_dim()[0, 0]) > 0  # bfloat16 arithmetic gives -0.0011
+  z = jnp.array([[0.3, -1.0, 0.7, -2.5]], jnp.bfloat16)
+  log_q = -0.5 * np.sum(np.log(2 * np.pi) + lv + (np.asarray(z, np.float64) - m)**2
+                        / np.exp(lv))
+  assert q.log_prob(z).dtype == jnp.float32
+  np.testing.assert_allclose(q.log_prob(z), [log_q], rtol=1e-6)
+  encode = lambda x0, xt, t: (jnp.broadcast_to(mean, (2, 4)), jnp.broadcast_to(logvar, (2, 4)))
+  out = losses.vmd_loss(lambda xt, t, z: jnp.zeros(xt.shape + (V,)), encode,
+                        jnp.zeros((2, N), jnp.int32), jax.random.key(0),
+                        get_schedule("linear"), beta=1.0)
+  assert out["kl"].dtype == jnp.float32
+  np.testing.assert_allclose(out["kl"], [kl.sum()] * 2, rtol=1e-4)
+
+
 def test_vmd_loss_terms_and_gradients():
   latent, batch = 2, 16
   key = jax.random.key(0)

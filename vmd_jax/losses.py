@@ -196,18 +196,22 @@ class DiagonalGaussian(NamedTuple):
     return self.mean + jnp.exp(0.5 * self.logvar) * eps
 
   def kl_per_dim(self):
-    """KL(q || N(0, I)) per dimension: (mean^2 + exp(logvar) - 1 - logvar) / 2, [B, D]."""
-    return 0.5 * (jnp.square(self.mean) + jnp.exp(self.logvar) - 1.0 - self.logvar)
+    """KL(q || N(0, I)) per dimension, float32 [B, D]:
+    (mean^2 + exp(logvar) - 1 - logvar) / 2, as (mean^2 + expm1(logvar) - logvar) / 2
+    (exp(logvar) - 1 - logvar cancels for small logvar, to < 0 in bfloat16)."""
+    mean, logvar = self.mean.astype(jnp.float32), self.logvar.astype(jnp.float32)
+    return 0.5 * (jnp.square(mean) + (jnp.expm1(logvar) - logvar))
 
   def kl_standard_normal(self):
-    """KL(q || N(0, I)) in nats, [B]."""
+    """KL(q || N(0, I)) in nats, float32 [B]."""
     return jnp.sum(self.kl_per_dim(), axis=-1)
 
   def log_prob(self, z):
-    """log q(z), [B]."""
+    """log q(z), float32 [B]."""
+    mean, logvar = self.mean.astype(jnp.float32), self.logvar.astype(jnp.float32)
+    diff = jnp.asarray(z).astype(jnp.float32) - mean
     return -0.5 * jnp.sum(
-        math.log(2 * math.pi) + self.logvar + jnp.square(z - self.mean) * jnp.exp(-self.logvar),
-        axis=-1)
+        math.log(2 * math.pi) + logvar + jnp.square(diff) * jnp.exp(-logvar), axis=-1)
 
 
 def free_bits_kl(kl_per_dim, free_bits: float):
