@@ -191,6 +191,22 @@ def test_block_nelbo_and_gradient_are_finite_at_t_zero(name, params):
   np.testing.assert_allclose(grad, jax.grad(expected)(0.7), rtol=1e-5)
 
 
+def test_block_size_types_and_missing_key():
+  zero = lambda x, t, pos, mask, kv=None: jnp.zeros(x.shape + (V,))
+  x0, sched = jnp.zeros((2, L), jnp.int32), get_schedule("linear")
+  want = block.block_nelbo(zero, x0, jax.random.key(0), sched, 2)
+  for size in (np.int64(2), np.int32(2)):
+    np.testing.assert_array_equal(block.block_nelbo(zero, x0, jax.random.key(0), sched, size),
+                                  want)
+  for size in (True, 3, 2.0, 0):
+    with pytest.raises(ValueError, match=r"block_size must be an int >= 1 that divides"):
+      block.num_blocks(L, size)
+  for kw in ({"t": jnp.full((2, 2), 0.5)}, {"noise": jnp.full((2, L), 0.5)}, {}):
+    with pytest.raises(ValueError, match="needs a key unless both t and noise are given"):
+      block.block_nelbo(zero, x0, None, sched, 2, **kw)
+  block.block_nelbo(zero, x0, None, sched, 2, t=jnp.full((2, 2), 0.5), noise=jnp.zeros((2, L)))
+
+
 def exact_block_causal_denoiser(probs, vocab, length, block_size):
   """The exact model behind an uncached block-causal call on x [B, L]: block b's
   logits are the conditional given x's blocks < b (clean) and its own unmasked
