@@ -290,3 +290,11 @@ def test_bad_order_is_named():
   with pytest.raises(ValueError, match=r"unknown sampling order 'greedy'.*ancestral"):
     sample(lambda x, t: jnp.zeros(x.shape + (3,)), jax.random.key(0),
            jnp.full((1, 3), 3), 2, get_schedule("linear"), order="greedy")
+
+
+def test_empirical_distribution_rejects_values_outside_the_vocabulary():
+  p = exact.empirical_distribution(np.array([[0, 2], [0, 2], [1, 0]]), 3)
+  np.testing.assert_allclose(p, np.eye(9)[2] * 2 / 3 + np.eye(9)[3] / 3)
+  for bad in (3, -1):  # 3: the mask id, counted as sequence [1, 0] before
+    with pytest.raises(ValueError, match=rf"samples holds token {bad} at \(0, 1\), outside"):
+      exact.empirical_distribution(np.array([[0, bad]]), 3)
