@@ -167,6 +167,46 @@ def test_clipped_and_drawn_times():
     block.block_nelbo_terms(denoise, x0, jax.random.key(0), schedule, 2, clip=(0.5, 0.2))
 
 
+@pytest.mark.parametrize("name,params", [("loglinear", {}), ("linear", {"eps": 0.0})])
+def test_block_nelbo_and_gradient_are_finite_at_t_zero(name, params):
+  # alpha(0) = 1: block 0 at t = 0 has weight inf and no mask; block 1 all masked.
+  schedule = get_schedule(name, **params)
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(2 * L, V)), jnp.float32)
+  x0 = jnp.array([[0, 1, 2, 0]])
+  boundary = L * (1.0 - schedule.alpha(0.0) + schedule.alpha(1.0)) * np.log(V)
+
+  def nelbo(theta):
+    denoise = lambda x, t, pos, mask, kv=None: jnp.broadcast_to(theta * logits, (1, 2 * L, V))
+    return block.block_nelbo_terms(denoise, x0, None, schedule, 2, t=jnp.array([[0.0, 0.5]]),
+                                   noise=jnp.full((1, L), 0.9))
+
+  def expected(theta):
+    ll = jax.nn.log_softmax(theta * logits[2:L])[jnp.arange(2), x0[0, 2:]]
+    return -schedule.weight(0.5) * jnp.sum(ll) + boundary
+
+  terms = nelbo(0.7)
+  np.testing.assert_allclose(terms["nelbo"], [expected(0.7)], rtol=1e-5)
+  np.testing.assert_allclose(terms["per_block"][0, 0], boundary / 2, rtol=1e-5, atol=1e-7)
+  grad = jax.grad(lambda theta: nelbo(theta)["nelbo"][0])(0.7)
+  np.testing.assert_allclose(grad, jax.grad(expected)(0.7), rtol=1e-5)
+
+
+def test_block_size_types_and_missing_key():
+  zero = lambda x, t, pos, mask, kv=None: jnp.zeros(x.shape + (V,))
+  x0, sched = jnp.zeros((2, L), jnp.int32), get_schedule("linear")
+  want = block.block_nelbo(zero, x0, jax.random.key(0), sched, 2)
+  for size in (np.int64(2), np.int32(2)):
+    np.testing.assert_array_equal(block.block_nelbo(zero, x0, jax.random.key(0), sched, size),
+                                  want)
+  for size in (True, 3, 2.0, 0):
+    with pytest.raises(ValueError, match=r"block_size must be an int >= 1 that divides"):
+      block.num_blocks(L, size)
+  for kw in ({"t": jnp.full((2, 2), 0.5)}, {"noise": jnp.full((2, L), 0.5)}, {}):
+    with pytest.raises(ValueError, match="needs a key unless both t and noise are given"):
+      block.block_nelbo(zero, x0, None, sched, 2, **kw)
+  block.block_nelbo(zero, x0, None, sched, 2, t=jnp.full((2, 2), 0.5), noise=jnp.zeros((2, L)))
+
+
 def exact_block_causal_denoiser(probs, vocab, length, block_size):
   """The exact model behind an uncached block-causal call on x [B, L]: block b's
   logits are the conditional given x's blocks < b (clean) and its own unmasked

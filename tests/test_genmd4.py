@@ -61,6 +61,34 @@ def test_schedule_derivative_boundaries_and_parameterisation():
   assert np.all(np.diff(np.asarray(genmd4.alpha(params, 0.5))) > 0)
 
 
+@pytest.mark.parametrize("w", [0.01, 0.03])
+def test_small_exponents_are_exact_at_t_zero(w):
+  # t^w is 0 at t = 0 for any w > 0 (1e-30^0.01 = 0.5: a clipped t is far off).
+  params = genmd4.params_from_exponents(jnp.full((V,), w))
+  t = jnp.array([0.0, 1e-6, 0.5])
+  for eps in (0.0, MD4_EPS):
+    closed = (1 - 2 * eps) * (1 - np.array([0.0, 1e-6, 0.5])[:, None] ** w) + eps
+    np.testing.assert_allclose(genmd4.alpha(params, t, eps=eps), np.tile(closed, (1, V)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(jnp.exp(genmd4.log_mask_prob(params, t, eps=eps)),
+                               np.tile(1 - closed, (1, V)), rtol=1e-4)
+  # At t = 0 a token is masked iff its noise >= alpha(0) = 1 - eps.
+  x0 = jnp.zeros((1, 8), jnp.int32)
+  noise = jnp.array([[1 - 2 * MD4_EPS] * 4 + [1 - MD4_EPS / 2] * 4])
+  xt = genmd4.mask_tokens(params, x0, jnp.array([0.0]), noise=noise)
+  np.testing.assert_array_equal(xt, [[0] * 4 + [V] * 4])
+  zero = lambda xt, t: jnp.zeros(xt.shape + (V,))
+  terms = genmd4.nelbo_terms(zero, x0, jax.random.key(0), params, t=jnp.array([0.5]))
+  np.testing.assert_allclose(terms["reconstruction"], [8 * MD4_EPS * math.log(V)], rtol=1e-4)
+  np.testing.assert_allclose(terms["prior"], [8 * MD4_EPS * math.log(V)], rtol=1e-4)
+  # The exponents' gradient stays finite with a draw at t = 0.
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(8, V)), jnp.float32)
+  grads = jax.grad(lambda p, th: jnp.mean(genmd4.rloo_loss(
+      lambda xt, t: jnp.broadcast_to(th * logits, xt.shape + (V,)), jnp.zeros((2, 8), jnp.int32),
+      jax.random.key(1), p, t=jnp.array([0.0, 0.5]))["loss"]), argnums=(0, 1))(params, 1.0)
+  chex.assert_tree_all_finite(grads)
+
+
 def test_forward_process_masks_each_value_at_its_own_rate():
   params = genmd4.params_from_exponents(jnp.array(UNEQUAL[0]))
   x0 = jnp.tile(jnp.arange(V, dtype=jnp.int32)[None], (40000, 1))
@@ -328,6 +356,12 @@ def test_sampler_rejects_bad_initial_tokens(value):
   x[1, 4] = 2
   out = genmd4.sample(_ZERO4, jax.random.key(0), jnp.asarray(x), 3, _PARAMS4)
   assert int(out.max()) < 4 and int(out[1, 4]) == 2
+
+
+@pytest.mark.parametrize("top_p", [0.0, float("nan")])
+def test_sampler_rejects_top_p_outside_zero_one(top_p):
+  with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+    genmd4.sample(_ZERO4, jax.random.key(0), jnp.full((1, 3), 4), 3, _PARAMS4, top_p=top_p)
 
 
 def test_checked_rloo_loss_raises_under_jit():

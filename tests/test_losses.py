@@ -101,6 +101,55 @@ def test_zero_logits_give_n_log_v(name, params, num_steps):
   np.testing.assert_allclose(value, N * math.log(V), rtol=2e-4)
 
 
+# alpha(0) = 1: weight(0) = inf and nothing is masked at t = 0.
+ALPHA0_ONE = [("loglinear", {}), ("linear", {"eps": 0.0}), ("polynomial", {"k": 0.5, "eps": 0.0})]
+
+
+def check_t_zero(nelbo_fn, schedule, num_tokens, vocab_size):
+  """``nelbo_fn(logits [N, V], x0 [2, N], t [2], noise [2, N]) -> [2]`` with logits
+  theta * LOGITS at t = [0, 0.5], every token masked at t = 0.5: the t = 0 row is
+  its boundary terms, the other -weight(0.5) sum_n log softmax(theta LOGITS)[x0^n]
+  plus them, and the gradient in theta is that row's, finite."""
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(num_tokens, vocab_size)),
+                       jnp.float32)
+  x0 = np.arange(num_tokens) % vocab_size
+  x0 = jnp.asarray(np.stack([x0, x0[::-1]]), jnp.int32)
+  t, noise = jnp.array([0.0, 0.5]), jnp.full(x0.shape, 0.9)
+  boundary = num_tokens * (1.0 - schedule.alpha(0.0) + schedule.alpha(1.0)) * math.log(
+      vocab_size)
+
+  def expected(theta):
+    ll = jnp.take_along_axis(jax.nn.log_softmax(theta * logits), x0[1][:, None], 1)
+    return -schedule.weight(0.5) * jnp.sum(ll) + boundary
+
+  values = nelbo_fn(0.7 * logits, x0, t, noise)
+  np.testing.assert_allclose(values, [boundary, expected(0.7)], rtol=1e-5, atol=1e-6)
+  grad = jax.grad(lambda theta: jnp.sum(nelbo_fn(theta * logits, x0, t, noise)))(0.7)
+  np.testing.assert_allclose(grad, jax.grad(expected)(0.7), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,params", ALPHA0_ONE)
+def test_md4_nelbo_and_gradient_are_finite_at_t_zero(name, params):
+  schedule = get_schedule(name, **params)
+
+  def nelbo(logits, x0, t, noise):
+    denoise = lambda xt, tt: jnp.broadcast_to(logits, xt.shape + logits.shape[-1:])
+    return losses.md4_nelbo(denoise, x0, None, schedule, t=t, noise=noise)
+  check_t_zero(nelbo, schedule, N, V)
+
+
+@pytest.mark.parametrize("name,params", ALPHA0_ONE)
+def test_vmd_loss_and_gradient_are_finite_at_t_zero(name, params):
+  schedule = get_schedule(name, **params)
+  zero_enc = lambda x0, xt, t: (jnp.zeros((x0.shape[0], 2)), jnp.zeros((x0.shape[0], 2)))
+
+  def loss(logits, x0, t, noise):
+    denoise = lambda xt, tt, z: jnp.broadcast_to(logits, xt.shape + logits.shape[-1:])
+    return losses.vmd_loss(denoise, zero_enc, x0, jax.random.key(0), schedule, t=t,
+                           noise=noise, beta=1.0)["loss"]
+  check_t_zero(loss, schedule, N, V)
+
+
 def test_md4_nelbo_as_documented():
   """The README's call: md4_nelbo(denoise_fn, x0, key, schedule) -> [B]."""
   denoise_fn = lambda xt, t: jnp.zeros(xt.shape + (27,))
@@ -140,6 +189,28 @@ def test_gaussian_kl_closed_form_and_monte_carlo():
   # Free bits: dimensions under lambda count as lambda.
   np.testing.assert_allclose(losses.free_bits_kl(q.kl_per_dim(), 0.3),
                              [np.maximum(np.asarray(q.kl_per_dim()), 0.3).sum()], rtol=1e-6)
+
+
+def test_gaussian_kl_and_log_prob_in_float32_for_bfloat16_inputs():
+  mean = jnp.array([[0.0, 0.0, 0.5, -2.0]], jnp.bfloat16)
+  logvar = jnp.array([[0.01, -0.003, 0.0, 1.5]], jnp.bfloat16)
+  q = losses.DiagonalGaussian(mean, logvar)
+  m, lv = (np.asarray(a, np.float64) for a in (mean, logvar))  # the bf16 values, exactly
+  kl = 0.5 * (m**2 + np.expm1(lv) - lv)
+  assert q.kl_per_dim().dtype == jnp.float32 and q.kl_standard_normal().dtype == jnp.float32
+  np.testing.assert_allclose(q.kl_per_dim(), kl, rtol=1e-4)
+  assert float(q.kl_per_dim()[0, 0]) > 0  # bfloat16 arithmetic gives -0.0011
+  z = jnp.array([[0.3, -1.0, 0.7, -2.5]], jnp.bfloat16)
+  log_q = -0.5 * np.sum(np.log(2 * np.pi) + lv + (np.asarray(z, np.float64) - m)**2
+                        / np.exp(lv))
+  assert q.log_prob(z).dtype == jnp.float32
+  np.testing.assert_allclose(q.log_prob(z), [log_q], rtol=1e-6)
+  encode = lambda x0, xt, t: (jnp.broadcast_to(mean, (2, 4)), jnp.broadcast_to(logvar, (2, 4)))
+  out = losses.vmd_loss(lambda xt, t, z: jnp.zeros(xt.shape + (V,)), encode,
+                        jnp.zeros((2, N), jnp.int32), jax.random.key(0),
+                        get_schedule("linear"), beta=1.0)
+  assert out["kl"].dtype == jnp.float32
+  np.testing.assert_allclose(out["kl"], [kl.sum()] * 2, rtol=1e-4)
 
 
 def test_vmd_loss_terms_and_gradients():

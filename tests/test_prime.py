@@ -288,6 +288,32 @@ def test_nelbo_shapes_dtypes_and_jit():
   chex.assert_tree_all_finite(grads)
 
 
+@pytest.mark.parametrize("name,params", [("loglinear", {}), ("linear", {"eps": 0.0})])
+def test_nelbo_and_gradient_are_finite_at_t_zero(name, params):
+  # alpha(0) = 1: at t = 0 the weight is inf and no digit is masked.
+  schedule = get_schedule(name, **params)
+  code = prime.DigitCode(4, 2)
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+  x0 = jnp.array([[0, 1, 3], [3, 2, 0]])
+
+  def terms(theta, rows):
+    rows = np.array(rows)
+    denoise = lambda x_t, t: jnp.broadcast_to(theta * logits, x_t.shape[:2] + (4,))
+    return prime.prime_nelbo_terms(denoise, x0[rows], None, schedule, code,
+                                   t=jnp.array([0.0, 0.5])[rows],
+                                   noise=jnp.full((len(rows), 3, 2), 0.9))
+
+  both, alone = terms(0.7, [0, 1]), terms(0.7, [1])
+  assert float(both["diffusion"][0]) == 0.0
+  np.testing.assert_allclose(both["reconstruction"][0], 0.0, atol=1e-6)
+  np.testing.assert_allclose(both["nelbo"][0], both["prior"][0], rtol=1e-6)
+  np.testing.assert_allclose(both["nelbo"][1:], alone["nelbo"], rtol=1e-6)
+  grad = jax.grad(lambda theta: jnp.sum(terms(theta, [0, 1])["nelbo"]))(0.7)
+  grad_alone = jax.grad(lambda theta: jnp.sum(terms(theta, [1])["nelbo"]))(0.7)
+  assert float(jnp.abs(grad_alone)) > 0.01
+  np.testing.assert_allclose(grad, grad_alone, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------
 # The sampler.
 
@@ -578,6 +604,10 @@ def test_temperature_zero_and_bad_arguments(joint):
     draw(denoise, "greedy", 2)
   with pytest.raises(ValueError, match=r"unknown reveal unit 'bit'"):
     draw(denoise, "top_prob", 2, unit="bit")
+  for top_p in (0.0, float("nan")):
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+      prime.sample(denoise, jax.random.key(0), jnp.full((1, N, L), 3), 2, LINEAR0, CODE,
+                   top_p=top_p)
 
 
 # ----------------------------------------------------------------------------

@@ -249,6 +249,31 @@ def test_top_p_keeps_the_nucleus():
   np.testing.assert_array_equal(kept, [[True, True, False, False]])
   kept = np.isfinite(np.asarray(top_p_logits(logits, 0.81)))
   np.testing.assert_array_equal(kept, [[True, True, True, False]])
+  # A traced top_p cannot be checked; <= 0 or NaN still keeps the most likely value.
+  for bad in (0.0, float("nan")):
+    kept = np.isfinite(np.asarray(jax.jit(top_p_logits)(logits, bad)))
+    np.testing.assert_array_equal(kept, [[True, False, False, False]])
+
+
+@pytest.mark.parametrize("order", ["ancestral", "first_hitting", "top_prob"])
+def test_top_p_draws_stay_in_the_nucleus(order):
+  # p = (0.45, 0.35, 0.2): the 0.5-nucleus is {0, 1}, drawn with 0.45 / 0.8 and 0.35 / 0.8.
+  logits = jnp.log(jnp.array([0.45, 0.35, 0.2]))
+  denoise = lambda x, t: jnp.broadcast_to(logits, x.shape + (V,))
+  x, _ = draw(denoise, order, 1 if order == "ancestral" else N, top_p=0.5)
+  counts = np.bincount(np.asarray(x).ravel(), minlength=V) / x.size
+  assert counts[2] == 0.0
+  assert abs(counts[0] - 0.45 / 0.8) < 4 * math.sqrt(0.25 / x.size), counts
+
+
+@pytest.mark.parametrize("top_p", [0.0, -0.5, float("nan"), 1.5])
+def test_top_p_outside_zero_one_is_rejected(top_p):
+  zero = lambda x, t: jnp.zeros(x.shape + (V,))
+  with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\] or None"):
+    sample(zero, jax.random.key(0), jnp.full((1, N), V), 2, get_schedule("linear"),
+           top_p=top_p)
+  with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+    top_p_logits(jnp.zeros((1, V)), top_p)
 
 
 def test_temperature_and_top_p_change_the_draws(joint):
@@ -265,3 +290,11 @@ def test_bad_order_is_named():
   with pytest.raises(ValueError, match=r"unknown sampling order 'greedy'.*ancestral"):
     sample(lambda x, t: jnp.zeros(x.shape + (3,)), jax.random.key(0),
            jnp.full((1, 3), 3), 2, get_schedule("linear"), order="greedy")
+
+
+def test_empirical_distribution_rejects_values_outside_the_vocabulary():
+  p = exact.empirical_distribution(np.array([[0, 2], [0, 2], [1, 0]]), 3)
+  np.testing.assert_allclose(p, np.eye(9)[2] * 2 / 3 + np.eye(9)[3] / 3)
+  for bad in (3, -1):  # 3: the mask id, counted as sequence [1, 0] before
+    with pytest.raises(ValueError, match=rf"samples holds token {bad} at \(0, 1\), outside"):
+      exact.empirical_distribution(np.array([[0, bad]]), 3)

@@ -59,9 +59,19 @@ def test_registry_errors_name_the_choices():
     get_schedule("quadratic")
   with pytest.raises(ValueError, match=r"unknown \['kk'\]"):
     get_schedule("polynomial", kk=2)
-  with pytest.raises(ValueError, match="k must be > 0"):
+  with pytest.raises(ValueError, match="k must be a finite real number > 0"):
     get_schedule("polynomial", k=-1.0)
   assert get_schedule("polynomial", k=2.0).name == "polynomial"
+
+
+def test_polynomial_exponent_accepts_real_scalars_not_bools():
+  ref = get_schedule("polynomial", k=2.0)
+  for k in (2, np.float32(2.0), np.int64(2), jnp.float32(2.0)):
+    sched = get_schedule("polynomial", k=k)
+    assert type(sched.k) is float and sched == ref
+  for k in (True, np.bool_(True), 0.0, float("nan"), float("inf"), "2", jnp.ones(2)):
+    with pytest.raises(ValueError, match=r"k must be a finite real number > 0 \(not a bool\)"):
+      get_schedule("polynomial", k=k)
 
 
 def test_time_grids():

@@ -38,6 +38,7 @@ from a ``vmd_jax.networks.Denoiser`` and its params (``vmd_jax.networks.adapters
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Callable
 
 import chex
@@ -54,11 +55,13 @@ PrefillFn = Callable[..., list]
 
 
 def num_blocks(seq_len: int, block_size: int) -> int:
-  """K = L / L'. The one place that checks that L' >= 1 divides L."""
-  if not isinstance(block_size, int) or block_size < 1 or seq_len % block_size:
-    raise ValueError(f"block_size must be an int >= 1 that divides the sequence length "
-                     f"{seq_len}, got block_size={block_size!r}")
-  return seq_len // block_size
+  """K = L / L'. The one place that checks that L' >= 1 (an integer, NumPy's
+  included, not a bool) divides L."""
+  if (isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool)
+      and block_size >= 1 and seq_len % block_size == 0):
+    return seq_len // int(block_size)
+  raise ValueError(f"block_size must be an int >= 1 that divides the sequence length "
+                   f"{seq_len}, got block_size={block_size!r}")
 
 
 def block_ids(seq_len: int, block_size: int):
@@ -143,6 +146,8 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
   beta, omega = clip
   if not 0.0 <= beta < omega <= 1.0:
     raise ValueError(f"clip must be (beta, omega) with 0 <= beta < omega <= 1, got {clip}")
+  if key is None and (t is None or noise is None):
+    raise ValueError("block_nelbo_terms needs a key unless both t and noise are given")
   t_key, noise_key = jax.random.split(key) if key is not None else (None, None)
   if t is None:
     keys = jax.random.split(t_key, blocks)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vmd_jax.forward import check_tokens
+
 
 def all_sequences(vocab_size: int, length: int) -> np.ndarray:
   """Every sequence in lexicographic order, int32 [V^N, N]; row j is the base-V
@@ -81,8 +83,10 @@ def entropy(probs) -> float:
 
 
 def empirical_distribution(samples, vocab_size: int) -> np.ndarray:
-  """Histogram of int samples [S, N] over all V^N sequences, float64 [V^N]."""
+  """Histogram of int samples [S, N] over all V^N sequences, float64 [V^N].
+  A value outside [0, V) (e.g. the mask id V) is a ValueError naming it."""
   samples = np.asarray(samples)
+  check_tokens(samples, vocab_size, name="samples")
   idx = np.asarray(sequence_index(samples, vocab_size))
   counts = np.bincount(idx, minlength=vocab_size ** samples.shape[-1])
   return counts / max(len(idx), 1)

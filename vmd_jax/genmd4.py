@@ -89,13 +89,13 @@ from vmd_jax import exact
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_tokens, mask_where
 from vmd_jax.losses import draw_times, token_log_likelihood
-from vmd_jax.sampling import top_p_logits
+from vmd_jax.sampling import check_top_p, top_p_logits
 from vmd_jax.schedules import MD4_EPS, time_grid
 
 DenoiseFn = Callable[..., jax.Array]
 
-# Times are clipped below at this value so that log t, t^w and their gradients in
-# w stay finite at t = 0 (t^w underflows to 0 there for any w of interest).
+# lambda_v(t) and alpha_v'(t) are infinite at t = 0 (w_v < 1, or eps = 0 for
+# lambda): they are evaluated at t >= _T_MIN, finite. t^w itself is exact (``_log_tw``).
 _T_MIN = 1e-30
 
 
@@ -130,9 +130,17 @@ def _log_t(t):
   return jnp.log(jnp.maximum(jnp.asarray(t, jnp.float32), _T_MIN))
 
 
+def _log_tw(w, t):
+  """log t^w = w log t, exactly -inf at t = 0 (t^w = 0 for every w > 0), with a
+  zero gradient in w there (log t is never evaluated at 0)."""
+  t = jnp.asarray(t, jnp.float32)
+  at_zero = t == 0.0
+  return jnp.where(at_zero, -jnp.inf, w * jnp.log(jnp.where(at_zero, 1.0, t)))
+
+
 def _log_mask_prob(w, t, eps):
   """log(1 - alpha) = log((1 - 2 eps) t^w + eps)."""
-  log_tw = w * _log_t(t)
+  log_tw = _log_tw(w, t)
   if eps == 0.0:
     return log_tw
   return jnp.logaddexp(math.log1p(-2.0 * eps) + log_tw, math.log(eps))
@@ -140,17 +148,19 @@ def _log_mask_prob(w, t, eps):
 
 def _alpha(w, t, eps):
   """alpha = (1 - 2 eps) (1 - t^w) + eps, with 1 - t^w = -expm1(w log t)."""
-  return -(1.0 - 2.0 * eps) * jnp.expm1(w * _log_t(t)) + eps
+  return -(1.0 - 2.0 * eps) * jnp.expm1(_log_tw(w, t)) + eps
 
 
 def _weight(w, t, eps):
   """lambda = (1 - 2 eps) w t^{w-1} / ((1 - 2 eps) t^w + eps)
-            = (1 - 2 eps) w / ((1 - 2 eps) t + eps t^{1-w})."""
-  t = jnp.maximum(jnp.asarray(t, jnp.float32), _T_MIN)
+            = (1 - 2 eps) w / ((1 - 2 eps) t + eps t^{1-w}),
+  the denominator in log space: near t = _T_MIN its square, in the gradient in w,
+  would underflow (inf * 0 = NaN where no token is masked)."""
+  log_t = _log_t(t)
   if eps == 0.0:
-    return w / t
-  return (1.0 - 2.0 * eps) * w / ((1.0 - 2.0 * eps) * t
-                                  + eps * jnp.exp((1.0 - w) * jnp.log(t)))
+    return w * jnp.exp(-log_t)
+  log_den = jnp.logaddexp(math.log1p(-2.0 * eps) + log_t, math.log(eps) + (1.0 - w) * log_t)
+  return (1.0 - 2.0 * eps) * w * jnp.exp(-log_den)
 
 
 def _per_value(fn, params, t, eps):
@@ -376,15 +386,17 @@ def reverse_log_probs(logits, params: GenMD4Params, t, s, *, eps: float = MD4_EP
   log_mu = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   log_mask_t = _log_mask_prob(w, t, eps)                              # [B, 1, V]
   log_mask_s = _log_mask_prob(w, s, eps)
-  # log(t^w - s^w) = w log t + log(-expm1(w (log s - log t))).
-  log_gap = (math.log1p(-2.0 * eps) + w * _log_t(t)
-             + jnp.log(-jnp.expm1(jnp.minimum(w * (_log_t(s) - _log_t(t)), -1e-30))))
+  # log(t^w - s^w) = w log t + log(-expm1(w log s - w log t)).
+  log_tw = _log_tw(w, t)
+  log_gap = (math.log1p(-2.0 * eps) + log_tw
+             + jnp.log(-jnp.expm1(jnp.minimum(_log_tw(w, s) - log_tw, -1e-30))))
   log_reveal = log_mu + log_gap - log_mask_t
   log_stay = jax.nn.logsumexp(log_mu + log_mask_s - log_mask_t, axis=-1, keepdims=True)
   return jnp.concatenate([log_reveal, log_stay], axis=-1)
 
 
 def _sampling_logits(logits, temperature, top_p):
+  check_top_p(top_p)
   if temperature == 0.0:
     return jnp.where(logits >= jnp.max(logits, axis=-1, keepdims=True), 0.0, -jnp.inf)
   logits = logits / temperature

@@ -122,8 +122,10 @@ def nelbo_from_logits(logits, x0, xt, weight, schedule, vocab_size: int) -> dict
   batch_size, num_tokens = x0.shape
   chex.assert_shape(logits, (batch_size, num_tokens, vocab_size))
   weight = weight[:, None] if weight.ndim == 1 else weight
-  masked = (xt == vocab_size).astype(jnp.float32)
-  diffusion_per_token = -weight * token_log_likelihood(logits, x0) * masked
+  # Zeroed on unmasked tokens before the product: at t = 0 with alpha(0) = 1 the
+  # weight is inf and nothing is masked, and inf * 0 would make value and gradient NaN.
+  weight = jnp.where(xt == vocab_size, weight, 0.0)
+  diffusion_per_token = -weight * token_log_likelihood(logits, x0)
   diffusion = jnp.sum(diffusion_per_token, axis=-1)
   log_v = math.log(vocab_size)
   one = jnp.ones((batch_size,), jnp.float32)
@@ -194,18 +196,22 @@ class DiagonalGaussian(NamedTuple):
     return self.mean + jnp.exp(0.5 * self.logvar) * eps
 
   def kl_per_dim(self):
-    """KL(q || N(0, I)) per dimension: (mean^2 + exp(logvar) - 1 - logvar) / 2, [B, D]."""
-    return 0.5 * (jnp.square(self.mean) + jnp.exp(self.logvar) - 1.0 - self.logvar)
+    """KL(q || N(0, I)) per dimension, float32 [B, D]:
+    (mean^2 + exp(logvar) - 1 - logvar) / 2, as (mean^2 + expm1(logvar) - logvar) / 2
+    (exp(logvar) - 1 - logvar cancels for small logvar, to < 0 in bfloat16)."""
+    mean, logvar = self.mean.astype(jnp.float32), self.logvar.astype(jnp.float32)
+    return 0.5 * (jnp.square(mean) + (jnp.expm1(logvar) - logvar))
 
   def kl_standard_normal(self):
-    """KL(q || N(0, I)) in nats, [B]."""
+    """KL(q || N(0, I)) in nats, float32 [B]."""
     return jnp.sum(self.kl_per_dim(), axis=-1)
 
   def log_prob(self, z):
-    """log q(z), [B]."""
+    """log q(z), float32 [B]."""
+    mean, logvar = self.mean.astype(jnp.float32), self.logvar.astype(jnp.float32)
+    diff = jnp.asarray(z).astype(jnp.float32) - mean
     return -0.5 * jnp.sum(
-        math.log(2 * math.pi) + self.logvar + jnp.square(z - self.mean) * jnp.exp(-self.logvar),
-        axis=-1)
+        math.log(2 * math.pi) + logvar + jnp.square(diff) * jnp.exp(-logvar), axis=-1)
 
 
 def free_bits_kl(kl_per_dim, free_bits: float):

@@ -392,7 +392,9 @@ def _nelbo_at(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
   if num_steps is None:
     log_marg = _log_marginals(tensor, code)  # [B, N, l, b]
     digit_ll = jnp.take_along_axis(log_marg, d0[..., None], axis=-1)[..., 0]
-    per_digit = -_per_digit(schedule.weight(t)) * digit_ll * masked
+    # Zeroed on unmasked digits before the product (inf * 0 at t = 0, alpha(0) = 1).
+    weight = jnp.where(masked, _per_digit(schedule.weight(t)), 0.0)
+    per_digit = -weight * digit_ll
     diffusion_per_token = jnp.sum(per_digit, axis=-1)
   else:
     alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(t - 1.0 / num_steps)

@@ -12,6 +12,7 @@ fitted by EM (maximum likelihood) to z drawn from q(z | x_0) over training data.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -52,6 +53,7 @@ def fit_gaussian_mixture(z, num_components: int, key, num_iters: int = 200,
   E step: r_mk = softmax_k(log pi_k + log N(z_m; mu_k, sigma_k^2)).
   M step: pi_k = mean_m r_mk; mu_k, sigma_k^2 the r-weighted mean and variance
   (variance floored at ``min_var``). Each iteration does not lower the likelihood.
+  One compile per (M, D, K, num_iters).
   """
   z = jnp.asarray(z, jnp.float32)
   m, _ = z.shape
@@ -62,6 +64,13 @@ def fit_gaussian_mixture(z, num_components: int, key, num_iters: int = 200,
   var0 = jnp.maximum(jnp.var(z, axis=0), min_var)
   init = GaussianMixture(jnp.full((num_components,), -math.log(num_components)),
                          z[start], jnp.broadcast_to(jnp.log(var0), z[start].shape))
+  return _em(z, init, min_var, num_iters=num_iters)
+
+
+@functools.partial(jax.jit, static_argnames="num_iters")
+def _em(z, init: GaussianMixture, min_var, *, num_iters: int) -> GaussianMixture:
+  """``num_iters`` EM steps (``fit_gaussian_mixture``) from ``init`` on z [M, D]."""
+  m = z.shape[0]
 
   def em_step(_, gmm):
     resp = jax.nn.softmax(gmm.component_log_probs(z), axis=-1)  # [M, K]
@@ -73,7 +82,7 @@ def fit_gaussian_mixture(z, num_components: int, key, num_iters: int = 200,
     var = moment(jnp.square(z)) / mass[:, None] - jnp.square(means)
     return GaussianMixture(jnp.log(mass / m), means, jnp.log(jnp.maximum(var, min_var)))
 
-  return jax.jit(lambda g: jax.lax.fori_loop(0, num_iters, em_step, g))(init)
+  return jax.lax.fori_loop(0, num_iters, em_step, init)
 
 
 def fit_aggregate_posterior_prior(posterior, key, num_components: int,

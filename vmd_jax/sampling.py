@@ -60,20 +60,34 @@ ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
 CONFIDENCE_ORDERS = ("top_prob", "top_prob_margin", "random")
 
 
+def check_top_p(top_p):
+  """Raises ValueError unless ``top_p`` is None or in (0, 1] (NaN is not).
+  A traced ``top_p`` cannot be inspected and passes."""
+  if top_p is None or isinstance(top_p, jax.core.Tracer):
+    return
+  if not 0.0 < float(top_p) <= 1.0:
+    raise ValueError(f"top_p must be in (0, 1] or None (off), got {top_p!r}")
+
+
 def top_p_logits(logits, top_p: float):
   """Nucleus filtering: keeps the smallest set of values whose probability sums
-  to at least ``top_p`` and sets the other logits to -inf."""
+  to at least ``top_p``, 0 < top_p <= 1, and sets the other logits to -inf. The
+  most likely value is always kept (a traced top_p <= 0 or NaN keeps only it)."""
+  check_top_p(top_p)
   sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
   probs = jax.nn.softmax(sorted_logits, axis=-1)
   mass_before = jnp.cumsum(probs, axis=-1) - probs
-  kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
+  first = jnp.arange(logits.shape[-1]) == 0
+  kept = jnp.where((mass_before < top_p) | first, sorted_logits, jnp.inf)
   threshold = jnp.min(kept, axis=-1, keepdims=True)
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
 def draw_tokens(key, logits, temperature: float = 1.0, top_p: float | None = None):
   """Draws a token per position from softmax(logits / temperature), logits
-  [..., V] -> int [...]. ``temperature = 0`` takes the argmax."""
+  [..., V] -> int [...]. ``temperature = 0`` takes the argmax; ``top_p`` in
+  (0, 1] keeps the nucleus (``top_p_logits``), None or 1 turns it off."""
+  check_top_p(top_p)
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1)
   logits = logits / temperature
@@ -160,7 +174,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
     order: one of ``ORDERS``.
     vocab_size: V; inferred from the logits' shape when None.
     temperature: softmax temperature of the drawn values; 0 is greedy.
-    top_p: nucleus threshold for the drawn values (None: off).
+    top_p: nucleus threshold for the drawn values, in (0, 1] (None: off).
     grid: time grid, "linear" or "cosine" (``schedules.time_grid``).
     skip_idle: ancestral only: call the network only at the steps where a
       sequence reveals something (exact, module docstring); False calls it at
@@ -172,6 +186,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   """
   if order not in ORDERS:
     raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
+  check_top_p(top_p)
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
   if vocab_size is None:

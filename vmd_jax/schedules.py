@@ -24,6 +24,7 @@ import math
 from typing import Callable
 
 import jax.numpy as jnp
+import numpy as np
 
 MD4_EPS = 1e-4
 
@@ -106,8 +107,13 @@ class PolynomialSchedule(Schedule):
 
   def __post_init__(self):
     super().__post_init__()
-    if not (isinstance(self.k, (int, float)) and self.k > 0):
-      raise ValueError(f"polynomial exponent k must be > 0, got {self.k!r}")
+    k = np.asarray(self.k) if not isinstance(self.k, str) else None
+    real = (k is not None and k.ndim == 0
+            and (np.issubdtype(k.dtype, np.integer) or np.issubdtype(k.dtype, np.floating)))
+    if not (real and math.isfinite(float(k)) and float(k) > 0):
+      raise ValueError(f"polynomial exponent k must be a finite real number > 0 (not a bool), "
+                       f"got {self.k!r}")
+    object.__setattr__(self, "k", float(k))
 
   def _a(self, t):
     return 1.0 - t**self.k
