@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import vmd_jax
-from vmd_jax.trainer import train
+from vmd_jax.trainer import config as config_lib, train
 from test_train import REPO, tiny_config
 
 
@@ -78,6 +78,72 @@ def trained(tmp_path_factory):
   c.prior.kind = "mixture"
   train.train_and_evaluate(c, str(workdir))
   return workdir, c
+
+
+def _files(directory):
+  """{relative path: (size, mtime)} of every file below ``directory``."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      st = os.stat(os.path.join(root, name))
+      out[os.path.relpath(os.path.join(root, name), directory)] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, trained):
+  """{name: path}: the trained VMD run ("vmd"), workdirs holding only a run's
+  config.json and data_shape.json ("md4", "sudoku": the readers check their
+  arguments before reading a checkpoint, so none is needed), a plain file
+  ("file"), and input files a run cannot use."""
+  import json
+  d = tmp_path_factory.mktemp("inputs")
+  paths = {"vmd": trained[0], "file": d / "file"}
+  paths["file"].write_text("not a workdir")
+  sudoku_config = config_lib.load_config_file(
+      os.path.join(REPO, "configs", "sudoku_md4.py"))
+  for name, c, shape in (("md4", tiny_config("md4"), (10, 2)),
+                         ("sudoku", sudoku_config, (9, 81))):
+    paths[name] = d / name
+    paths[name].mkdir()
+    (paths[name] / "config.json").write_text(json.dumps(c.to_dict()))
+    (paths[name] / "data_shape.json").write_text(
+        json.dumps({"vocab_size": shape[0], "seq_len": shape[1]}))
+  table = np.zeros((3, 3))
+  table[0, 1] = 1.0
+  np.save(d / "v3.npy", table)  # a joint over 3 tokens; the run has 10
+  np.save(d / "half.npy", np.full((10, 10), 0.005))  # sums to 0.5
+  with open(os.path.join(REPO, "tests", "data", "sudoku",
+                         "sudoku_kaggle1m_10k_jerod92.csv")) as f:
+    header, *rows = [next(f) for _ in range(4)]
+  (d / "header_only.csv").write_text(header)
+  (d / "three.csv").write_text(header + "".join(rows))
+  (d / "bad_cell.csv").write_text(header + "x" + rows[0][1:])
+  for name in ("v3.npy", "half.npy", "header_only.csv", "three.csv", "bad_cell.csv"):
+    paths[name.split(".")[0]] = d / name
+  return paths
+
+
+@pytest.mark.parametrize("workdir,args,message", [
+    ("vmd", ["evaluate", "stray_arg"], "unexpected arguments: ['stray_arg']"),
+    ("vmd", ["sample", "stray_arg"], "unexpected arguments: ['stray_arg']"),
+    ("file", ["evaluate"], "--workdir={file} is a file, not a directory"),
+    ("file", ["sample"], "--workdir={file} is a file, not a directory"),
+])
+def test_a_reader_refuses_bad_input_in_one_line_before_reading_a_checkpoint(
+    inputs, workdir, args, message):
+  """``vmd-jax evaluate`` / ``sample``: exit 2, one line naming the culprit, no
+  traceback, nothing written; checked before the checkpoint is read (the "md4"
+  and "sudoku" workdirs have none)."""
+  fill = lambda text: text.format(**{k: str(v) for k, v in inputs.items()})
+  command, *rest = args
+  before = _files(inputs["vmd"])
+  out = run_cli(command, f"--workdir={inputs[workdir]}", *map(fill, rest))
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, out.stderr[-3000:]
+  assert lines[0].startswith(f"vmd-jax {command}: error: {fill(message)}"), lines
+  assert _files(inputs["vmd"]) == before
 
 
 def test_load_restores_the_ema_parameters_only(trained):

@@ -223,7 +223,9 @@ def _reading_a_workdir(command):
 
 def _evaluate(argv):
   import json
-  del argv
+  _check_workdir(FLAGS.workdir)
+  if len(argv) > 1:
+    raise InputError(f"unexpected arguments: {argv[1:]}")
   from vmd_jax.trainer.evaluate import evaluate_workdir
   result = _reading_a_workdir(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.data,
                                                        FLAGS.settings, FLAGS.output))
@@ -231,7 +233,9 @@ def _evaluate(argv):
 
 
 def _sample(argv):
-  del argv
+  _check_workdir(FLAGS.workdir)
+  if len(argv) > 1:
+    raise InputError(f"unexpected arguments: {argv[1:]}")
   from vmd_jax.trainer.sample import sample_workdir
   print(_reading_a_workdir(lambda: sample_workdir(
       FLAGS.workdir, num=FLAGS.num, steps=FLAGS.steps, order=FLAGS.order, seed=FLAGS.seed,
