@@ -125,8 +125,29 @@ def inputs(tmp_path_factory, trained):
 
 
 @pytest.mark.parametrize("workdir,args,message", [
+    ("vmd", ["sample", "--order=randm"],
+     "--order=randm: unknown sampling order; known orders: ['ancestral', "),
+    ("vmd", ["evaluate", "--settings=randm:1"],
+     "--settings=randm:1: config.eval.settings order = 'randm'; accepted values: "),
+    ("vmd", ["evaluate", "--settings=random:0"],
+     "--settings=random:0: config.eval.settings item 'random:0': expected ORDER:NFE"),
+    ("md4", ["sample", "--prior=mixture"], "--prior=mixture needs a VMD run; {md4} is a "
+                                           "'md4' run"),
+    ("vmd", ["evaluate", "--data={v3}"], "{v3}: a vocabulary of 3 tokens, but the "
+                                              "model in {vmd} was trained on 10"),
+    ("vmd", ["evaluate", "--data={half}"], "{half}: probabilities must sum to 1"),
+    ("sudoku", ["evaluate", "--data={bad_cell}"],
+     "{bad_cell}:2: puzzle cell 1 is 'x'; accepted: 0-9 or '.'"),
+    ("sudoku", ["evaluate", "--data={header_only}"],
+     "{header_only}: no puzzles after the header"),
+    ("sudoku", ["sample", "--puzzles={three}", "--num=5"],
+     "--puzzles={three} has 3 puzzles, fewer than --num=5"),
+    ("sudoku", ["sample", "--puzzles={bad_cell}", "--num=1"],
+     "--puzzles: {bad_cell}:2: puzzle cell 1 is 'x'"),
     ("vmd", ["evaluate", "stray_arg"], "unexpected arguments: ['stray_arg']"),
     ("vmd", ["sample", "stray_arg"], "unexpected arguments: ['stray_arg']"),
+    ("vmd", ["evaluate", "--output=nosuchdir/x.json"],
+     "cannot write the output {vmd}/nosuchdir/x.json: no directory {vmd}/nosuchdir"),
     ("file", ["evaluate"], "--workdir={file} is a file, not a directory"),
     ("file", ["sample"], "--workdir={file} is a file, not a directory"),
 ])
@@ -144,6 +165,49 @@ def test_a_reader_refuses_bad_input_in_one_line_before_reading_a_checkpoint(
   assert len(lines) == 1, out.stderr[-3000:]
   assert lines[0].startswith(f"vmd-jax {command}: error: {fill(message)}"), lines
   assert _files(inputs["vmd"]) == before
+
+
+def _evaluate_in_process(workdir, patch, *args):
+  """``vmd-jax evaluate --workdir=workdir ARGS`` in a process that first runs ``patch``."""
+  code = (f"import os; from vmd_jax.trainer import cli, io\n{patch}\n"
+          f"cli.run(['vmd-jax', 'evaluate', '--workdir={workdir}', *{list(args)!r}])")
+  return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_evaluate_refuses_a_read_only_workdir_before_evaluating(trained):
+  """A workdir it may not write to (``os.access``, faked: as root every chmod'ed
+  folder is writable) is refused up front, in one line naming the output."""
+  workdir, _ = trained
+  before = _files(workdir)
+  out = _evaluate_in_process(workdir, (
+      "access = os.access\n"
+      f"os.access = lambda p, m, **k: (os.fspath(p) != {str(workdir)!r} or not m & os.W_OK)"
+      " and access(p, m, **k)"))
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert lines == [f"vmd-jax evaluate: error: cannot write the output {workdir}/eval.json: "
+                   f"{workdir} is not writable"], out.stderr[-3000:]
+  assert _files(workdir) == before
+
+
+def test_evaluate_that_cannot_write_at_the_end_prints_its_results(trained):
+  """A write that fails after the evaluation (the disk filled up, the folder was
+  made read-only meanwhile): the results on stdout, then one line naming the file."""
+  workdir, _ = trained
+  out = _evaluate_in_process(workdir, (
+      "def refuse(path, obj):\n"
+      "  raise PermissionError(13, 'Permission denied', f'{path}.1234.tmp')\n"
+      "io.write_json = refuse"), "--settings=random:1", "--output=late.json")
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"vmd-jax evaluate: error: could not write {workdir}/late.json: Permission denied "
+      "(the results are on stdout)"), out.stderr[-3000:]
+  import json
+  result = json.loads(out.stdout)
+  assert result["step"] == 10 and "nelbo_bits_per_token" in result["nelbo"]
+  assert set(result["samples"]) == {"random:1", "random:1/mixture"}
 
 
 def test_load_restores_the_ema_parameters_only(trained):

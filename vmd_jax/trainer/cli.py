@@ -213,11 +213,13 @@ def distributed_args(environ) -> dict:
 
 
 def _reading_a_workdir(command):
-  """``command``, with a workdir or file it cannot read as ``InputError``."""
+  """``command``, with a workdir or file it cannot read, or an argument the run
+  cannot use (``load.BadInput``, raised where the inputs are read), as ``InputError``."""
   from vmd_jax.trainer.checkpoint import CheckpointError
+  from vmd_jax.trainer.load import BadInput
   try:
     return command()
-  except (CheckpointError, FileNotFoundError) as e:
+  except (CheckpointError, FileNotFoundError, BadInput) as e:
     raise InputError(str(e)) from None
 
 
@@ -226,9 +228,13 @@ def _evaluate(argv):
   _check_workdir(FLAGS.workdir)
   if len(argv) > 1:
     raise InputError(f"unexpected arguments: {argv[1:]}")
-  from vmd_jax.trainer.evaluate import evaluate_workdir
-  result = _reading_a_workdir(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.data,
-                                                       FLAGS.settings, FLAGS.output))
+  from vmd_jax.trainer.evaluate import OutputNotWritten, evaluate_workdir
+  try:
+    result = _reading_a_workdir(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.data,
+                                                         FLAGS.settings, FLAGS.output))
+  except OutputNotWritten as e:  # the results on stdout, not lost
+    print(json.dumps(e.result, indent=2, sort_keys=True), flush=True)
+    raise InputError(f"{e} (the results are on stdout)") from None
   print(json.dumps(result["samples"], indent=2))
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,16 @@ from vmd_jax.losses import DiagonalGaussian
 from vmd_jax.networks import MaskedDiffusion
 from vmd_jax.trainer import config as config_lib
 from vmd_jax.trainer import io, sharding
+from vmd_jax.trainer.load import BadInput
+
+
+class OutputNotWritten(OSError):
+  """``evaluate_workdir`` could not write its output; ``result`` holds what it
+  computed, so the caller can still show it."""
+
+  def __init__(self, message: str, result: dict):
+    super().__init__(message)
+    self.result = result
 
 
 def check_settings(config, model: MaskedDiffusion, seq_len: int) -> None:
@@ -150,10 +161,10 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
 
 
 def evaluate_run(config, model, dataset, params, workdir, writer=None,
-                 output: str = "eval.json", mesh=None, step: int | None = None) -> dict:
-  """Runs every evaluation, writes ``output`` in ``workdir`` and returns it.
-  ``mesh``: the devices to use (default: data parallel over every device);
-  ``step``: the training step of ``params``, recorded as ``"step"``."""
+                 output: str | None = "eval.json", mesh=None, step: int | None = None) -> dict:
+  """Runs every evaluation, writes ``output`` in ``workdir`` (None: not written)
+  and returns it. ``mesh``: the devices to use (default: data parallel over every
+  device); ``step``: the training step of ``params``, recorded as ``"step"``."""
   mesh = mesh or sharding.data_parallel_mesh()
   key = jax.random.key(config.seed + 12345)
   k_nelbo, k_samples = jax.random.split(key)
@@ -165,7 +176,8 @@ def evaluate_run(config, model, dataset, params, workdir, writer=None,
   if schedule:  # GenMD4: the learned exponent of every token value
     result["schedule"] = schedule
   if jax.process_index() == 0:
-    io.write_json(io.as_path(workdir) / output, result)
+    if output is not None:
+      io.write_json(io.as_path(workdir) / output, result)
     if writer is not None:
       scalars = {f"eval/{k}": v for k, v in result["nelbo"].items()}
       for name, metrics in result["samples"].items():
@@ -173,6 +185,58 @@ def evaluate_run(config, model, dataset, params, workdir, writer=None,
                         if isinstance(v, (int, float))})
       writer.write_scalars(config.train.num_steps if step is None else step, scalars)
   return result
+
+
+def check_writable(path) -> None:
+  """Raises ``BadInput`` naming ``path`` when a file cannot be written there: its
+  directory is missing or not writable, or ``path`` is a directory (local paths;
+  a URL is not checked)."""
+  if "://" in os.fspath(path):
+    return
+  parent = path.parent
+  if not parent.is_dir():
+    raise BadInput(f"cannot write the output {path}: no directory {parent}")
+  if path.is_dir():
+    raise BadInput(f"cannot write the output {path}: it is a directory")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise BadInput(f"cannot write the output {path}: {parent} is not writable")
+
+
+def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
+                       vocab_size: int):
+  """The dataset ``evaluate_workdir`` evaluates on, ``config`` set to match: the
+  run's, or with ``data`` that file (a Sudoku CSV, or a .npy table: V and N from
+  its shape). Raises ``BadInput`` for a file or setting the run cannot use."""
+  from etils import epath
+
+  from vmd_jax.trainer import build
+  try:
+    if data:
+      if not epath.Path(data).exists():
+        raise FileNotFoundError(f"evaluation data not found: {data}")
+      field = {"sudoku": "sudoku_eval", "synthetic": "npy_path"}.get(config.data.name)
+      if field is None:
+        raise BadInput(f"--data takes a Sudoku CSV or a .npy table, not a file for a "
+                       f"{config.data.name!r} run")
+      config.data[field] = data
+      if field == "sudoku_eval":
+        from vmd_jax.data import sudoku
+        if config.data.num_eval:
+          # The run's num_eval (e.g. 1000) caps the rows read, but a smaller file is whole.
+          rows = len(sudoku.load_sudoku_csv(data).puzzles)
+          config.data.num_eval = min(config.data.num_eval, rows)
+      if field == "npy_path":
+        config.data.vocab_size, config.data.seq_len = 0, 0  # read from the table's shape
+    if settings:
+      config.eval.settings = settings
+    config_lib.validate(config)
+    dataset = build.build_dataset(config)
+  except ValueError as e:  # a malformed file (SudokuDataError, a bad table) or setting
+    raise BadInput(str(e)) from None
+  if dataset.vocab_size != vocab_size:
+    raise BadInput(f"{data}: a vocabulary of {dataset.vocab_size} tokens, but the model "
+                   f"in {workdir} was trained on {vocab_size}")
+  return dataset
 
 
 def evaluate_workdir(workdir, data: str | None = None, settings: str | None = None,
@@ -185,35 +249,37 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   ``data``: another evaluation file (a Sudoku CSV, or a .npy probability table);
   ``settings``: ORDER:NFE pairs replacing ``eval.settings``. Writes ``output``
   (default ``eval.json``, or ``eval_<data file stem>.json`` with ``data``).
+
+  Every argument is checked before the checkpoint is read (``BadInput`` names the
+  one the run cannot use, and an output that cannot be written); a write that
+  still fails raises ``OutputNotWritten`` holding the result.
   """
   from etils import epath
 
   from vmd_jax.trainer import build
-  from vmd_jax.trainer.load import load_with_step
+  from vmd_jax.trainer.load import data_shape, load_config, load_with_step
 
-  model, params, config, step = load_with_step(workdir)
-  if data:
-    if not epath.Path(data).exists():
-      raise FileNotFoundError(f"evaluation data not found: {data}")
-    field = {"sudoku": "sudoku_eval", "synthetic": "npy_path"}.get(config.data.name)
-    if field is None:
-      raise ValueError(f"--data takes a Sudoku CSV or a .npy table, not a file for a "
-                       f"{config.data.name!r} run")
-    config.data[field] = data
-    if field == "sudoku_eval" and config.data.num_eval:
-      # The run's num_eval (e.g. 1000) caps the rows read, but a smaller file is whole.
-      from vmd_jax.data import sudoku
-      config.data.num_eval = min(config.data.num_eval, len(sudoku.load_sudoku_csv(data).puzzles))
-    if field == "npy_path":
-      config.data.vocab_size, config.data.seq_len = 0, 0  # read from the table's shape
   if settings:
-    config.eval.settings = settings
-  config_lib.validate(config)
-  dataset = build.build_dataset(config)
-  if dataset.vocab_size != model.vocab_size:
-    raise ValueError(f"{data}: a vocabulary of {dataset.vocab_size} tokens, but the model "
-                     f"in {workdir} was trained on {model.vocab_size}")
-  check_settings(config, model, dataset.seq_len)
+    try:
+      config_lib.parse_eval_settings(settings)
+    except ValueError as e:
+      raise BadInput(f"--settings={settings}: {e}") from None
   if output is None:
     output = f"eval_{epath.Path(data).stem}.json" if data else "eval.json"
-  return evaluate_run(config, model, dataset, params, workdir, output=output, step=step)
+  path = io.as_path(workdir) / output
+  check_writable(path)
+  config = load_config(workdir)
+  vocab_size, seq_len = data_shape(workdir, config)
+  dataset = evaluation_dataset(config, workdir, data, settings, vocab_size)
+  try:
+    check_settings(config, build.build_model(config, vocab_size, seq_len), dataset.seq_len)
+  except ValueError as e:
+    raise BadInput(str(e)) from None
+  model, params, _, step = load_with_step(workdir)
+  result = evaluate_run(config, model, dataset, params, workdir, output=None, step=step)
+  if jax.process_index() == 0:
+    try:
+      io.write_json(path, result)
+    except OSError as e:
+      raise OutputNotWritten(f"could not write {path}: {e.strerror or e}", result) from None
+  return result
