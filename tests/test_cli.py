@@ -195,6 +195,7 @@ def test_evaluate_that_cannot_write_at_the_end_prints_its_results(trained):
   """A write that fails after the evaluation (the disk filled up, the folder was
   made read-only meanwhile): the results on stdout, then one line naming the file."""
   workdir, _ = trained
+  before = _files(workdir)
   out = _evaluate_in_process(workdir, (
       "def refuse(path, obj):\n"
       "  raise PermissionError(13, 'Permission denied', f'{path}.1234.tmp')\n"
@@ -208,6 +209,7 @@ def test_evaluate_that_cannot_write_at_the_end_prints_its_results(trained):
   result = json.loads(out.stdout)
   assert result["step"] == 10 and "nelbo_bits_per_token" in result["nelbo"]
   assert set(result["samples"]) == {"random:1", "random:1/mixture"}
+  assert _files(workdir) == before
 
 
 def test_load_restores_the_ema_parameters_only(trained):
@@ -242,16 +244,26 @@ def test_sample_command_prints_samples(trained):
 
 
 def test_evaluate_on_a_table_file_reads_its_shape(trained, tmp_path):
-  """A run trained on a named table, re-evaluated on a (V,) * N .npy table."""
-  workdir, _ = trained
+  """A run trained on a named table, re-evaluated on a (V,) * N .npy table; it
+  writes eval_table.json and nothing else: not the training run's figures of the
+  2-token joint, nor the mixture prior it fits (prior.npz removed here)."""
+  import shutil
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[0], workdir)
+  (workdir / "prior.npz").unlink()
+  before = _files(workdir)
+  assert any(name.startswith("joint_random_2") for name in before)  # training's figure
   table = np.zeros((10, 10))
   table[np.arange(10), (np.arange(10) + 1) % 10] = 0.1  # two_token_uniform itself
   np.save(tmp_path / "table.npy", table)
   out = run_cli("evaluate", f"--workdir={workdir}", f"--data={tmp_path / 'table.npy'}",
                 "--settings=random:2", timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
+  after = _files(workdir)
   assert (workdir / "eval_table.json").is_file()
+  assert {k: v for k, v in after.items() if k != "eval_table.json"} == before
   assert '"random:2"' in out.stdout
+  assert '"random:2/mixture"' in out.stdout  # the prior was fitted, just not saved
 
 
 def test_a_run_from_before_a_config_field_loads_with_its_default(tmp_path):

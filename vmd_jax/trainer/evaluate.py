@@ -106,9 +106,11 @@ def nelbo_metrics(model: MaskedDiffusion, params, dataset, config, key, mesh) ->
           "eval_tokens": float(w.sum()), "time_samples_per_sequence": config.eval.nelbo_samples}
 
 
-def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=None):
+def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=None,
+              save: bool = True):
   """The Gaussian-mixture prior of ``vmd_jax.prior``, fitted to q(z | x_0) over
-  ``prior.fit_samples`` training sequences (loaded from ``prior.npz`` if there)."""
+  ``prior.fit_samples`` training sequences (loaded from ``prior.npz`` if there;
+  a fitted one is saved there when ``save``)."""
   path = io.as_path(workdir) / "prior.npz"
   if path.exists():
     with path.open("rb") as f, np.load(f) as arrays:
@@ -123,27 +125,31 @@ def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=Non
   posterior = DiagonalGaussian(*(jnp.concatenate(parts) for parts in zip(*chunks)))
   gmm = prior_lib.fit_aggregate_posterior_prior(
       posterior, jax.random.key(config.seed + 1), config.prior.components, config.prior.fit_iters)
-  if jax.process_index() == 0:
+  if save and jax.process_index() == 0:
     with io.atomic_write_path(path) as tmp, tmp.open("wb") as f:
       np.savez(f, **{k: np.asarray(v) for k, v in gmm._asdict().items()})
   return gmm
 
 
-def priors(model: MaskedDiffusion, params, dataset, config, workdir, mesh) -> dict:
+def priors(model: MaskedDiffusion, params, dataset, config, workdir, mesh,
+           save: bool = True) -> dict:
   """{name suffix: prior sampler or None (N(0, I))} for the sample metrics."""
   if model.encoder is None or config.prior.kind != "mixture":
     return {"": None}
-  return {"": None, "/mixture": fit_prior(model, params, dataset, config, workdir, mesh).sample}
+  return {"": None, "/mixture": fit_prior(model, params, dataset, config, workdir, mesh,
+                                          save).sample}
 
 
 def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir,
-                   mesh) -> dict:
-  """The dataset's ``score_samples`` for every ORDER:NFE setting and prior."""
+                   mesh, side_files: bool = True) -> dict:
+  """The dataset's ``score_samples`` for every ORDER:NFE setting and prior; with
+  ``side_files``, its figures and a fitted prior are written in ``workdir``."""
   e = config.eval
   top_p = None if e.top_p >= 1.0 else e.top_p
   unit = {"unit": e.prime_unit} if model.prime_code else {}
   results = {}
-  for suffix, prior in priors(model, params, dataset, config, workdir, mesh).items():
+  for suffix, prior in priors(model, params, dataset, config, workdir, mesh,
+                              side_files).items():
     @functools.partial(jax.jit, static_argnums=(3, 4), out_shardings=sharding.replicated(mesh))
     def draw(params, key, x_init, nfe, order, prior=prior):
       return model.sample(params, key, x_init, nfe, order, prior=prior,
@@ -154,24 +160,28 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
       key, sub = jax.random.split(key)
       bound = lambda k, x: draw(params, k, sharding.split_rows(x, mesh), nfe, order)
       figure = f"joint_{name.replace(':', '_').replace('/', '_')}.png"
-      figure_path = io.as_path(workdir) / figure if jax.process_index() == 0 else None
+      figure_path = (io.as_path(workdir) / figure
+                     if side_files and jax.process_index() == 0 else None)
       results[name] = dataset.score_samples(bound, sub, e, figure_path=figure_path)
       logging.info("eval %s: %s", name, {k: v for k, v in results[name].items() if k != "text"})
   return results
 
 
 def evaluate_run(config, model, dataset, params, workdir, writer=None,
-                 output: str | None = "eval.json", mesh=None, step: int | None = None) -> dict:
+                 output: str | None = "eval.json", mesh=None, step: int | None = None,
+                 side_files: bool = True) -> dict:
   """Runs every evaluation, writes ``output`` in ``workdir`` (None: not written)
   and returns it. ``mesh``: the devices to use (default: data parallel over every
-  device); ``step``: the training step of ``params``, recorded as ``"step"``."""
+  device); ``step``: the training step of ``params``, recorded as ``"step"``;
+  ``side_files``: also the figures of 2-token joints and a fitted ``prior.npz``
+  (False: nothing else in ``workdir`` is written)."""
   mesh = mesh or sharding.data_parallel_mesh()
   key = jax.random.key(config.seed + 12345)
   k_nelbo, k_samples = jax.random.split(key)
   result = {"model": config.model.kind, "data": config.data.name, "step": step,
             "nelbo": nelbo_metrics(model, params, dataset, config, k_nelbo, mesh),
             "samples": sample_metrics(model, params, dataset, config, k_samples, workdir,
-                                      mesh)}
+                                      mesh, side_files)}
   schedule = {k: float(v) for k, v in model.schedule_metrics(params).items()}
   if schedule:  # GenMD4: the learned exponent of every token value
     result["schedule"] = schedule
@@ -244,7 +254,8 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   """Evaluates the EMA weights of the newest intact checkpoint of a trained
   ``workdir`` (``load.load``: a newer step that is unreadable or not finite is
   skipped with one warning line and left in place; nothing in the workdir but
-  ``output`` is written, so a training run may hold it meanwhile).
+  ``output`` is written, so a training run may hold it meanwhile: no figures, and
+  a mixture prior missing from ``prior.npz`` is fitted but not saved).
 
   ``data``: another evaluation file (a Sudoku CSV, or a .npy probability table);
   ``settings``: ORDER:NFE pairs replacing ``eval.settings``. Writes ``output``
@@ -276,7 +287,8 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   except ValueError as e:
     raise BadInput(str(e)) from None
   model, params, _, step = load_with_step(workdir)
-  result = evaluate_run(config, model, dataset, params, workdir, output=None, step=step)
+  result = evaluate_run(config, model, dataset, params, workdir, output=None, step=step,
+                        side_files=False)
   if jax.process_index() == 0:
     try:
       io.write_json(path, result)
