@@ -215,7 +215,8 @@ def check_writable(path) -> None:
 def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
                        vocab_size: int):
   """The dataset ``evaluate_workdir`` evaluates on, ``config`` set to match: the
-  run's, or with ``data`` that file (a Sudoku CSV, or a .npy table: V and N from
+  run's, or with ``data`` that file (a Sudoku CSV: only it is read, unless a
+  mixture prior must be fitted on the training files; a .npy table: V and N from
   its shape). Raises ``BadInput`` for a file or setting the run cannot use."""
   from etils import epath
 
@@ -235,6 +236,10 @@ def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
           # The run's num_eval (e.g. 1000) caps the rows read, but a smaller file is whole.
           rows = len(sudoku.load_sudoku_csv(data).puzzles)
           config.data.num_eval = min(config.data.num_eval, rows)
+        fits_prior = (config.model.kind == "vmd" and config.prior.kind == "mixture"
+                      and not (io.as_path(workdir) / "prior.npz").exists())
+        if not fits_prior:  # the training files (saved relative paths) are not needed
+          config.data.sudoku_train = data
       if field == "npy_path":
         config.data.vocab_size, config.data.seq_len = 0, 0  # read from the table's shape
     if settings:
