@@ -11,7 +11,9 @@ packaged in ``vmd_jax/configs`` (``--config=text8_vmd``). Bad input (an unknown
 or malformed config key, a missing file, a workdir that is a file) ends the
 command with one line on stderr naming the culprit and exit code 2; so does a
 workdir that ``evaluate`` or ``sample`` cannot read (no config.json, no intact
-checkpoint: a newer corrupt step is skipped with a warning). A run that ends
+checkpoint: a newer corrupt step is skipped with a warning), and an argument or
+input file the run cannot use (``load.BadInput``, checked before the checkpoint
+is read); ``evaluate`` checks its output can be written before evaluating. A run that ends
 early says why in its last line: a workdir held by another run or a diverged
 run exit 1, SIGTERM / SIGINT after saving exit 128 + the signal (143 / 130). Any
 other uncaught exception prints its traceback and ends the process at once
