@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import vmd_jax
-from vmd_jax.trainer import train
+from vmd_jax.trainer import config as config_lib, train
 from test_train import REPO, tiny_config
 
 
@@ -80,6 +80,138 @@ def trained(tmp_path_factory):
   return workdir, c
 
 
+def _files(directory):
+  """{relative path: (size, mtime)} of every file below ``directory``."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      st = os.stat(os.path.join(root, name))
+      out[os.path.relpath(os.path.join(root, name), directory)] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, trained):
+  """{name: path}: the trained VMD run ("vmd"), workdirs holding only a run's
+  config.json and data_shape.json ("md4", "sudoku": the readers check their
+  arguments before reading a checkpoint, so none is needed), a plain file
+  ("file"), and input files a run cannot use."""
+  import json
+  d = tmp_path_factory.mktemp("inputs")
+  paths = {"vmd": trained[0], "file": d / "file"}
+  paths["file"].write_text("not a workdir")
+  sudoku_config = config_lib.load_config_file(
+      os.path.join(REPO, "configs", "sudoku_md4.py"))
+  for name, c, shape in (("md4", tiny_config("md4"), (10, 2)),
+                         ("sudoku", sudoku_config, (9, 81))):
+    paths[name] = d / name
+    paths[name].mkdir()
+    (paths[name] / "config.json").write_text(json.dumps(c.to_dict()))
+    (paths[name] / "data_shape.json").write_text(
+        json.dumps({"vocab_size": shape[0], "seq_len": shape[1]}))
+  table = np.zeros((3, 3))
+  table[0, 1] = 1.0
+  np.save(d / "v3.npy", table)  # a joint over 3 tokens; the run has 10
+  np.save(d / "half.npy", np.full((10, 10), 0.005))  # sums to 0.5
+  with open(os.path.join(REPO, "tests", "data", "sudoku",
+                         "sudoku_kaggle1m_10k_jerod92.csv")) as f:
+    header, *rows = [next(f) for _ in range(4)]
+  (d / "header_only.csv").write_text(header)
+  (d / "three.csv").write_text(header + "".join(rows))
+  (d / "bad_cell.csv").write_text(header + "x" + rows[0][1:])
+  for name in ("v3.npy", "half.npy", "header_only.csv", "three.csv", "bad_cell.csv"):
+    paths[name.split(".")[0]] = d / name
+  return paths
+
+
+@pytest.mark.parametrize("workdir,args,message", [
+    ("vmd", ["sample", "--order=randm"],
+     "--order=randm: unknown sampling order; known orders: ['ancestral', "),
+    ("vmd", ["evaluate", "--settings=randm:1"],
+     "--settings=randm:1: config.eval.settings order = 'randm'; accepted values: "),
+    ("vmd", ["evaluate", "--settings=random:0"],
+     "--settings=random:0: config.eval.settings item 'random:0': expected ORDER:NFE"),
+    ("md4", ["sample", "--prior=mixture"], "--prior=mixture needs a VMD run; {md4} is a "
+                                           "'md4' run"),
+    ("vmd", ["evaluate", "--data={v3}"], "{v3}: a vocabulary of 3 tokens, but the "
+                                              "model in {vmd} was trained on 10"),
+    ("vmd", ["evaluate", "--data={half}"], "{half}: probabilities must sum to 1"),
+    ("sudoku", ["evaluate", "--data={bad_cell}"],
+     "{bad_cell}:2: puzzle cell 1 is 'x'; accepted: 0-9 or '.'"),
+    ("sudoku", ["evaluate", "--data={header_only}"],
+     "{header_only}: no puzzles after the header"),
+    ("sudoku", ["sample", "--puzzles={three}", "--num=5"],
+     "--puzzles={three} has 3 puzzles, fewer than --num=5"),
+    ("sudoku", ["sample", "--puzzles={bad_cell}", "--num=1"],
+     "--puzzles: {bad_cell}:2: puzzle cell 1 is 'x'"),
+    ("vmd", ["evaluate", "stray_arg"], "unexpected arguments: ['stray_arg']"),
+    ("vmd", ["sample", "stray_arg"], "unexpected arguments: ['stray_arg']"),
+    ("vmd", ["evaluate", "--output=nosuchdir/x.json"],
+     "cannot write the output {vmd}/nosuchdir/x.json: no directory {vmd}/nosuchdir"),
+    ("file", ["evaluate"], "--workdir={file} is a file, not a directory"),
+    ("file", ["sample"], "--workdir={file} is a file, not a directory"),
+])
+def test_a_reader_refuses_bad_input_in_one_line_before_reading_a_checkpoint(
+    inputs, workdir, args, message):
+  """``vmd-jax evaluate`` / ``sample``: exit 2, one line naming the culprit, no
+  traceback, nothing written; checked before the checkpoint is read (the "md4"
+  and "sudoku" workdirs have none)."""
+  fill = lambda text: text.format(**{k: str(v) for k, v in inputs.items()})
+  command, *rest = args
+  before = _files(inputs["vmd"])
+  out = run_cli(command, f"--workdir={inputs[workdir]}", *map(fill, rest))
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, out.stderr[-3000:]
+  assert lines[0].startswith(f"vmd-jax {command}: error: {fill(message)}"), lines
+  assert _files(inputs["vmd"]) == before
+
+
+def _evaluate_in_process(workdir, patch, *args):
+  """``vmd-jax evaluate --workdir=workdir ARGS`` in a process that first runs ``patch``."""
+  code = (f"import os; from vmd_jax.trainer import cli, io\n{patch}\n"
+          f"cli.run(['vmd-jax', 'evaluate', '--workdir={workdir}', *{list(args)!r}])")
+  return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_evaluate_refuses_a_read_only_workdir_before_evaluating(trained):
+  """A workdir it may not write to (``os.access``, faked: as root every chmod'ed
+  folder is writable) is refused up front, in one line naming the output."""
+  workdir, _ = trained
+  before = _files(workdir)
+  out = _evaluate_in_process(workdir, (
+      "access = os.access\n"
+      f"os.access = lambda p, m, **k: (os.fspath(p) != {str(workdir)!r} or not m & os.W_OK)"
+      " and access(p, m, **k)"))
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert lines == [f"vmd-jax evaluate: error: cannot write the output {workdir}/eval.json: "
+                   f"{workdir} is not writable"], out.stderr[-3000:]
+  assert _files(workdir) == before
+
+
+def test_evaluate_that_cannot_write_at_the_end_prints_its_results(trained):
+  """A write that fails after the evaluation (the disk filled up, the folder was
+  made read-only meanwhile): the results on stdout, then one line naming the file."""
+  workdir, _ = trained
+  before = _files(workdir)
+  out = _evaluate_in_process(workdir, (
+      "def refuse(path, obj):\n"
+      "  raise PermissionError(13, 'Permission denied', f'{path}.1234.tmp')\n"
+      "io.write_json = refuse"), "--settings=random:1", "--output=late.json")
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"vmd-jax evaluate: error: could not write {workdir}/late.json: Permission denied "
+      "(the results are on stdout)"), out.stderr[-3000:]
+  import json
+  result = json.loads(out.stdout)
+  assert result["step"] == 10 and "nelbo_bits_per_token" in result["nelbo"]
+  assert set(result["samples"]) == {"random:1", "random:1/mixture"}
+  assert _files(workdir) == before
+
+
 def test_load_restores_the_ema_parameters_only(trained):
   workdir, c = trained
   model, params, config = vmd_jax.load(str(workdir))
@@ -112,16 +244,26 @@ def test_sample_command_prints_samples(trained):
 
 
 def test_evaluate_on_a_table_file_reads_its_shape(trained, tmp_path):
-  """A run trained on a named table, re-evaluated on a (V,) * N .npy table."""
-  workdir, _ = trained
+  """A run trained on a named table, re-evaluated on a (V,) * N .npy table; it
+  writes eval_table.json and nothing else: not the training run's figures of the
+  2-token joint, nor the mixture prior it fits (prior.npz removed here)."""
+  import shutil
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[0], workdir)
+  (workdir / "prior.npz").unlink()
+  before = _files(workdir)
+  assert any(name.startswith("joint_random_2") for name in before)  # training's figure
   table = np.zeros((10, 10))
   table[np.arange(10), (np.arange(10) + 1) % 10] = 0.1  # two_token_uniform itself
   np.save(tmp_path / "table.npy", table)
   out = run_cli("evaluate", f"--workdir={workdir}", f"--data={tmp_path / 'table.npy'}",
                 "--settings=random:2", timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
+  after = _files(workdir)
   assert (workdir / "eval_table.json").is_file()
+  assert {k: v for k, v in after.items() if k != "eval_table.json"} == before
   assert '"random:2"' in out.stdout
+  assert '"random:2/mixture"' in out.stdout  # the prior was fitted, just not saved
 
 
 def test_a_run_from_before_a_config_field_loads_with_its_default(tmp_path):

@@ -59,11 +59,17 @@ def test_sudoku_config_defaults(kind):
       (o, n) for n in (5, 10, 20) for o in ("top_prob", "top_prob_margin")]
 
 
-def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs):
+def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs, monkeypatch):
+  """Trained on CSVs named by relative paths (as config.json keeps them);
+  re-evaluated on another CSV from another directory, reading only that file."""
   train_csv, held_out, other = sudoku_csvs
+  (tmp_path / "data").mkdir()
+  for path in (train_csv, held_out):
+    (tmp_path / "data" / path.name).write_text(path.read_text())
+  monkeypatch.chdir(tmp_path)
   c = _tiny(config_lib.load_config_file(str(REPO / "configs" / "sudoku_md4.py")))
-  c.data.sudoku_train = str(train_csv)
-  c.data.sudoku_eval = str(held_out)
+  c.data.sudoku_train = f"data/{train_csv.name}"
+  c.data.sudoku_eval = f"data/{held_out.name}"
   c.data.num_eval = 14  # the first 14 of 16; re-evaluation on 12 rows takes all 12
   c.eval.settings = SUDOKU_SETTINGS
   c.eval.batch_size = 16
@@ -78,6 +84,7 @@ def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs):
   assert math.isfinite(result["nelbo"]["nelbo_bits_per_token"])
   assert result["nelbo"]["eval_tokens"] == 14 * 81
 
+  monkeypatch.chdir(workdir)  # where data/train.csv and data/held_out.csv are not
   out = evaluate.evaluate_workdir(str(workdir), data=str(other), settings="top_prob_margin:2")
   written = json.loads((workdir / "eval_other.json").read_text())
   assert set(written["samples"]) == {"top_prob_margin:2"}

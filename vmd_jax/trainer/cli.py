@@ -11,7 +11,9 @@ packaged in ``vmd_jax/configs`` (``--config=text8_vmd``). Bad input (an unknown
 or malformed config key, a missing file, a workdir that is a file) ends the
 command with one line on stderr naming the culprit and exit code 2; so does a
 workdir that ``evaluate`` or ``sample`` cannot read (no config.json, no intact
-checkpoint: a newer corrupt step is skipped with a warning). A run that ends
+checkpoint: a newer corrupt step is skipped with a warning), and an argument or
+input file the run cannot use (``load.BadInput``, checked before the checkpoint
+is read); ``evaluate`` checks its output can be written before evaluating. A run that ends
 early says why in its last line: a workdir held by another run or a diverged
 run exit 1, SIGTERM / SIGINT after saving exit 128 + the signal (143 / 130). Any
 other uncaught exception prints its traceback and ends the process at once
@@ -216,25 +218,35 @@ def distributed_args(environ) -> dict:
 
 
 def _reading_a_workdir(command):
-  """``command``, with a workdir or file it cannot read as ``InputError``."""
+  """``command``, with a workdir or file it cannot read, or an argument the run
+  cannot use (``load.BadInput``, raised where the inputs are read), as ``InputError``."""
   from vmd_jax.trainer.checkpoint import CheckpointError
+  from vmd_jax.trainer.load import BadInput
   try:
     return command()
-  except (CheckpointError, FileNotFoundError) as e:
+  except (CheckpointError, FileNotFoundError, BadInput) as e:
     raise InputError(str(e)) from None
 
 
 def _evaluate(argv):
   import json
-  del argv
-  from vmd_jax.trainer.evaluate import evaluate_workdir
-  result = _reading_a_workdir(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.data,
-                                                       FLAGS.settings, FLAGS.output))
+  _check_workdir(FLAGS.workdir)
+  if len(argv) > 1:
+    raise InputError(f"unexpected arguments: {argv[1:]}")
+  from vmd_jax.trainer.evaluate import OutputNotWritten, evaluate_workdir
+  try:
+    result = _reading_a_workdir(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.data,
+                                                         FLAGS.settings, FLAGS.output))
+  except OutputNotWritten as e:  # the results on stdout, not lost
+    print(json.dumps(e.result, indent=2, sort_keys=True), flush=True)
+    raise InputError(f"{e} (the results are on stdout)") from None
   print(json.dumps(result["samples"], indent=2))
 
 
 def _sample(argv):
-  del argv
+  _check_workdir(FLAGS.workdir)
+  if len(argv) > 1:
+    raise InputError(f"unexpected arguments: {argv[1:]}")
   from vmd_jax.trainer.sample import sample_workdir
   print(_reading_a_workdir(lambda: sample_workdir(
       FLAGS.workdir, num=FLAGS.num, steps=FLAGS.steps, order=FLAGS.order, seed=FLAGS.seed,

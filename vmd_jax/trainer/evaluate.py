@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,16 @@ from vmd_jax.losses import DiagonalGaussian
 from vmd_jax.networks import MaskedDiffusion
 from vmd_jax.trainer import config as config_lib
 from vmd_jax.trainer import io, sharding
+from vmd_jax.trainer.load import BadInput
+
+
+class OutputNotWritten(OSError):
+  """``evaluate_workdir`` could not write its output; ``result`` holds what it
+  computed, so the caller can still show it."""
+
+  def __init__(self, message: str, result: dict):
+    super().__init__(message)
+    self.result = result
 
 
 def check_settings(config, model: MaskedDiffusion, seq_len: int) -> None:
@@ -95,9 +106,11 @@ def nelbo_metrics(model: MaskedDiffusion, params, dataset, config, key, mesh) ->
           "eval_tokens": float(w.sum()), "time_samples_per_sequence": config.eval.nelbo_samples}
 
 
-def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=None):
+def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=None,
+              save: bool = True):
   """The Gaussian-mixture prior of ``vmd_jax.prior``, fitted to q(z | x_0) over
-  ``prior.fit_samples`` training sequences (loaded from ``prior.npz`` if there)."""
+  ``prior.fit_samples`` training sequences (loaded from ``prior.npz`` if there;
+  a fitted one is saved there when ``save``)."""
   path = io.as_path(workdir) / "prior.npz"
   if path.exists():
     with path.open("rb") as f, np.load(f) as arrays:
@@ -112,27 +125,31 @@ def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=Non
   posterior = DiagonalGaussian(*(jnp.concatenate(parts) for parts in zip(*chunks)))
   gmm = prior_lib.fit_aggregate_posterior_prior(
       posterior, jax.random.key(config.seed + 1), config.prior.components, config.prior.fit_iters)
-  if jax.process_index() == 0:
+  if save and jax.process_index() == 0:
     with io.atomic_write_path(path) as tmp, tmp.open("wb") as f:
       np.savez(f, **{k: np.asarray(v) for k, v in gmm._asdict().items()})
   return gmm
 
 
-def priors(model: MaskedDiffusion, params, dataset, config, workdir, mesh) -> dict:
+def priors(model: MaskedDiffusion, params, dataset, config, workdir, mesh,
+           save: bool = True) -> dict:
   """{name suffix: prior sampler or None (N(0, I))} for the sample metrics."""
   if model.encoder is None or config.prior.kind != "mixture":
     return {"": None}
-  return {"": None, "/mixture": fit_prior(model, params, dataset, config, workdir, mesh).sample}
+  return {"": None, "/mixture": fit_prior(model, params, dataset, config, workdir, mesh,
+                                          save).sample}
 
 
 def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir,
-                   mesh) -> dict:
-  """The dataset's ``score_samples`` for every ORDER:NFE setting and prior."""
+                   mesh, side_files: bool = True) -> dict:
+  """The dataset's ``score_samples`` for every ORDER:NFE setting and prior; with
+  ``side_files``, its figures and a fitted prior are written in ``workdir``."""
   e = config.eval
   top_p = None if e.top_p >= 1.0 else e.top_p
   unit = {"unit": e.prime_unit} if model.prime_code else {}
   results = {}
-  for suffix, prior in priors(model, params, dataset, config, workdir, mesh).items():
+  for suffix, prior in priors(model, params, dataset, config, workdir, mesh,
+                              side_files).items():
     @functools.partial(jax.jit, static_argnums=(3, 4), out_shardings=sharding.replicated(mesh))
     def draw(params, key, x_init, nfe, order, prior=prior):
       return model.sample(params, key, x_init, nfe, order, prior=prior,
@@ -143,29 +160,34 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
       key, sub = jax.random.split(key)
       bound = lambda k, x: draw(params, k, sharding.split_rows(x, mesh), nfe, order)
       figure = f"joint_{name.replace(':', '_').replace('/', '_')}.png"
-      figure_path = io.as_path(workdir) / figure if jax.process_index() == 0 else None
+      figure_path = (io.as_path(workdir) / figure
+                     if side_files and jax.process_index() == 0 else None)
       results[name] = dataset.score_samples(bound, sub, e, figure_path=figure_path)
       logging.info("eval %s: %s", name, {k: v for k, v in results[name].items() if k != "text"})
   return results
 
 
 def evaluate_run(config, model, dataset, params, workdir, writer=None,
-                 output: str = "eval.json", mesh=None, step: int | None = None) -> dict:
-  """Runs every evaluation, writes ``output`` in ``workdir`` and returns it.
-  ``mesh``: the devices to use (default: data parallel over every device);
-  ``step``: the training step of ``params``, recorded as ``"step"``."""
+                 output: str | None = "eval.json", mesh=None, step: int | None = None,
+                 side_files: bool = True) -> dict:
+  """Runs every evaluation, writes ``output`` in ``workdir`` (None: not written)
+  and returns it. ``mesh``: the devices to use (default: data parallel over every
+  device); ``step``: the training step of ``params``, recorded as ``"step"``;
+  ``side_files``: also the figures of 2-token joints and a fitted ``prior.npz``
+  (False: nothing else in ``workdir`` is written)."""
   mesh = mesh or sharding.data_parallel_mesh()
   key = jax.random.key(config.seed + 12345)
   k_nelbo, k_samples = jax.random.split(key)
   result = {"model": config.model.kind, "data": config.data.name, "step": step,
             "nelbo": nelbo_metrics(model, params, dataset, config, k_nelbo, mesh),
             "samples": sample_metrics(model, params, dataset, config, k_samples, workdir,
-                                      mesh)}
+                                      mesh, side_files)}
   schedule = {k: float(v) for k, v in model.schedule_metrics(params).items()}
   if schedule:  # GenMD4: the learned exponent of every token value
     result["schedule"] = schedule
   if jax.process_index() == 0:
-    io.write_json(io.as_path(workdir) / output, result)
+    if output is not None:
+      io.write_json(io.as_path(workdir) / output, result)
     if writer is not None:
       scalars = {f"eval/{k}": v for k, v in result["nelbo"].items()}
       for name, metrics in result["samples"].items():
@@ -175,45 +197,106 @@ def evaluate_run(config, model, dataset, params, workdir, writer=None,
   return result
 
 
+def check_writable(path) -> None:
+  """Raises ``BadInput`` naming ``path`` when a file cannot be written there: its
+  directory is missing or not writable, or ``path`` is a directory (local paths;
+  a URL is not checked)."""
+  if "://" in os.fspath(path):
+    return
+  parent = path.parent
+  if not parent.is_dir():
+    raise BadInput(f"cannot write the output {path}: no directory {parent}")
+  if path.is_dir():
+    raise BadInput(f"cannot write the output {path}: it is a directory")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise BadInput(f"cannot write the output {path}: {parent} is not writable")
+
+
+def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
+                       vocab_size: int):
+  """The dataset ``evaluate_workdir`` evaluates on, ``config`` set to match: the
+  run's, or with ``data`` that file (a Sudoku CSV: only it is read, unless a
+  mixture prior must be fitted on the training files; a .npy table: V and N from
+  its shape). Raises ``BadInput`` for a file or setting the run cannot use."""
+  from etils import epath
+
+  from vmd_jax.trainer import build
+  try:
+    if data:
+      if not epath.Path(data).exists():
+        raise FileNotFoundError(f"evaluation data not found: {data}")
+      field = {"sudoku": "sudoku_eval", "synthetic": "npy_path"}.get(config.data.name)
+      if field is None:
+        raise BadInput(f"--data takes a Sudoku CSV or a .npy table, not a file for a "
+                       f"{config.data.name!r} run")
+      config.data[field] = data
+      if field == "sudoku_eval":
+        from vmd_jax.data import sudoku
+        if config.data.num_eval:
+          # The run's num_eval (e.g. 1000) caps the rows read, but a smaller file is whole.
+          rows = len(sudoku.load_sudoku_csv(data).puzzles)
+          config.data.num_eval = min(config.data.num_eval, rows)
+        fits_prior = (config.model.kind == "vmd" and config.prior.kind == "mixture"
+                      and not (io.as_path(workdir) / "prior.npz").exists())
+        if not fits_prior:  # the training files (saved relative paths) are not needed
+          config.data.sudoku_train = data
+      if field == "npy_path":
+        config.data.vocab_size, config.data.seq_len = 0, 0  # read from the table's shape
+    if settings:
+      config.eval.settings = settings
+    config_lib.validate(config)
+    dataset = build.build_dataset(config)
+  except ValueError as e:  # a malformed file (SudokuDataError, a bad table) or setting
+    raise BadInput(str(e)) from None
+  if dataset.vocab_size != vocab_size:
+    raise BadInput(f"{data}: a vocabulary of {dataset.vocab_size} tokens, but the model "
+                   f"in {workdir} was trained on {vocab_size}")
+  return dataset
+
+
 def evaluate_workdir(workdir, data: str | None = None, settings: str | None = None,
                      output: str | None = None) -> dict:
   """Evaluates the EMA weights of the newest intact checkpoint of a trained
   ``workdir`` (``load.load``: a newer step that is unreadable or not finite is
   skipped with one warning line and left in place; nothing in the workdir but
-  ``output`` is written, so a training run may hold it meanwhile).
+  ``output`` is written, so a training run may hold it meanwhile: no figures, and
+  a mixture prior missing from ``prior.npz`` is fitted but not saved).
 
   ``data``: another evaluation file (a Sudoku CSV, or a .npy probability table);
   ``settings``: ORDER:NFE pairs replacing ``eval.settings``. Writes ``output``
   (default ``eval.json``, or ``eval_<data file stem>.json`` with ``data``).
+
+  Every argument is checked before the checkpoint is read (``BadInput`` names the
+  one the run cannot use, and an output that cannot be written); a write that
+  still fails raises ``OutputNotWritten`` holding the result.
   """
   from etils import epath
 
   from vmd_jax.trainer import build
-  from vmd_jax.trainer.load import load_with_step
+  from vmd_jax.trainer.load import data_shape, load_config, load_with_step
 
-  model, params, config, step = load_with_step(workdir)
-  if data:
-    if not epath.Path(data).exists():
-      raise FileNotFoundError(f"evaluation data not found: {data}")
-    field = {"sudoku": "sudoku_eval", "synthetic": "npy_path"}.get(config.data.name)
-    if field is None:
-      raise ValueError(f"--data takes a Sudoku CSV or a .npy table, not a file for a "
-                       f"{config.data.name!r} run")
-    config.data[field] = data
-    if field == "sudoku_eval" and config.data.num_eval:
-      # The run's num_eval (e.g. 1000) caps the rows read, but a smaller file is whole.
-      from vmd_jax.data import sudoku
-      config.data.num_eval = min(config.data.num_eval, len(sudoku.load_sudoku_csv(data).puzzles))
-    if field == "npy_path":
-      config.data.vocab_size, config.data.seq_len = 0, 0  # read from the table's shape
   if settings:
-    config.eval.settings = settings
-  config_lib.validate(config)
-  dataset = build.build_dataset(config)
-  if dataset.vocab_size != model.vocab_size:
-    raise ValueError(f"{data}: a vocabulary of {dataset.vocab_size} tokens, but the model "
-                     f"in {workdir} was trained on {model.vocab_size}")
-  check_settings(config, model, dataset.seq_len)
+    try:
+      config_lib.parse_eval_settings(settings)
+    except ValueError as e:
+      raise BadInput(f"--settings={settings}: {e}") from None
   if output is None:
     output = f"eval_{epath.Path(data).stem}.json" if data else "eval.json"
-  return evaluate_run(config, model, dataset, params, workdir, output=output, step=step)
+  path = io.as_path(workdir) / output
+  check_writable(path)
+  config = load_config(workdir)
+  vocab_size, seq_len = data_shape(workdir, config)
+  dataset = evaluation_dataset(config, workdir, data, settings, vocab_size)
+  try:
+    check_settings(config, build.build_model(config, vocab_size, seq_len), dataset.seq_len)
+  except ValueError as e:
+    raise BadInput(str(e)) from None
+  model, params, _, step = load_with_step(workdir)
+  result = evaluate_run(config, model, dataset, params, workdir, output=None, step=step,
+                        side_files=False)
+  if jax.process_index() == 0:
+    try:
+      io.write_json(path, result)
+    except OSError as e:
+      raise OutputNotWritten(f"could not write {path}: {e.strerror or e}", result) from None
+  return result

@@ -27,6 +27,11 @@ from vmd_jax.trainer import config as config_lib
 SHAPE_FILE = "data_shape.json"
 
 
+class BadInput(ValueError):
+  """An input a reader of a workdir cannot use (a flag's value, a data file);
+  the message names it. ``vmd-jax evaluate`` / ``sample`` report it in one line."""
+
+
 def write_data_shape(workdir, vocab_size: int, seq_len: int) -> None:
   """Records the dataset's V and N, so ``load`` needs no dataset."""
   io.write_json(io.as_path(workdir) / SHAPE_FILE, {"vocab_size": int(vocab_size),
@@ -44,6 +49,17 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   return config_lib.validate(config)
 
 
+def data_shape(workdir, config) -> tuple[int, int]:
+  """(V, N) of the run's data: from ``data_shape.json``, or for a workdir from
+  before that file, from the dataset ``config`` names."""
+  shape_path = io.as_path(workdir) / SHAPE_FILE
+  if shape_path.exists():
+    shape = io.read_json(shape_path)
+    return shape["vocab_size"], shape["seq_len"]
+  dataset = build.build_dataset(config)
+  return dataset.vocab_size, dataset.seq_len
+
+
 def load(workdir, step: int | None = None) -> tuple[MaskedDiffusion, dict, ml_collections.ConfigDict]:
   """(model, EMA params, config) of a run: the EMA params of ``step``, or by
   default of the newest intact step (see the module docstring).
@@ -58,13 +74,7 @@ def load_with_step(workdir, step: int | None = None
                    ) -> tuple[MaskedDiffusion, dict, ml_collections.ConfigDict, int]:
   """``load`` and the step whose parameters it read."""
   config = load_config(workdir)
-  shape_path = io.as_path(workdir) / SHAPE_FILE
-  if shape_path.exists():
-    shape = io.read_json(shape_path)
-    vocab_size, seq_len = shape["vocab_size"], shape["seq_len"]
-  else:  # a workdir from before data_shape.json: ask the dataset
-    dataset = build.build_dataset(config)
-    vocab_size, seq_len = dataset.vocab_size, dataset.seq_len
+  vocab_size, seq_len = data_shape(workdir, config)
   model = build.build_model(config, vocab_size, seq_len)
   abstract = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, seq_len), np.int32))
   ckpt = checkpoint.Checkpointer(io.as_path(workdir) / "checkpoints", read_only=True)

@@ -2,6 +2,8 @@
 
 Decoded text for text8, grids for Sudoku (solving the first ``num`` puzzles of
 a CSV with ``puzzles``, else unconditional), token sequences for synthetic data.
+Every argument is checked against the run before its checkpoint is read; one
+the run cannot use raises ``load.BadInput`` naming it.
 """
 
 from __future__ import annotations
@@ -10,9 +12,51 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmd_jax import data
-from vmd_jax.trainer import evaluate, io
-from vmd_jax.trainer.load import load
+from vmd_jax import data, sampling
+from vmd_jax.trainer import build, evaluate, io
+from vmd_jax.trainer.load import BadInput, data_shape, load, load_config
+
+
+def initial_tokens(workdir, *, num: int, steps: int, order: str, prior: str,
+                   puzzles: str | None) -> np.ndarray:
+  """x_init int32 [num, N] for the run in ``workdir`` (all masks, or the givens of
+  the first ``num`` puzzles of ``puzzles``); raises ``BadInput`` for an argument the
+  run cannot use. Reads the run's config and the puzzles, no checkpoint."""
+  if order not in sampling.ORDERS:
+    raise BadInput(f"--order={order}: unknown sampling order; known orders: "
+                   f"{list(sampling.ORDERS)}")
+  config = load_config(workdir)
+  vocab_size, seq_len = data_shape(workdir, config)
+  model = build.build_model(config, vocab_size, seq_len)
+  if model.learn_schedule and order != "ancestral":
+    raise BadInput(f"--order={order}: GenMD4 (a learned schedule) samples in the "
+                   "'ancestral' order only")
+  blocks = model.num_blocks(seq_len)
+  if (steps or seq_len) % blocks:
+    raise BadInput(f"--steps={steps}: the network calls (0: the length {seq_len}) must be a "
+                   f"multiple of the run's {blocks} blocks")
+  if prior == "mixture" and model.encoder is None:
+    raise BadInput(f"--prior=mixture needs a VMD run; {workdir} is a "
+                   f"{config.model.kind!r} run")
+  if prior == "mixture" and not (io.as_path(workdir) / "prior.npz").exists():
+    raise FileNotFoundError(f"{io.as_path(workdir) / 'prior.npz'} not found: the run "
+                            "fitted no mixture prior")
+  x_init = np.full((num, seq_len), vocab_size, np.int32)
+  if puzzles:
+    from vmd_jax.data import sudoku
+    if config.data.name != "sudoku":
+      raise BadInput(f"--puzzles needs a Sudoku run; {workdir} is a "
+                     f"{config.data.name!r} run")
+    try:
+      grids = sudoku.load_sudoku_csv(puzzles)
+    except sudoku.SudokuDataError as e:
+      raise BadInput(f"--puzzles: {e}") from None
+    if len(grids.puzzles) < num:
+      raise BadInput(f"--puzzles={puzzles} has {len(grids.puzzles)} puzzles, fewer than "
+                     f"--num={num}")
+    given = grids.puzzles[:num] != 0
+    x_init = np.where(given, grids.puzzles[:num] - 1, vocab_size).astype(np.int32)
+  return x_init
 
 
 def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ancestral",
@@ -20,25 +64,13 @@ def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ance
                    puzzles: str | None = None) -> str:
   """``num`` samples of the run in ``workdir`` with ``steps`` network calls
   (0: one per position) in ``order``, one rendered sample per paragraph."""
+  x_init = initial_tokens(workdir, num=num, steps=steps, order=order, prior=prior,
+                          puzzles=puzzles)
   model, params, config = load(workdir)
-  seq_len = io.read_json(io.as_path(workdir) / "data_shape.json")["seq_len"]
-  x_init = np.full((num, seq_len), model.vocab_size, np.int32)
-  if puzzles:
-    from vmd_jax.data import sudoku
-    grids = sudoku.load_sudoku_csv(puzzles)
-    if len(grids.puzzles) < num:
-      raise ValueError(f"{puzzles} has {len(grids.puzzles)} puzzles, fewer than --num={num}")
-    given = grids.puzzles[:num] != 0
-    x_init = np.where(given, grids.puzzles[:num] - 1, model.vocab_size).astype(np.int32)
   sampler_prior = None
-  if prior == "mixture":
-    if model.encoder is None:
-      raise ValueError("--prior=mixture needs a VMD run")
-    path = io.as_path(workdir) / "prior.npz"
-    if not path.exists():
-      raise FileNotFoundError(f"{path} not found: the run fitted no mixture prior")
+  if prior == "mixture":  # read from the run's prior.npz
     sampler_prior = evaluate.fit_prior(model, params, None, config, workdir).sample
-  steps = steps or seq_len
+  steps = steps or x_init.shape[1]
   draw = jax.jit(lambda params, key, x: model.sample(params, key, x, steps, order,
                                                       prior=sampler_prior,
                                                       temperature=temperature))
