@@ -298,6 +298,12 @@ def _traceback_of(source: str, filename: str, name: str, exc_type=Exception):
      "_read_array_index_and_device_put", True),
     ("def _read_array_index_and_device_put():\n  raise Exception('Encountered error')",
      "/home/me/my_reader.py", "_read_array_index_and_device_put", False),
+    # asyncio's "Task exception was never retrieved" for orbax's deserialising task.
+    ("def async_deserialize():\n  raise ValueError('NOT_FOUND: Error opening \"zarr\" driver')",
+     "/site-packages/orbax/checkpoint/_src/serialization/serialization.py",
+     "async_deserialize", True),
+    ("def async_deserialize():\n  raise ValueError('NOT_FOUND')",
+     "/home/me/my_reader.py", "async_deserialize", False),
     # tensorstore's threads calling into orbax's closed event loop.
     ("def call_soon_threadsafe():\n  raise RuntimeError('Event loop is closed')",
      "/usr/lib/python3.11/asyncio/base_events.py", "call_soon_threadsafe", True),

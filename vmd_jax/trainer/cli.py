@@ -114,21 +114,24 @@ def _exit_now(code: int):
   os._exit(code)
 
 
+ORBAX_READS = ("_read_array_index_and_device_put", "async_deserialize")
+
+
 def _is_abandoned_read(exc_type, exc, tb) -> bool:
   """True for the reports of reads that orbax had already given up on (a
   truncated checkpoint file) finishing after orbax closed its event loop:
   ``RuntimeError("Event loop is closed")`` raised in ``call_soon_threadsafe``,
-  called straight from one of tensorstore's threads, or (Python 3.12) orbax's
-  read coroutine ``_read_array_index_and_device_put`` finalised with its read's
-  error. The reader has already skipped that step; nothing is lost."""
+  called straight from one of tensorstore's threads, or one of orbax's read
+  coroutines (``_read_array_index_and_device_put``, finalised on Python 3.12;
+  ``async_deserialize``, whose task asyncio logs as never retrieved) ending with
+  its read's error. The reader has already skipped that step; nothing is lost."""
   codes = []
   while tb is not None:  # outermost frame first
     codes.append(tb.tb_frame.f_code)
     tb = tb.tb_next
   if exc_type is RuntimeError and str(exc) == "Event loop is closed":
     return bool(codes) and codes[0].co_name == "call_soon_threadsafe"
-  return any(c.co_name == "_read_array_index_and_device_put" and "/orbax/" in c.co_filename
-             for c in codes)
+  return any(c.co_name in ORBAX_READS and "/orbax/" in c.co_filename for c in codes)
 
 
 class _AbandonedReadRecords:
