@@ -180,12 +180,9 @@ def _check_workdir(workdir: str):
     raise InputError(f"--workdir={workdir} is a file, not a directory")
 
 
-def _train(argv):
-  if len(argv) > 1:
-    raise InputError(f"unexpected arguments: {argv[1:]}")
+def _train():
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
-  _check_workdir(FLAGS.workdir)
   if FLAGS.distributed:
     jax.distributed.initialize(**distributed_args(os.environ))
   from vmd_jax.trainer import sweep, train
@@ -231,11 +228,8 @@ def _reading_a_workdir(command):
     raise InputError(str(e)) from None
 
 
-def _evaluate(argv):
+def _evaluate():
   import json
-  _check_workdir(FLAGS.workdir)
-  if len(argv) > 1:
-    raise InputError(f"unexpected arguments: {argv[1:]}")
   from vmd_jax.trainer.evaluate import OutputNotWritten, evaluate_workdir
   try:
     result = _reading_a_workdir(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.data,
@@ -246,10 +240,7 @@ def _evaluate(argv):
   print(json.dumps(result["samples"], indent=2))
 
 
-def _sample(argv):
-  _check_workdir(FLAGS.workdir)
-  if len(argv) > 1:
-    raise InputError(f"unexpected arguments: {argv[1:]}")
+def _sample():
   from vmd_jax.trainer.sample import sample_workdir
   print(_reading_a_workdir(lambda: sample_workdir(
       FLAGS.workdir, num=FLAGS.num, steps=FLAGS.steps, order=FLAGS.order, seed=FLAGS.seed,
@@ -302,8 +293,11 @@ def run_command(command: str, argv: list[str]):
 
     def guarded(args):
       _drop_abandoned_reads()
-      try:
-        return main(args)
+      try:  # every command takes flags only, and a --workdir
+        if len(args) > 1:
+          raise InputError(f"unexpected arguments: {args[1:]}")
+        _check_workdir(FLAGS.workdir)
+        return main()
       except InputError as e:
         fail(str(e), argv[0])
       except SystemExit:
