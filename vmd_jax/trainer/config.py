@@ -366,21 +366,12 @@ RESUME_MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_eve
                      "data.text8_data_dir")
 
 
-def _flat(tree: dict, path: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f"{path}{key}."))
-    else:
-      flat[path + key] = value
-  return flat
-
-
 def resume_changes(saved: ml_collections.ConfigDict,
                    config: ml_collections.ConfigDict) -> list[str]:
   """The fields where ``config`` differs from the ``saved`` config of the run it
   would resume, outside ``RESUME_MAY_CHANGE``: ``["seed: 0 -> 7", ...]``."""
-  old, new = _flat(saved.to_dict()), _flat(config.to_dict())
+  from flax import traverse_util
+  old, new = (traverse_util.flatten_dict(c.to_dict(), sep=".") for c in (saved, config))
   return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
           if old.get(key) != new.get(key) and not key.startswith(RESUME_MAY_CHANGE)]
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from flax import traverse_util
 
 from vmd_jax.networks import MaskedDiffusion
 from vmd_jax.trainer import (build, checkpoint, config as config_lib, evaluate, guard, io, load,
@@ -181,7 +182,7 @@ def _train_and_evaluate(config, workdir, mesh, dataset, model) -> dict:
       flops = model_flops_per_device(config, dataset.vocab_size, dataset.seq_len, tx, state)
     peak = mfu.peak_flops_per_device(jax.devices()[0].device_kind, tc.peak_flops_per_device)
     if start == 0:
-      writer.write_hparams(_flatten(config.to_dict()))
+      writer.write_hparams(traverse_util.flatten_dict(config.to_dict(), sep="."))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Training %s on %s: %d parameters, mesh data %d x fsdp %d (%s), steps "
                  "%d..%d; model FLOPs per step per device %s, peak %s", config.model.kind,
@@ -269,13 +270,3 @@ def _flops_text(scalars) -> str:
     return ""
   text = f"{scalars['flops_per_sec'] / 1e12:.3g} TFLOP/s per device"
   return text + (f"  MFU {scalars['mfu']:.1%}" if "mfu" in scalars else "")
-
-
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
