@@ -113,13 +113,14 @@ def inputs(tmp_path_factory, trained):
   table[0, 1] = 1.0
   np.save(d / "v3.npy", table)  # a joint over 3 tokens; the run has 10
   np.save(d / "half.npy", np.full((10, 10), 0.005))  # sums to 0.5
+  np.save(d / "n3.npy", np.full((10, 10, 10), 0.001))  # sequences of 3; the run's are 2
   with open(os.path.join(REPO, "tests", "data", "sudoku",
                          "sudoku_kaggle1m_10k_jerod92.csv")) as f:
     header, *rows = [next(f) for _ in range(4)]
   (d / "header_only.csv").write_text(header)
   (d / "three.csv").write_text(header + "".join(rows))
   (d / "bad_cell.csv").write_text(header + "x" + rows[0][1:])
-  for name in ("v3.npy", "half.npy", "header_only.csv", "three.csv", "bad_cell.csv"):
+  for name in ("v3.npy", "half.npy", "n3.npy", "header_only.csv", "three.csv", "bad_cell.csv"):
     paths[name.split(".")[0]] = d / name
   return paths
 
@@ -136,6 +137,8 @@ def inputs(tmp_path_factory, trained):
     ("vmd", ["evaluate", "--data={v3}"], "{v3}: a vocabulary of 3 tokens, but the "
                                               "model in {vmd} was trained on 10"),
     ("vmd", ["evaluate", "--data={half}"], "{half}: probabilities must sum to 1"),
+    ("vmd", ["evaluate", "--data={n3}"], "{n3}: sequences of 3 tokens, but the model in "
+                                         "{vmd} was trained on 2"),
     ("sudoku", ["evaluate", "--data={bad_cell}"],
      "{bad_cell}:2: puzzle cell 1 is 'x'; accepted: 0-9 or '.'"),
     ("sudoku", ["evaluate", "--data={header_only}"],

@@ -213,7 +213,7 @@ def check_writable(path) -> None:
 
 
 def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
-                       vocab_size: int):
+                       vocab_size: int, seq_len: int):
   """The dataset ``evaluate_workdir`` evaluates on, ``config`` set to match: the
   run's, or with ``data`` that file (a Sudoku CSV: only it is read, unless a
   mixture prior must be fitted on the training files; a .npy table: V and N from
@@ -251,6 +251,9 @@ def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
   if dataset.vocab_size != vocab_size:
     raise BadInput(f"{data}: a vocabulary of {dataset.vocab_size} tokens, but the model "
                    f"in {workdir} was trained on {vocab_size}")
+  if dataset.seq_len != seq_len:
+    raise BadInput(f"{data}: sequences of {dataset.seq_len} tokens, but the model in "
+                   f"{workdir} was trained on {seq_len}")
   return dataset
 
 
@@ -272,8 +275,7 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   """
   from etils import epath
 
-  from vmd_jax.trainer import build
-  from vmd_jax.trainer.load import data_shape, load_config, load_with_step
+  from vmd_jax.trainer.load import open_run, restore_ema
 
   if settings:
     try:
@@ -284,16 +286,16 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
     output = f"eval_{epath.Path(data).stem}.json" if data else "eval.json"
   path = io.as_path(workdir) / output
   check_writable(path)
-  config = load_config(workdir)
-  vocab_size, seq_len = data_shape(workdir, config)
-  dataset = evaluation_dataset(config, workdir, data, settings, vocab_size)
+  run = open_run(workdir)
+  dataset = evaluation_dataset(run.config, workdir, data, settings, run.vocab_size,
+                               run.seq_len)
   try:
-    check_settings(config, build.build_model(config, vocab_size, seq_len), dataset.seq_len)
+    check_settings(run.config, run.model, dataset.seq_len)
   except ValueError as e:
     raise BadInput(str(e)) from None
-  model, params, _, step = load_with_step(workdir)
-  result = evaluate_run(config, model, dataset, params, workdir, output=None, step=step,
-                        side_files=False)
+  params, step = restore_ema(workdir, run)
+  result = evaluate_run(run.config, run.model, dataset, params, workdir, output=None,
+                        step=step, side_files=False)
   if jax.process_index() == 0:
     try:
       io.write_json(path, result)

@@ -15,6 +15,8 @@ created, moved or removed, so it is safe while a training run holds the workdir
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 from absl import logging
 import ml_collections
@@ -60,23 +62,26 @@ def data_shape(workdir, config) -> tuple[int, int]:
   return dataset.vocab_size, dataset.seq_len
 
 
-def load(workdir, step: int | None = None) -> tuple[MaskedDiffusion, dict, ml_collections.ConfigDict]:
-  """(model, EMA params, config) of a run: the EMA params of ``step``, or by
-  default of the newest intact step (see the module docstring).
-
-  Raises ``checkpoint.CheckpointError`` in one line when ``step`` is missing,
-  unreadable or not finite (an explicit step never falls back), or when no step
-  of ``workdir`` is intact."""
-  return load_with_step(workdir, step)[:3]
+class Run(NamedTuple):
+  """What a workdir says of its run, read without touching a checkpoint."""
+  config: ml_collections.ConfigDict
+  model: MaskedDiffusion
+  vocab_size: int
+  seq_len: int
 
 
-def load_with_step(workdir, step: int | None = None
-                   ) -> tuple[MaskedDiffusion, dict, ml_collections.ConfigDict, int]:
-  """``load`` and the step whose parameters it read."""
+def open_run(workdir) -> Run:
+  """The run's validated config, its model and (V, N); reads no checkpoint."""
   config = load_config(workdir)
   vocab_size, seq_len = data_shape(workdir, config)
-  model = build.build_model(config, vocab_size, seq_len)
-  abstract = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, seq_len), np.int32))
+  return Run(config, build.build_model(config, vocab_size, seq_len), vocab_size, seq_len)
+
+
+def restore_ema(workdir, run: Run, step: int | None = None) -> tuple[dict, int]:
+  """(EMA params, their step) of ``run``: of ``step``, or by default of the newest
+  intact step. Raises ``checkpoint.CheckpointError`` as ``load`` does."""
+  abstract = jax.eval_shape(run.model.init, jax.random.key(0),
+                            np.zeros((1, run.seq_len), np.int32))
   ckpt = checkpoint.Checkpointer(io.as_path(workdir) / "checkpoints", read_only=True)
   try:
     if step is None:
@@ -86,4 +91,16 @@ def load_with_step(workdir, step: int | None = None
   finally:
     ckpt.close()
   logging.info("Loaded the EMA parameters of step %d from %s", step, ckpt.directory)
-  return model, params, config, step
+  return params, step
+
+
+def load(workdir, step: int | None = None) -> tuple[MaskedDiffusion, dict, ml_collections.ConfigDict]:
+  """(model, EMA params, config) of a run: the EMA params of ``step``, or by
+  default of the newest intact step (see the module docstring).
+
+  Raises ``checkpoint.CheckpointError`` in one line when ``step`` is missing,
+  unreadable or not finite (an explicit step never falls back), or when no step
+  of ``workdir`` is intact."""
+  run = open_run(workdir)
+  params, _ = restore_ema(workdir, run, step)
+  return run.model, params, run.config

@@ -13,21 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmd_jax import data, sampling
-from vmd_jax.trainer import build, evaluate, io
-from vmd_jax.trainer.load import BadInput, data_shape, load, load_config
+from vmd_jax.trainer import evaluate, io
+from vmd_jax.trainer.load import BadInput, Run, open_run, restore_ema
 
 
-def initial_tokens(workdir, *, num: int, steps: int, order: str, prior: str,
+def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior: str,
                    puzzles: str | None) -> np.ndarray:
-  """x_init int32 [num, N] for the run in ``workdir`` (all masks, or the givens of
-  the first ``num`` puzzles of ``puzzles``); raises ``BadInput`` for an argument the
-  run cannot use. Reads the run's config and the puzzles, no checkpoint."""
+  """x_init int32 [num, N] for ``run``, the run in ``workdir`` (all masks, or the
+  givens of the first ``num`` puzzles of ``puzzles``); raises ``BadInput`` for an
+  argument the run cannot use. Reads the puzzles, no checkpoint."""
   if order not in sampling.ORDERS:
     raise BadInput(f"--order={order}: unknown sampling order; known orders: "
                    f"{list(sampling.ORDERS)}")
-  config = load_config(workdir)
-  vocab_size, seq_len = data_shape(workdir, config)
-  model = build.build_model(config, vocab_size, seq_len)
+  config, model, vocab_size, seq_len = run
   if model.learn_schedule and order != "ancestral":
     raise BadInput(f"--order={order}: GenMD4 (a learned schedule) samples in the "
                    "'ancestral' order only")
@@ -64,9 +62,11 @@ def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ance
                    puzzles: str | None = None) -> str:
   """``num`` samples of the run in ``workdir`` with ``steps`` network calls
   (0: one per position) in ``order``, one rendered sample per paragraph."""
-  x_init = initial_tokens(workdir, num=num, steps=steps, order=order, prior=prior,
+  run = open_run(workdir)
+  x_init = initial_tokens(workdir, run, num=num, steps=steps, order=order, prior=prior,
                           puzzles=puzzles)
-  model, params, config = load(workdir)
+  params, _ = restore_ema(workdir, run)
+  model, config = run.model, run.config
   sampler_prior = None
   if prior == "mixture":  # read from the run's prior.npz
     sampler_prior = evaluate.fit_prior(model, params, None, config, workdir).sample
