@@ -40,3 +40,22 @@ def test_json_refuses_non_finite_numbers(tmp_path, bad):
     io.write_json(tmp_path / "eval.json", {"nelbo": bad})
   assert (tmp_path / "eval.json").read_text() == "{}"
   assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+
+
+def test_saved_config_holds_absolute_local_data_paths(tmp_path, monkeypatch):
+  """config.json's data paths resolve from any directory: local paths made
+  absolute against the current one (each of a comma-separated list, ``~``
+  expanded); URLs, empty fields and named sources kept."""
+  from vmd_jax.trainer import config as config_lib
+  monkeypatch.chdir(tmp_path)
+  c = config_lib.base_config()
+  c.data.sudoku_train = "a.csv, sub/b.csv"
+  c.data.sudoku_eval = "gs://bucket/eval.csv"
+  c.data.npy_path = "~/t.npy"
+  c.data.text8_path = "python-docs"
+  saved = config_lib.with_absolute_paths(c).data
+  assert saved.sudoku_train == f"{tmp_path}/a.csv,{tmp_path}/sub/b.csv"
+  assert saved.sudoku_eval == "gs://bucket/eval.csv"
+  assert saved.npy_path == os.path.join(os.path.expanduser("~"), "t.npy")
+  assert (saved.text8_path, saved.text8_data_dir) == ("python-docs", "")
+  assert c.data.sudoku_train == "a.csv, sub/b.csv"  # the run's own config is unchanged

@@ -60,8 +60,9 @@ def test_sudoku_config_defaults(kind):
 
 
 def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs, monkeypatch):
-  """Trained on CSVs named by relative paths (as config.json keeps them);
-  re-evaluated on another CSV from another directory, reading only that file."""
+  """Trained on CSVs named by relative paths (config.json keeps them absolute);
+  re-evaluated from another directory: on its own held-out CSV, then on another
+  CSV, reading only that file."""
   train_csv, held_out, other = sudoku_csvs
   (tmp_path / "data").mkdir()
   for path in (train_csv, held_out):
@@ -85,6 +86,11 @@ def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs, monkeypatch
   assert result["nelbo"]["eval_tokens"] == 14 * 81
 
   monkeypatch.chdir(workdir)  # where data/train.csv and data/held_out.csv are not
+  saved = json.loads((workdir / "config.json").read_text())["data"]
+  assert saved["sudoku_eval"] == str(tmp_path / "data" / held_out.name)
+  again = evaluate.evaluate_workdir(str(workdir), settings="top_prob_margin:2",
+                                    output="again.json")
+  assert again["nelbo"] == result["nelbo"]  # the same rows, the same parameters and key
   out = evaluate.evaluate_workdir(str(workdir), data=str(other), settings="top_prob_margin:2")
   written = json.loads((workdir / "eval_other.json").read_text())
   assert set(written["samples"]) == {"top_prob_margin:2"}

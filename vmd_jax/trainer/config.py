@@ -366,6 +366,30 @@ RESUME_MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_eve
                      "data.text8_data_dir")
 
 
+# The data fields that hold paths (``sudoku_train``: comma-separated), saved
+# absolute in a run's config.json so its readers work from any directory.
+DATA_PATHS = ("npy_path", "sudoku_train", "sudoku_eval", "text8_path", "text8_data_dir")
+
+
+def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose local data paths (``DATA_PATHS``) are absolute,
+  resolved against the current directory; URLs (``gs://...``), empty fields and
+  named sources (``text8_path = "python-docs"``) are kept as they are."""
+  import os
+
+  from vmd_jax.data.paths import as_path
+  from vmd_jax.data.text_sources import PYTHON_DOCS
+
+  def absolute(path: str) -> str:
+    path = path.strip()
+    return path if path in ("", PYTHON_DOCS) else os.fspath(as_path(path))
+
+  config = ml_collections.ConfigDict(config.to_dict())
+  for field in DATA_PATHS:
+    config.data[field] = ",".join(map(absolute, config.data[field].split(",")))
+  return config
+
+
 def resume_changes(saved: ml_collections.ConfigDict,
                    config: ml_collections.ConfigDict) -> list[str]:
   """The fields where ``config`` differs from the ``saved`` config of the run it

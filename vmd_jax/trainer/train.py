@@ -145,7 +145,7 @@ def _set_up(config, workdir):
   evaluate.check_settings(config, model, dataset.seq_len)
   _check_resumable(config, workdir)
   if jax.process_index() == 0:
-    io.write_json(workdir / "config.json", config.to_dict())
+    io.write_json(workdir / "config.json", config_lib.with_absolute_paths(config).to_dict())
     load.write_data_shape(workdir, dataset.vocab_size, dataset.seq_len)
   return mesh, dataset, model
 
