@@ -165,11 +165,31 @@ def test_md4_nelbo_as_documented():
 
 def test_stratified_times_cover_the_unit_interval():
   t = np.sort(np.asarray(losses.stratified_times(jax.random.key(3), 10)))
-  assert np.all((t >= 0) & (t < 1))
+  assert np.all((t > 0) & (t <= 1))
   np.testing.assert_allclose(np.diff(t), 0.1, atol=1e-6)
-  t_disc, s = losses.discretize_times(jnp.array([0.0, 0.26, 0.99]), 4)
-  np.testing.assert_allclose(t_disc, [0.25, 0.5, 1.0])
-  np.testing.assert_allclose(s, [0.0, 0.25, 0.75])
+  t_disc, s = losses.discretize_times(jnp.array([0.0, 0.26, 0.99, 1.0]), 4)
+  np.testing.assert_allclose(t_disc, [0.25, 0.5, 1.0, 1.0])
+  np.testing.assert_allclose(s, [0.0, 0.25, 0.75, 0.75])
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_drawn_times_are_never_zero_where_a_weight_is_infinite(monkeypatch, antithetic):
+  """A polynomial schedule with k < 1 has an infinite weight at t = 0, where eps
+  still masks a token: every drawn t lies in (0, 1], so even the uniform draw
+  u = 0 (and u_0 + i / B rounding to 1) gives a finite NELBO."""
+  monkeypatch.setattr(jax.random, "uniform",
+                      lambda key, shape=(), *a, **k: jnp.zeros(shape, jnp.float32))
+  t = losses.stratified_times(jax.random.key(0), 4) if antithetic else (
+      losses.uniform_times(jax.random.key(0), (4,)))
+  assert np.all((np.asarray(t) > 0) & (np.asarray(t) <= 1)), t
+  schedule = get_schedule("polynomial", k=0.5)
+  assert not np.isfinite(float(schedule.weight(jnp.float32(0.0))))
+  x0 = jnp.zeros((4, 3), jnp.int32)
+  denoise_fn = lambda xt, t: jnp.zeros(xt.shape + (2,))
+  # Masked iff noise >= alpha(t): this noise masks every token at every t (alpha <= 1 - eps).
+  out = losses.md4_nelbo(denoise_fn, x0, jax.random.key(1), schedule, antithetic=antithetic,
+                         noise=jnp.full(x0.shape, 0.99995))
+  assert np.all(np.isfinite(np.asarray(out))), out
 
 
 # ---------------------------------------------------------------------------

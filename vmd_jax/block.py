@@ -47,7 +47,7 @@ import jax.numpy as jnp
 
 from vmd_jax.forward import check_tokens, mask_tokens
 from vmd_jax.losses import (DiagonalGaussian, diffusion_weight, nelbo_from_logits,
-                            stratified_times, with_latent_kl)
+                            stratified_times, uniform_times, with_latent_kl)
 from vmd_jax.sampling import sample
 
 BlockDenoiseFn = Callable[..., jax.Array]
@@ -123,7 +123,7 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
     schedule: a ``vmd_jax.schedules.Schedule``.
     block_size: L', dividing L.
     vocab_size: V; inferred from the logits' shape when None.
-    t: optional float [B, K] uniforms in [0, 1): the block times themselves for
+    t: optional float [B, K] uniforms in [0, 1]: the block times themselves for
       clip = (0, 1), else mapped through the clipped mask rate.
     noise: optional float [B, L] masking uniforms (position n of block b is
       masked iff noise >= alpha(t_b)).
@@ -154,7 +154,7 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
     if antithetic:
       t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(keys)
     else:
-      t = jax.random.uniform(t_key, (batch_size, blocks))
+      t = uniform_times(t_key, (batch_size, blocks))
   t = jnp.asarray(t, jnp.float32)
   chex.assert_shape(t, (batch_size, blocks))
   if (beta, omega) != (0.0, 1.0):

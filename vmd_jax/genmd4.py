@@ -292,7 +292,7 @@ def nelbo_terms(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
       may be None when both are given.
     params: schedule parameters.
     eps: the schedule's shift (0 turns it off).
-    t: optional float [B] times in [0, 1).
+    t: optional float [B] times in [0, 1].
     noise: optional float [B, N] masking uniforms (see ``mask_tokens``).
     antithetic: draw t stratified over the batch (``losses.stratified_times``).
 

@@ -45,16 +45,26 @@ from vmd_jax.forward import check_tokens, infer_vocab_size, mask_tokens
 DenoiseFn = Callable[..., jax.Array]
 
 
+def uniform_times(key, shape):
+  """i.i.d. times t ~ U(0, 1], float32 of ``shape``: t = 1 - u with u ~ U[0, 1).
+
+  Never 0, where the weight -alpha'(t) / (1 - alpha(t)) of a polynomial schedule
+  with k < 1 is infinite while eps > 0 can still mask a token; at t = 1 every
+  schedule's weight is finite."""
+  return 1.0 - jax.random.uniform(key, shape)
+
+
 def stratified_times(key, batch_size: int):
-  """Low-variance times t_i = (u_0 + i / B) mod 1 with one u_0 ~ U(0, 1), shape [B]."""
+  """Low-variance times t_i = 1 - ((u_0 + i / B) mod 1) in (0, 1], one u_0 ~ U[0, 1),
+  shape [B]: one time in each interval ((B - i - 1) / B, (B - i) / B]."""
   u0 = jax.random.uniform(key, ())
-  return jnp.mod(u0 + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
+  return 1.0 - jnp.mod(u0 + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
 
 
 def discretize_times(t, num_steps: int):
-  """Maps t in [0, 1) onto the T-step grid: returns (t', s) with
-  t' = (floor(t T) + 1) / T in {1/T, ..., 1} and s = t' - 1/T."""
-  t_disc = (jnp.floor(t * num_steps) + 1.0) / num_steps
+  """Maps t in [0, 1] onto the T-step grid: returns (t', s) with
+  t' = min(floor(t T) + 1, T) / T in {1/T, ..., 1} and s = t' - 1/T."""
+  t_disc = jnp.minimum(jnp.floor(t * num_steps) + 1.0, num_steps) / num_steps
   return t_disc, t_disc - 1.0 / num_steps
 
 
@@ -85,7 +95,7 @@ def draw_times(key, batch_size, t, antithetic):
   key, t_key = jax.random.split(key)
   if antithetic:
     return key, stratified_times(t_key, batch_size)
-  return key, jax.random.uniform(t_key, (batch_size,))
+  return key, uniform_times(t_key, (batch_size,))
 
 
 def diffusion_weight(schedule, t, num_steps: int | None):
@@ -147,7 +157,7 @@ def md4_nelbo_terms(denoise_fn: DenoiseFn, x0, key, schedule, *,
     key: PRNG key for t (unless given) and the masking noise (unless given).
     schedule: a ``vmd_jax.schedules.Schedule``.
     vocab_size: V; inferred from the logits' shape when None.
-    t: optional float [B] times in [0, 1).
+    t: optional float [B] times in [0, 1].
     noise: optional float [B, N] masking uniforms (see ``mask_tokens``).
     num_steps: None for continuous time, else T for the T-step discrete NELBO.
     antithetic: draw t stratified over the batch (``stratified_times``).

@@ -93,7 +93,7 @@ from jax.experimental import checkify
 from vmd_jax import block, exact, forward
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_tokens, mask_where
-from vmd_jax.losses import stratified_times, discretize_times
+from vmd_jax.losses import discretize_times, stratified_times, uniform_times
 from vmd_jax.sampling import ORDERS, draw_tokens
 from vmd_jax.schedules import time_grid
 
@@ -428,7 +428,7 @@ def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, 
       may be None when both are given.
     schedule: a ``vmd_jax.schedules.Schedule``.
     code: the ``DigitCode`` (V, l).
-    t: optional float [B] times in [0, 1).
+    t: optional float [B] times in [0, 1].
     noise: optional float [B, N, l] masking uniforms (see ``mask_digits``).
     num_steps: None for continuous time, else T for the T-step NELBO of the
       joint-reveal ancestral sampler (module docstring).
@@ -446,7 +446,7 @@ def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, 
   if t is None:
     key, t_key = jax.random.split(key)
     t = (stratified_times(t_key, batch_size) if antithetic
-         else jax.random.uniform(t_key, (batch_size,)))
+         else uniform_times(t_key, (batch_size,)))
   t = jnp.asarray(t, jnp.float32)
   if num_steps is not None:
     t, _ = discretize_times(t, num_steps)
@@ -748,7 +748,7 @@ def block_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode,
       t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(
           jax.random.split(t_key, blocks))
     else:
-      t = jax.random.uniform(t_key, (batch_size, blocks))
+      t = uniform_times(t_key, (batch_size, blocks))
   t = jnp.asarray(t, jnp.float32)
   chex.assert_shape(t, (batch_size, blocks))
   if (lo, hi) != (0.0, 1.0):
