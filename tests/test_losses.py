@@ -274,3 +274,34 @@ def test_vmd_with_ignored_latent_is_md4():
                         schedule, t=t, noise=noise, beta=1.0)
   np.testing.assert_allclose(vmd["nelbo"], md4["nelbo"], rtol=1e-6)
   np.testing.assert_allclose(vmd["kl"], 0.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss", ["md4", "md4_T4", "genmd4", "prime_l1", "prime_l2",
+                                  "prime_l2_T4"])
+def test_a_minus_inf_logit_at_an_unmasked_position_plays_no_part(loss):
+  """An unmasked token is no part of the diffusion term: a -inf logit for its own
+  value there gives the same NELBO (and a finite gradient) as a logit of 0, not
+  0 * inf = NaN."""
+  from vmd_jax import genmd4, prime
+  V, schedule = 4, get_schedule("linear")
+  x0, t = jnp.array([[3, 1]]), jnp.array([0.5])
+  noise = jnp.array([[0.1, 0.9]])  # masked iff noise >= alpha(0.5) ~ 0.5: only position 1
+  steps = 4 if loss.endswith("T4") else None
+
+  def nelbo(first_logit):
+    row0 = jnp.zeros(V).at[3].set(first_logit)
+    logits = jnp.stack([row0, jnp.array([0.0, 1.0, 2.0, 3.0])])[None]  # [1, 2, V]
+    if loss.startswith("prime"):
+      code = prime.DigitCode(V, int(loss[7]))
+      fn = lambda x, t: jnp.broadcast_to(logits, x.shape[:2] + (V,))
+      n = noise[..., None] * jnp.ones(code.num_digits)
+      return prime.prime_nelbo(fn, x0, None, schedule, code, t=t, noise=n, num_steps=steps)
+    fn = lambda x, t: jnp.broadcast_to(logits, x.shape + (V,))
+    if loss == "genmd4":
+      return genmd4.nelbo_terms(fn, x0, None, genmd4.init_params(V), t=t, noise=noise)["nelbo"]
+    return losses.md4_nelbo(fn, x0, None, schedule, t=t, noise=noise, num_steps=steps)
+
+  np.testing.assert_allclose(nelbo(-jnp.inf), nelbo(0.0), rtol=1e-6)
+  assert np.isfinite(float(nelbo(0.0)[0]))
+  grad = jax.grad(lambda a: nelbo(-jnp.inf + a)[0] + nelbo(a)[0])(0.0)
+  assert np.isfinite(float(grad)), grad

@@ -71,6 +71,39 @@ def test_base_is_the_exact_integer_root():
     prime.DigitCode(2, 31)
 
 
+def test_packing_refuses_codes_beyond_int32():
+  """``pack`` reads digits and the mask in base b + 1: (b+1)^l must fit int32, or
+  the block sampler would show the network other digits (3^20 > 2^31)."""
+  fits = prime.DigitCode(2**19, 19)  # 3^19 < 2^31
+  d = jnp.asarray([[fits.mask_id, 1] * 9 + [0]])
+  np.testing.assert_array_equal(fits.unpack(fits.pack(d)), d)
+  code = prime.DigitCode(2**20, 20)  # b^l = 2^20 codes fit; 3^20 packed ones do not
+  with pytest.raises(ValueError, match=r"20 digits in base 2 and the digit mask make 3\^20 "
+                                       "packed codes, more than int32 holds"):
+    code.pack(jnp.zeros((1, 20), jnp.int32))
+  from vmd_jax.networks import Denoiser, MaskedDiffusion
+  denoiser = Denoiser(vocab_size=2**20, width=8, depth=1, num_heads=1, prime_digits=20)
+  with pytest.raises(ValueError, match="packed codes"):
+    MaskedDiffusion(denoiser, get_schedule("linear"), block_size=2)
+  MaskedDiffusion(denoiser, get_schedule("linear"))  # one block packs nothing
+
+
+@pytest.mark.parametrize("order", ["ancestral", "first_hitting", "top_prob"])
+def test_tokens_of_probability_zero_never_send_mass_to_inconsistent_tokens(order):
+  """When the network gives every token consistent with the revealed digits
+  probability 0 (a -inf logit), the restricted distribution stays on them (evenly),
+  never on the excluded tokens: no sample leaves [0, V) or changes a given digit."""
+  code = prime.DigitCode(5, 2)  # base 3: tokens 3 = (1, 0) and 4 = (1, 1) start with 1
+  row = jnp.array([0.0, 0.0, 0.0, -jnp.inf, -jnp.inf])
+  fn = lambda x_t, t: jnp.broadcast_to(row, x_t.shape[:2] + (5,))
+  x_t = jnp.tile(jnp.array([[[1, code.mask_id]]]), (400, 1, 1))
+  probs = np.exp(np.asarray(prime.token_log_probs(fn(x_t, None), x_t, code))[0, 0])
+  np.testing.assert_allclose(probs, [0, 0, 0, 0.5, 0.5], atol=1e-3)  # float32 at 1e4
+  d = prime.sample(fn, jax.random.key(0), x_t, 2, get_schedule("linear"), code, order)
+  tokens = np.asarray(code.from_digits(d))[:, 0]
+  assert set(np.unique(tokens)) <= {3, 4}, np.unique(tokens, return_counts=True)
+
+
 @pytest.mark.parametrize("v,l", [(5, 1), (6, 3), (27, 4), (50257, 2)])
 def test_code_round_trips_and_never_makes_invalid_codes(v, l):
   code = prime.DigitCode(v, l)

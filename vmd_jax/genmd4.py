@@ -263,8 +263,9 @@ def nelbo_terms_at(denoise_fn: DenoiseFn, x0, xt, t, params: GenMD4Params, *,
   mu = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   # sum_v (lambda_v - lambda_{x0}) mu_v: zero when the exponents are equal.
   rate_gap = jnp.sum((lam - lam_x0[..., None]) * mu, axis=-1)
-  masked = (xt == vocab_size).astype(jnp.float32)
-  diffusion_per_token = masked * (-lam_x0 * token_log_likelihood(logits, x0) + rate_gap)
+  masked = xt == vocab_size  # selected, not multiplied: an unmasked -inf log-likelihood
+  diffusion_per_token = jnp.where(
+      masked, -lam_x0 * jnp.where(masked, token_log_likelihood(logits, x0), 0.0) + rate_gap, 0.0)
   diffusion = jnp.sum(diffusion_per_token, axis=-1)
   log_v = math.log(vocab_size)
   zeros = jnp.zeros((batch_size,), jnp.float32)

@@ -132,10 +132,13 @@ def nelbo_from_logits(logits, x0, xt, weight, schedule, vocab_size: int) -> dict
   batch_size, num_tokens = x0.shape
   chex.assert_shape(logits, (batch_size, num_tokens, vocab_size))
   weight = weight[:, None] if weight.ndim == 1 else weight
-  # Zeroed on unmasked tokens before the product: at t = 0 with alpha(0) = 1 the
-  # weight is inf and nothing is masked, and inf * 0 would make value and gradient NaN.
-  weight = jnp.where(xt == vocab_size, weight, 0.0)
-  diffusion_per_token = -weight * token_log_likelihood(logits, x0)
+  # Both zeroed on unmasked tokens before the product: at t = 0 with alpha(0) = 1
+  # the weight is inf, and a log-likelihood may be -inf (a -inf logit); inf * 0
+  # would make value and gradient NaN.
+  masked = xt == vocab_size
+  weight = jnp.where(masked, weight, 0.0)
+  log_lik = jnp.where(masked, token_log_likelihood(logits, x0), 0.0)
+  diffusion_per_token = -weight * log_lik
   diffusion = jnp.sum(diffusion_per_token, axis=-1)
   log_v = math.log(vocab_size)
   one = jnp.ones((batch_size,), jnp.float32)

@@ -100,6 +100,11 @@ from vmd_jax.schedules import time_grid
 # Log-probability of a token that is excluded (invalid code or conflict with a
 # revealed digit): exp(NEG) == 0 in float32, yet finite so gradients stay finite.
 NEG = -1e9
+# The least token log-probability the restriction keeps: far below any probability
+# float32 can hold (exp(-1e4) == 0), far above NEG, and small enough that
+# renormalising among floored tokens stays accurate (float32's spacing is 1e-3
+# at 1e4; at 1e9 it is 64, more than log V).
+LOG_FLOOR = -1e4
 UNITS = ("token", "digit")
 CONFIDENCE_ORDERS = ("top_prob", "top_prob_margin", "random")
 
@@ -170,10 +175,20 @@ class DigitCode:
     return jnp.where((x == self.vocab_size)[..., None], jnp.asarray(self.mask_id, x.dtype),
                      digits)
 
+  def check_packable(self) -> None:
+    """Raises ``ValueError`` unless ``pack``'s (b+1)^l codes fit int32."""
+    b, l = self.base, self.num_digits
+    if (b + 1) ** l > jnp.iinfo(jnp.int32).max:
+      raise ValueError(f"{l} digits in base {b} and the digit mask make {b + 1}^{l} packed "
+                       "codes, more than int32 holds; block diffusion packs a token's digits "
+                       "into one int: use fewer digits (prime_digits)")
+
   def pack(self, d):
     """int digits [..., l] in [0, b] (masks allowed) -> one int [...] in
     [0, (b+1)^l): the digits read in base b + 1. Lets [B, L] machinery (the block
-    KV cache) carry digit inputs unchanged; ``unpack`` inverts it."""
+    KV cache) carry digit inputs unchanged; ``unpack`` inverts it. Raises
+    ``ValueError`` when (b+1)^l does not fit int32 (``check_packable``)."""
+    self.check_packable()
     d = jnp.asarray(d)
     powers = [(self.base + 1) ** (self.num_digits - 1 - k) for k in range(self.num_digits)]
     return jnp.sum(d * jnp.asarray(powers, d.dtype), axis=-1)
@@ -296,7 +311,10 @@ def _digit_axes(code: DigitCode):
 
 def _log_tensor(logits, x_t, code: DigitCode):
   """Renormalised token log-probabilities as a digit tensor [B, N, b, ..., b]."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  # Floored at LOG_FLOOR so a consistent token always outweighs an excluded one
+  # (<= NEG): where the network gives every consistent token probability 0, they
+  # share the mass evenly instead of the excluded tokens taking it.
+  log_probs = jnp.maximum(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), LOG_FLOOR)
   tensor = _digit_tensor(log_probs, code) + _along_axes(_restriction(x_t, code), code)
   return tensor - jax.nn.logsumexp(tensor, axis=_digit_axes(code), keepdims=True)
 
@@ -392,9 +410,10 @@ def _nelbo_at(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
   if num_steps is None:
     log_marg = _log_marginals(tensor, code)  # [B, N, l, b]
     digit_ll = jnp.take_along_axis(log_marg, d0[..., None], axis=-1)[..., 0]
-    # Zeroed on unmasked digits before the product (inf * 0 at t = 0, alpha(0) = 1).
+    # Both zeroed on unmasked digits before the product: the weight is inf at t = 0
+    # (alpha(0) = 1) and a log-likelihood may be -inf; inf * 0 would make NaN.
     weight = jnp.where(masked, _per_digit(schedule.weight(t)), 0.0)
-    per_digit = -weight * digit_ll
+    per_digit = -weight * jnp.where(masked, digit_ll, 0.0)
     diffusion_per_token = jnp.sum(per_digit, axis=-1)
   else:
     alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(t - 1.0 / num_steps)
@@ -405,7 +424,8 @@ def _nelbo_at(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
       weight = jnp.prod(jnp.where(s, r, 1.0 - r), axis=-1)  # P(R = s), 0 unless s in M
       restricted = tensor + _along_axes(jnp.where(s[:, None], target, 0.0), code)
       log_joint = jax.nn.logsumexp(restricted, axis=_digit_axes(code))  # log p(d_0^R | x_t)
-      diffusion_per_token = diffusion_per_token - weight * log_joint
+      # P(R = s) = 0 when s holds an unmasked digit, whose log_joint may be -inf.
+      diffusion_per_token = diffusion_per_token - jnp.where(weight > 0, weight * log_joint, 0.0)
     diffusion_per_token = num_steps * diffusion_per_token
   alpha_0 = schedule.alpha(jnp.float32(0.0))
   alpha_1 = schedule.alpha(jnp.float32(1.0))

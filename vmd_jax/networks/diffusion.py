@@ -65,6 +65,8 @@ class MaskedDiffusion:
   learn_schedule: bool = False    # GenMD4: per-token exponents in params["schedule"]
 
   def __post_init__(self):
+    if self.block_size and self.prime_code:
+      self.prime_code.check_packable()  # the block sampler's KV cache packs digits
     if self.learn_schedule:
       if not isinstance(self.schedule, (LinearSchedule, PolynomialSchedule)):
         raise ValueError("learn_schedule (GenMD4) starts from a 'linear' or 'polynomial' "
