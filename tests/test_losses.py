@@ -305,3 +305,29 @@ def test_a_minus_inf_logit_at_an_unmasked_position_plays_no_part(loss):
   assert np.isfinite(float(nelbo(0.0)[0]))
   grad = jax.grad(lambda a: nelbo(-jnp.inf + a)[0] + nelbo(a)[0])(0.0)
   assert np.isfinite(float(grad)), grad
+
+
+def test_bytes_in_uint8_mask_to_a_wider_dtype():
+  """Byte data in uint8 with V = 256: the mask id 256 does not fit uint8, so x_t
+  is int32, and every loss gives what it gives on int32 tokens."""
+  from vmd_jax import block, genmd4
+  x0 = jnp.asarray(np.frombuffer(b"hello world!", np.uint8).reshape(2, 6))
+  V, schedule, key = 256, get_schedule("linear"), jax.random.key(0)
+  fn = lambda xt, t: jnp.sin(xt[..., None] * jnp.arange(1.0, V + 1.0))
+  block_fn = lambda x, t, positions, mask, kv_prefix=None, *, z=None: fn(x, t)
+  from vmd_jax.forward import mask_tokens
+  xt = mask_tokens(x0, jnp.array([0.5, 0.9]), schedule, V, key=key)
+  assert xt.dtype == jnp.int32 and int(xt.max()) == V
+  for name, loss in {
+      "md4": lambda x: losses.md4_nelbo(fn, x, key, schedule),
+      "block": lambda x: block.block_nelbo(block_fn, x, key, schedule, 3),
+      "genmd4": lambda x: genmd4.nelbo(fn, x, key, genmd4.init_params(V))}.items():
+    np.testing.assert_allclose(loss(x0), loss(x0.astype(jnp.int32)), rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_discrete_time_needs_at_least_one_step(bad):
+  with pytest.raises(ValueError, match=rf"num_steps must be an int >= 1 \(None: continuous "
+                                       rf"time\), got {bad!r}"):
+    losses.md4_nelbo(lambda xt, t: jnp.zeros(xt.shape + (2,)), jnp.zeros((1, 2), jnp.int32),
+                     jax.random.key(0), get_schedule("linear"), num_steps=bad)

@@ -691,3 +691,31 @@ def test_entry_points_reject_bad_tokens_and_digits():
   x[0, 1] = [1, 3]  # first digit given: tokens 3 and 4 stay possible
   err, out = checked_sample(jnp.asarray(x))
   assert err.get() is None and int(code.from_digits(out)[0, 1]) in (3, 4)
+
+
+@pytest.mark.parametrize("v,l,dtype", [(256, 2, np.uint8), (120, 2, np.int8),
+                                       (32000, 3, np.int16)])
+def test_block_sampler_shows_the_network_the_same_digits_in_any_int_dtype(v, l, dtype):
+  """Digits in a small int dtype pack (base b + 1) without overflow: the block
+  sampler's network sees what it sees with int32 digits, cached or not, so the
+  samples are the same."""
+  code = prime.DigitCode(v, l)
+  seen = {}
+
+  def denoise(x, t, positions, mask, kv_prefix=None, *, z=None):
+    jax.debug.callback(lambda a: seen.setdefault("first", np.asarray(a)), x)
+    # logits that depend on every input digit (masks included)
+    score = jnp.sum(x * (jnp.arange(l) + 1), axis=-1, keepdims=True).astype(jnp.float32)
+    return jnp.sin(score * (jnp.arange(v) + 1.0))
+
+  prefill = lambda x, t, p, m, kv=None, *, z=None: [(jnp.zeros(x.shape[:2] + (1,)),) * 2]
+  x_init = np.full((2, 4, l), code.mask_id, np.int64)
+  x_init[:, 0] = np.asarray(code.to_digits(jnp.asarray([v - 1, 7])))
+  for use_cache in (False, True):
+    out = {}
+    for dt in (np.int32, dtype):
+      seen.clear()
+      out[dt] = prime.block_sample(denoise, prefill, jax.random.key(0), jnp.asarray(x_init, dt),
+                                   2, 2, get_schedule("linear"), code, use_cache=use_cache)
+      np.testing.assert_array_equal(seen["first"][:, :2], x_init[:, :2])  # block 0, masked
+    np.testing.assert_array_equal(out[dtype], out[np.int32])

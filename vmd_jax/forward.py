@@ -105,7 +105,8 @@ def mask_tokens(x0, t, schedule, mask_id: int, *, key=None, noise=None):
     noise: optional float [B, N] uniforms in [0, 1).
 
   Returns:
-    int [B, N] x_t, same dtype as x0.
+    int [B, N] x_t, x0's dtype, or int32 when that dtype cannot hold mask_id
+    (uint8 bytes with V = 256).
   """
   chex.assert_rank(x0, 2)
   chex.assert_shape(t, (x0.shape[0],))
@@ -116,10 +117,14 @@ def mask_where(x0, keep, mask_id: int, *, key=None, noise=None):
   """x_t[i] = mask_id if noise[i] >= keep[i] else x0[i]: a draw of the forward
   process given each entry's probability ``keep`` of staying unmasked (broadcast
   to x0's shape), with ``noise`` ~ U[0, 1) drawn from ``key`` when not given.
-  Every forward process here (MD4, GenMD4, Prime's digits) is this step."""
+  Every forward process here (MD4, GenMD4, Prime's digits) is this step.
+  x_t has x0's dtype, promoted to int32 where that dtype cannot hold mask_id."""
   if noise is None:
     if key is None:
       raise ValueError("masking needs a key or explicit noise")
     noise = jax.random.uniform(key, x0.shape)
   chex.assert_equal_shape([noise, x0])
+  x0 = jnp.asarray(x0)
+  if mask_id > jnp.iinfo(x0.dtype).max:
+    x0 = x0.astype(jnp.int32)
   return jnp.where(noise >= keep, jnp.asarray(mask_id, x0.dtype), x0)

@@ -39,6 +39,7 @@ from typing import Callable, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vmd_jax.forward import check_tokens, infer_vocab_size, mask_tokens
 
@@ -63,7 +64,10 @@ def stratified_times(key, batch_size: int):
 
 def discretize_times(t, num_steps: int):
   """Maps t in [0, 1] onto the T-step grid: returns (t', s) with
-  t' = min(floor(t T) + 1, T) / T in {1/T, ..., 1} and s = t' - 1/T."""
+  t' = min(floor(t T) + 1, T) / T in {1/T, ..., 1} and s = t' - 1/T. T = num_steps,
+  an int >= 1 (``ValueError`` otherwise)."""
+  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+    raise ValueError(f"num_steps must be an int >= 1 (None: continuous time), got {num_steps!r}")
   t_disc = jnp.minimum(jnp.floor(t * num_steps) + 1.0, num_steps) / num_steps
   return t_disc, t_disc - 1.0 / num_steps
 

@@ -189,7 +189,7 @@ class DigitCode:
     KV cache) carry digit inputs unchanged; ``unpack`` inverts it. Raises
     ``ValueError`` when (b+1)^l does not fit int32 (``check_packable``)."""
     self.check_packable()
-    d = jnp.asarray(d)
+    d = jnp.asarray(d).astype(jnp.int32)  # (b+1)^l may not fit the digits' own dtype
     powers = [(self.base + 1) ** (self.num_digits - 1 - k) for k in range(self.num_digits)]
     return jnp.sum(d * jnp.asarray(powers, d.dtype), axis=-1)
 
