@@ -251,3 +251,32 @@ def test_empty_workdir_is_refused(tmp_path):
   assert out.returncode == 2 and out.stderr.strip().endswith(
       "error: --workdir is empty (an unset variable?); name a directory"), out.stderr
   assert not os.listdir(tmp_path)
+
+
+def test_a_resumed_run_fits_its_mixture_prior_again(tmp_path):
+  """prior.npz records the step and settings it was fitted for: a run resumed for
+  more steps, or with other prior settings, fits it again to its final EMA
+  parameters (it used to keep the first run's), and a reader of an older step
+  refits without saving."""
+  from vmd_jax.trainer import evaluate, load
+  c, workdir = tiny_config("vmd", steps=4), tmp_path / "run"
+  c.train.checkpoint_every = 4
+  train.train_and_evaluate(c, str(workdir))
+  first = dict(np.load(workdir / "prior.npz"))
+  assert (int(first["step"]), first["means"].shape) == (4, (4, 2))
+  c.train.num_steps, c.prior.components = 8, 3
+  train.train_and_evaluate(c, str(workdir))
+  second = dict(np.load(workdir / "prior.npz"))
+  assert (int(second["step"]), int(second["components"]), second["means"].shape) == (8, 3, (3, 2))
+  model, params, saved_config = load.load(str(workdir))
+  dataset = build.build_dataset(saved_config)
+  refit = evaluate.fit_prior(model, params, dataset, saved_config, tmp_path / "elsewhere",
+                             save=False, step=8)
+  np.testing.assert_allclose(refit.means, second["means"], rtol=1e-5, atol=1e-6)
+  # The EMA parameters of step 4 are not those the file was fitted to: refitted, not saved.
+  run = load.open_run(str(workdir))
+  old_params, _ = load.restore_ema(str(workdir), run, step=4)
+  again = evaluate.fit_prior(run.model, old_params, None, run.config, str(workdir), save=False,
+                             step=4)
+  assert again.means.shape == (3, 2) and not np.allclose(again.means, second["means"])
+  np.testing.assert_array_equal(np.load(workdir / "prior.npz")["means"], second["means"])

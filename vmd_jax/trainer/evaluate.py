@@ -106,16 +106,44 @@ def nelbo_metrics(model: MaskedDiffusion, params, dataset, config, key, mesh) ->
           "eval_tokens": float(w.sum()), "time_samples_per_sequence": config.eval.nelbo_samples}
 
 
-def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=None,
-              save: bool = True):
-  """The Gaussian-mixture prior of ``vmd_jax.prior``, fitted to q(z | x_0) over
-  ``prior.fit_samples`` training sequences (loaded from ``prior.npz`` if there;
-  a fitted one is saved there when ``save``)."""
-  path = io.as_path(workdir) / "prior.npz"
-  if path.exists():
-    with path.open("rb") as f, np.load(f) as arrays:
+def _prior_stamp(config, step: int | None) -> dict:
+  """What a fitted prior depends on besides the data: the parameters' step and
+  the fit's settings (a resumed run may change both)."""
+  p = config.prior
+  return {"step": -1 if step is None else int(step), "components": p.components,
+          "fit_samples": p.fit_samples, "fit_iters": p.fit_iters, "seed": config.seed}
+
+
+def _read_prior(path, stamp: dict):
+  """The mixture saved at ``path`` if it was fitted for ``stamp``, else None
+  (with one warning line when the file holds another fit)."""
+  if not path.exists():
+    return None
+  with path.open("rb") as f, np.load(f) as arrays:
+    saved = {k: int(arrays[k]) for k in stamp if k in arrays}
+    if saved == stamp:
       return prior_lib.GaussianMixture(
           *(jnp.asarray(arrays[k]) for k in prior_lib.GaussianMixture._fields))
+  logging.warning("%s was fitted for %s, not for %s: fitting the prior again", path,
+                  saved or "an unrecorded step", stamp)
+  return None
+
+
+def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=None,
+              save: bool = True, step: int | None = None):
+  """The Gaussian-mixture prior of ``vmd_jax.prior``, fitted to q(z | x_0) over
+  ``prior.fit_samples`` training sequences of ``dataset`` (None: built from
+  ``config``). Read from ``prior.npz`` when that was fitted to the parameters of
+  ``step`` with the current ``prior`` settings and seed, else fitted and, with
+  ``save``, saved there with that record."""
+  path = io.as_path(workdir) / "prior.npz"
+  stamp = _prior_stamp(config, step)
+  gmm = _read_prior(path, stamp)
+  if gmm is not None:
+    return gmm
+  if dataset is None:
+    from vmd_jax.trainer import build
+    dataset = build.build_dataset(config)
   x0 = dataset.train_batch(2**31 - 1, config.prior.fit_samples)["x0"]
   mesh = mesh or sharding.data_parallel_mesh()
   encode = jax.jit(lambda params, x: tuple(model.encode_posteriors(params, x)),
@@ -127,21 +155,21 @@ def fit_prior(model: MaskedDiffusion, params, dataset, config, workdir, mesh=Non
       posterior, jax.random.key(config.seed + 1), config.prior.components, config.prior.fit_iters)
   if save and jax.process_index() == 0:
     with io.atomic_write_path(path) as tmp, tmp.open("wb") as f:
-      np.savez(f, **{k: np.asarray(v) for k, v in gmm._asdict().items()})
+      np.savez(f, **{k: np.asarray(v) for k, v in gmm._asdict().items()}, **stamp)
   return gmm
 
 
 def priors(model: MaskedDiffusion, params, dataset, config, workdir, mesh,
-           save: bool = True) -> dict:
+           save: bool = True, step: int | None = None) -> dict:
   """{name suffix: prior sampler or None (N(0, I))} for the sample metrics."""
   if model.encoder is None or config.prior.kind != "mixture":
     return {"": None}
   return {"": None, "/mixture": fit_prior(model, params, dataset, config, workdir, mesh,
-                                          save).sample}
+                                          save, step).sample}
 
 
 def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir,
-                   mesh, side_files: bool = True) -> dict:
+                   mesh, side_files: bool = True, step: int | None = None) -> dict:
   """The dataset's ``score_samples`` for every ORDER:NFE setting and prior; with
   ``side_files``, its figures and a fitted prior are written in ``workdir``."""
   e = config.eval
@@ -149,7 +177,7 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
   unit = {"unit": e.prime_unit} if model.prime_code else {}
   results = {}
   for suffix, prior in priors(model, params, dataset, config, workdir, mesh,
-                              side_files).items():
+                              side_files, step).items():
     @functools.partial(jax.jit, static_argnums=(3, 4), out_shardings=sharding.replicated(mesh))
     def draw(params, key, x_init, nfe, order, prior=prior):
       return model.sample(params, key, x_init, nfe, order, prior=prior,
@@ -181,7 +209,7 @@ def evaluate_run(config, model, dataset, params, workdir, writer=None,
   result = {"model": config.model.kind, "data": config.data.name, "step": step,
             "nelbo": nelbo_metrics(model, params, dataset, config, k_nelbo, mesh),
             "samples": sample_metrics(model, params, dataset, config, k_samples, workdir,
-                                      mesh, side_files)}
+                                      mesh, side_files, step)}
   schedule = {k: float(v) for k, v in model.schedule_metrics(params).items()}
   if schedule:  # GenMD4: the learned exponent of every token value
     result["schedule"] = schedule

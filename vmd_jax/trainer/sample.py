@@ -65,11 +65,12 @@ def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ance
   run = open_run(workdir)
   x_init = initial_tokens(workdir, run, num=num, steps=steps, order=order, prior=prior,
                           puzzles=puzzles)
-  params, _ = restore_ema(workdir, run)
+  params, step = restore_ema(workdir, run)
   model, config = run.model, run.config
   sampler_prior = None
-  if prior == "mixture":  # read from the run's prior.npz
-    sampler_prior = evaluate.fit_prior(model, params, None, config, workdir).sample
+  if prior == "mixture":  # the run's prior.npz, or fitted again (not saved) if it is stale
+    sampler_prior = evaluate.fit_prior(model, params, None, config, workdir, save=False,
+                                       step=step).sample
   steps = steps or x_init.shape[1]
   draw = jax.jit(lambda params, key, x: model.sample(params, key, x, steps, order,
                                                       prior=sampler_prior,
