@@ -29,9 +29,10 @@ from test_train import REPO, final_params, tiny_config
 STEPS = 24
 
 
-def run_training(workdir, log, cache_dir, train_overrides):
+def run_training(workdir, log, cache_dir, train_overrides, evaluate_run=None):
   """One training run in this (fresh) process, as ``vmd-jax train`` would run it:
-  output to ``log``, a fault's one line last, its exit code."""
+  output to ``log``, a fault's one line last, its exit code. ``evaluate_run``
+  replaces the final evaluation (default: none)."""
   out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
   os.dup2(out, 1)
   os.dup2(out, 2)
@@ -41,7 +42,7 @@ def run_training(workdir, log, cache_dir, train_overrides):
   from absl import logging
   from vmd_jax.trainer import cli, evaluate, train
   logging.set_verbosity(logging.INFO)
-  evaluate.evaluate_run = lambda *args, **kwargs: {}
+  evaluate.evaluate_run = evaluate_run or (lambda *args, **kwargs: {})
   c = tiny_config("md4", steps=STEPS)
   c.train.update(train_overrides)
   code = 0
@@ -79,7 +80,7 @@ def runs(tmp_path_factory):
     p.start()
     return p
 
-  start.ctx = ctx
+  start.ctx, start.cache = ctx, cache
   return start
 
 
@@ -300,3 +301,41 @@ def test_corrupt_newest_checkpoints_are_moved_aside_and_the_intact_one_resumed(
   assert "Resuming from step 8" in log
   assert steps_in(workdir)[0] == [8, 16, 24]
   assert_same_final_state(workdir, straight)
+
+
+def run_training_signalled(workdir, log, cache_dir, phase):
+  """``run_training`` with a SIGTERM to itself while compiling the step
+  (``phase = "setup"``) or in the final evaluation (``"evaluation"``)."""
+  from vmd_jax.trainer import train
+  signalled = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGTERM)
+  if phase == "setup":
+    compile_step = train.compile_step
+    train.compile_step = lambda *args, **kwargs: (signalled(), compile_step(*args, **kwargs))[1]
+  run_training(workdir, log, cache_dir, {"checkpoint_every": 1000},
+               evaluate_run=signalled if phase == "evaluation" else None)
+
+
+@pytest.mark.parametrize("phase", ["setup", "evaluation"])
+def test_sigterm_outside_the_steps_stops_at_once_and_says_where(runs, tmp_path, phase):
+  """SIGTERM while the step compiles, or during the final evaluation: exit 143
+  with a last line saying where the run was; nothing is lost (set-up saved no
+  step; the evaluation came after the last step was saved), and the same command
+  resumes."""
+  workdir = tmp_path / "run"
+  os.makedirs(workdir)
+  p = runs.ctx.Process(target=run_training_signalled,
+                       args=(str(workdir), str(workdir) + ".log", runs.cache, phase))
+  p.start()
+  assert finish(p) == 128 + signal.SIGTERM, log_of(workdir)[-3000:]
+  last = log_of(workdir).strip().splitlines()[-1]
+  saved, tmp = steps_in(workdir)
+  if phase == "setup":
+    assert last == (f"vmd-jax train: stopped by SIGTERM while setting up, before step 1 of "
+                    f"{STEPS}; run the same command again to resume"), last
+    assert saved == [] and not tmp
+  else:
+    assert last == (f"vmd-jax train: stopped by SIGTERM during the final evaluation, after "
+                    f"step {STEPS} of {STEPS} (saved {workdir}/checkpoints/{STEPS}); run the "
+                    "same command again to resume"), last
+    assert saved == [STEPS] and not tmp
+  assert finish(runs(workdir, checkpoint_every=1000)) == 0

@@ -13,6 +13,11 @@ saves a checkpoint at that step and raises ``RunStopped``.
   join that protocol. Python's handler must not replace JAX's SIGTERM one.
 
 A second SIGINT stops at once (``KeyboardInterrupt``), for an impatient Ctrl-C.
+
+Outside the steps (set-up, compilation, the final evaluation), inside
+``with StopOutsideSteps() as outside:``, a signal stops the run at once with
+``RunStopped`` naming ``outside.phase``: nothing is lost there, since only the
+steps write checkpoints.
 """
 
 from __future__ import annotations
@@ -88,3 +93,31 @@ class StopSignals:
     return RunStopped(f"stopped by {signal.Signals(signum).name} after step {step} of "
                       f"{num_steps}; saved {saved}; run the same command again to resume",
                       signum)
+
+
+class StopOutsideSteps:
+  """Context manager: SIGTERM / SIGINT raise ``RunStopped`` at once, naming
+  ``phase`` (e.g. "while setting up, before step 0 of 100"). ``StopSignals``
+  takes the signals over inside it. With several processes JAX's listener keeps
+  SIGTERM (its preemption service acts at the next step), so only SIGINT is caught."""
+
+  def __init__(self, phase: str = "while setting up"):
+    self.phase = phase
+    self._previous = {}
+
+  def __enter__(self) -> "StopOutsideSteps":
+    if threading.current_thread() is threading.main_thread():
+      signals = (signal.SIGINT,) if _jax_handles_sigterm() else (signal.SIGTERM, signal.SIGINT)
+      for s in signals:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous.clear()
+
+  def _handle(self, signum, frame):
+    del frame
+    raise RunStopped(f"stopped by {signal.Signals(signum).name} {self.phase}; run the same "
+                     "command again to resume", signum)

@@ -128,11 +128,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_lib.validate(config)
   workdir = io.as_path(workdir)
   with contextlib.ExitStack() as held:
+    outside = held.enter_context(preemption.StopOutsideSteps())
     with _setting_up():
       workdir.mkdir(parents=True, exist_ok=True)
       held.enter_context(lock.WorkdirLock(workdir))
       mesh, dataset, model = _set_up(config, workdir)
-    return _train_and_evaluate(config, workdir, mesh, dataset, model)
+    return _train_and_evaluate(config, workdir, mesh, dataset, model, outside)
 
 
 def _set_up(config, workdir):
@@ -164,7 +165,7 @@ def _check_resumable(config, workdir):
                    "change) or train in a new --workdir")
 
 
-def _train_and_evaluate(config, workdir, mesh, dataset, model) -> dict:
+def _train_and_evaluate(config, workdir, mesh, dataset, model, outside) -> dict:
   tc = config.train
   tx = make_optimizer(tc)
   state, shardings = init_sharded_state(model, tx, config.seed, dataset.seq_len, mesh,
@@ -177,6 +178,7 @@ def _train_and_evaluate(config, workdir, mesh, dataset, model) -> dict:
   try:  # however this ends, the last save completes and the metrics reach the disk
     state = _resume(ckpt, state)
     start = int(state.step)
+    outside.phase = f"while setting up, before step {start + 1} of {tc.num_steps}"
     step_fn, flops = compile_step(model, tx, config, state, shardings, mesh, dataset.seq_len)
     if config.model.attention == "cudnn" or config.model.remat:  # else the same count
       flops = model_flops_per_device(config, dataset.vocab_size, dataset.seq_len, tx, state)
@@ -193,6 +195,8 @@ def _train_and_evaluate(config, workdir, mesh, dataset, model) -> dict:
     rate = lambda steps_per_sec: mfu.utilisation(flops, steps_per_sec, peak)
     with preemption.StopSignals(ckpt.reached_preemption) as stop:
       _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt, stop)
+    outside.phase = (f"during the final evaluation, after step {tc.num_steps} of "
+                     f"{tc.num_steps} (saved {ckpt.directory}/{tc.num_steps})")
     result = evaluate.evaluate_run(config, model, dataset, state_box[0].ema_params, workdir,
                                    writer, mesh=mesh, step=int(state_box[0].step))
   finally:
