@@ -1,6 +1,7 @@
 """The command line: one line and exit code 2 for every kind of bad input;
 ``vmd-jax sample`` / ``evaluate`` / ``vmd_jax.load`` on a trained run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -265,8 +266,10 @@ def test_evaluate_on_a_table_file_reads_its_shape(trained, tmp_path):
   after = _files(workdir)
   assert (workdir / "eval_table.json").is_file()
   assert {k: v for k, v in after.items() if k != "eval_table.json"} == before
-  assert '"random:2"' in out.stdout
-  assert '"random:2/mixture"' in out.stdout  # the prior was fitted, just not saved
+  printed = json.loads(out.stdout)  # the whole result, as in the file: NELBO and samples
+  assert printed == json.loads((workdir / "eval_table.json").read_text())
+  assert set(printed["samples"]) == {"random:2", "random:2/mixture"}  # the prior fitted, not saved
+  assert printed["nelbo"]["eval_tokens"] > 0
 
 
 def test_a_run_from_before_a_config_field_loads_with_its_default(tmp_path):

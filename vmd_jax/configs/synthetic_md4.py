@@ -1,6 +1,6 @@
 """MD4 (plain masked diffusion) on a synthetic joint (Zhang et al. 2025, arXiv:2510.23606).
 
-  python -m vmd_jax.main --config=configs/synthetic_md4.py --workdir=runs/md4_d1 \
+  python -m vmd_jax.main --config=configs/synthetic_md4.py --workdir=runs/md4_d2 \
       --config.data.synthetic=d2
 """
 

@@ -237,7 +237,7 @@ def _evaluate():
   except OutputNotWritten as e:  # the results on stdout, not lost
     print(json.dumps(e.result, indent=2, sort_keys=True), flush=True)
     raise InputError(f"{e} (the results are on stdout)") from None
-  print(json.dumps(result["samples"], indent=2))
+  print(json.dumps(result, indent=2, sort_keys=True))  # what the output file holds
 
 
 def _sample():

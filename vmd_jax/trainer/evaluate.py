@@ -16,7 +16,9 @@ trainer gave them (replicated or FSDP-sharded). The NELBO's evaluation batches
 are sharded over the mesh's devices: each process builds only its rows of each
 batch (the split is divided among processes), and the per-sequence sums come
 back replicated, reduced on the host in float64 exactly as on one device. The
-batch size is rounded up to a multiple of the device count (weight-0 rows).
+batch size is rounded up to a multiple of the device count (the last batch is
+padded with weight-0 rows); times are stratified per batch, so the estimate,
+not its expectation, depends on that rounded size.
 Sampling splits each batch's rows over the mesh's devices when the device count
 divides it (``eval.batch_size`` a multiple of the devices; otherwise that batch
 runs replicated), each process feeding only its rows; the samples come back
