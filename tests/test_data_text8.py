@@ -16,6 +16,7 @@ from vmd_jax.data import text_normalize as tn
 
 tfds.disable_progress_bar()
 
+REPO = pathlib.Path(__file__).parent.parent
 FIXTURE = pathlib.Path(__file__).parent / "data" / "text8" / "sqlite3_h_comments.txt"
 
 
@@ -263,6 +264,46 @@ def test_train_batches_deterministic_windows():
   train = tokens[:18_000].tobytes()  # rows are windows of the train split
   for row in batch["x0"]:
     assert train.find(row.astype(np.uint8).tobytes()) >= 0
+
+
+def test_a_split_shorter_than_seq_len_is_refused_when_the_dataset_is_built(tmp_path,
+                                                                          monkeypatch):
+  """The test split is checked on construction, not first in evaluation; from a
+  prepared builder, from its metadata without loading any split."""
+  tokens = np.zeros(700, np.uint8)  # test split: 35 characters
+  match = r"split 'test' has 35 characters, fewer than seq_len=64; accepted: seq_len <= 35"
+  with pytest.raises(ValueError, match=match):
+    t8.Text8Dataset.from_tokens(tokens, seq_len=64)
+  with pytest.raises(ValueError, match=match):
+    t8.Text8Dataset(lambda split: tokens[:35 if split == "test" else 630], seq_len=64)
+  assert t8.Text8Dataset.from_tokens(tokens, seq_len=35).seq_len == 35
+  (tmp_path / "small.txt").write_text("ab " * 240)  # 719 characters normalised
+  t8b.prepare_local_text(tmp_path / "small.txt", tmp_path / "tfds")
+  builder = t8b.Text8(data_dir=tmp_path / "tfds",  # read back, as from_config does
+                      config=t8b.local_text_config(tmp_path / "small.txt"))
+  loaded = []
+  monkeypatch.setattr(t8b, "load_split", lambda b, split: loaded.append(split))
+  with pytest.raises(ValueError, match=r"split 'test' has 36 characters, fewer than seq_len=64"):
+    t8.Text8Dataset.from_builder(builder, seq_len=64)
+  t8.Text8Dataset.from_builder(builder, seq_len=36)
+  assert loaded == []
+
+
+def test_short_test_split_fails_training_at_set_up(tmp_path):
+  """A local text whose test split is shorter than seq_len: BadSetup (one line,
+  exit 2) before config.json or a checkpoint is written, not a crash after training."""
+  from vmd_jax.trainer import cli, config as config_lib, train
+  (tmp_path / "small.txt").write_text("ab " * 240)
+  c = config_lib.load_config_file(os.path.join(REPO, "configs", "text8_md4.py"))
+  c.data.text8_source, c.data.text8_path = "local", str(tmp_path / "small.txt")
+  c.data.text8_data_dir, c.data.seq_len = str(tmp_path / "tfds"), 64
+  c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
+  c.train.batch_size, c.train.num_steps, c.train.warmup_steps = 8, 1, 1
+  c.eval.settings = "ancestral:2"
+  with pytest.raises(train.BadSetup, match=r"split 'test' has 36 characters") as e:
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert cli._run_ended(e.value) == 2 and "\n" not in str(e.value)
+  assert os.listdir(tmp_path / "run") == [".lock"]
 
 
 def test_fixture_is_small_and_documented():

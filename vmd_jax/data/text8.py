@@ -40,22 +40,34 @@ class Text8Dataset(base.Dataset):
   """
 
   vocab_size = tn.VOCAB_SIZE
+  EVAL_SPLIT = "test"  # what eval_batches reads unless told otherwise
 
   def __init__(self, load: Callable[[str], np.ndarray], seq_len: int = 256,
-               seed: int = 0):
-    """``load(split)`` returns the uint8 tokens of "train", "validation" or "test"."""
+               seed: int = 0, num_chars: Callable[[str], int] | None = None):
+    """``load(split)`` returns the uint8 tokens of "train", "validation" or "test".
+
+    ``num_chars(split)``: the split's length without loading it (None:
+    ``len(load(split))``). The splits a run uses, "train" and ``EVAL_SPLIT``,
+    are checked here: one shorter than ``seq_len`` is a ``ValueError``.
+    """
     if seq_len < 1:
       raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     self.seq_len = seq_len
     self.seed = seed
     self._load = load
     self._splits: dict[str, np.ndarray] = {}
+    num_chars = num_chars or (lambda split: len(self.split(split)))
+    for split in ("train", self.EVAL_SPLIT):
+      self._check_length(split, num_chars(split))
 
   @classmethod
   def from_builder(cls, builder, seq_len: int = 256, seed: int = 0) -> Text8Dataset:
-    """Over a prepared ``text8_builder.Text8`` builder."""
+    """Over a prepared ``text8_builder.Text8`` builder; split lengths are read from
+    its metadata (``split_chars``) where it has them, not by loading the splits."""
     from vmd_jax.data.text8_builder import load_split
-    return cls(lambda split: load_split(builder, split), seq_len, seed)
+    lengths = builder.info.metadata.get("split_chars", {})
+    num_chars = (lambda split: int(lengths[split])) if set(SPLITS) <= set(lengths) else None
+    return cls(lambda split: load_split(builder, split), seq_len, seed, num_chars)
 
   @classmethod
   def from_tokens(cls, tokens: np.ndarray, seq_len: int = 256,
@@ -63,7 +75,8 @@ class Text8Dataset(base.Dataset):
     """Over uint8 tokens [N], split 90/5/5 by ``split_bounds``."""
     tokens = np.asarray(tokens, np.uint8)
     bounds = split_bounds(len(tokens))
-    return cls(lambda split: tokens[slice(*bounds[split])], seq_len, seed)
+    return cls(lambda split: tokens[slice(*bounds[split])], seq_len, seed,
+               lambda split: bounds[split][1] - bounds[split][0])
 
   def split(self, name: str) -> np.ndarray:
     """uint8 [num_chars] tokens of split ``name``."""
@@ -71,11 +84,15 @@ class Text8Dataset(base.Dataset):
       raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
     if name not in self._splits:
       tokens = np.asarray(self._load(name), np.uint8)
-      if len(tokens) < self.seq_len:
-        raise ValueError(f"split {name!r} has {len(tokens)} characters, fewer "
-                         f"than seq_len={self.seq_len}")
+      self._check_length(name, len(tokens))
       self._splits[name] = tokens
     return self._splits[name]
+
+  def _check_length(self, name: str, num_chars: int) -> None:
+    if num_chars < self.seq_len:
+      raise ValueError(f"split {name!r} has {num_chars} characters, fewer than "
+                       f"seq_len={self.seq_len}; accepted: seq_len <= {num_chars}, "
+                       f"or a longer text")
 
   def train_batch(self, step: int, batch_size: int, rows: slice | None = None) -> base.Batch:
     rows = base.row_range(rows, batch_size)
@@ -85,7 +102,7 @@ class Text8Dataset(base.Dataset):
     x0 = tokens[starts[:, None] + np.arange(self.seq_len)]
     return {"x0": x0.astype(np.int32)}
 
-  def eval_windows(self, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+  def eval_windows(self, split: str = EVAL_SPLIT) -> tuple[np.ndarray, np.ndarray]:
     """(starts int64 [W], first_counted int64 [W]) of the evaluation windows.
 
     Window w covers [starts[w], starts[w] + L); its positions before
@@ -100,7 +117,7 @@ class Text8Dataset(base.Dataset):
     return starts, first
 
   def eval_batches(self, batch_size: int, rows: slice | None = None,
-                   split: str = "test") -> Iterator[base.Batch]:
+                   split: str = EVAL_SPLIT) -> Iterator[base.Batch]:
     rows = base.row_range(rows, batch_size)
     tokens = self.split(split)
     starts, first = self.eval_windows(split)
