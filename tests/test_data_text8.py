@@ -16,6 +16,7 @@ from vmd_jax.data import text_normalize as tn
 
 tfds.disable_progress_bar()
 
+REPO = pathlib.Path(__file__).parent.parent
 FIXTURE = pathlib.Path(__file__).parent / "data" / "text8" / "sqlite3_h_comments.txt"
 
 
@@ -263,6 +264,91 @@ def test_train_batches_deterministic_windows():
   train = tokens[:18_000].tobytes()  # rows are windows of the train split
   for row in batch["x0"]:
     assert train.find(row.astype(np.uint8).tobytes()) >= 0
+
+
+@pytest.mark.parametrize("num_eval", [0, 1, 7, 10, 11])
+def test_num_eval_evaluates_the_first_windows(num_eval):
+  """num_eval rows of eval_batches (0: all 11), the full split's first windows
+  with their weights; each process's rows of them join to the whole batches."""
+  tokens = np.random.default_rng(2).integers(0, 27, 20_740).astype(np.uint8)
+  full = t8.Text8Dataset.from_tokens(tokens, seq_len=100)  # test: 1037 characters
+  assert len(full.eval_windows()[0]) == 11
+  ds = t8.Text8Dataset.from_tokens(tokens, seq_len=100, num_eval=num_eval)
+  batches = list(ds.eval_batches(4))
+  x0, weight = (np.concatenate([b[k] for b in batches]) for k in ("x0", "weight"))
+  rows = num_eval or 11
+  whole = list(full.eval_batches(4))
+  full_x0, full_weight = (np.concatenate([b[k] for b in whole]) for k in ("x0", "weight"))
+  assert len(batches) == -(-rows // 4) and weight.any(-1).sum() == rows
+  np.testing.assert_array_equal(x0[:rows], full_x0[:rows])
+  np.testing.assert_array_equal(weight[:rows], full_weight[:rows])
+  assert not weight[rows:].any() and not x0[rows:].any()
+  assert weight.sum() == (1037 if rows == 11 else rows * 100)
+  for cut in (1, 3):  # two processes' rows of every batch
+    parts = zip(ds.eval_batches(4, rows=slice(0, cut)), ds.eval_batches(4, rows=slice(cut, 4)))
+    for (a, b), batch in zip(parts, batches, strict=True):
+      np.testing.assert_array_equal(np.concatenate([a["x0"], b["x0"]]), batch["x0"])
+      np.testing.assert_array_equal(np.concatenate([a["weight"], b["weight"]]), batch["weight"])
+
+
+def test_num_eval_beyond_the_windows_is_refused():
+  tokens = np.zeros(20_740, np.uint8)
+  with pytest.raises(ValueError, match=r"num_eval=12 is more than the 11 windows of "
+                     r"seq_len=100 in split 'test'; accepted: 0 \(all\) to 11"):
+    t8.Text8Dataset.from_tokens(tokens, seq_len=100, num_eval=12)
+  with pytest.raises(ValueError, match=r"num_eval must be >= 0 \(0: every window\), got -1"):
+    t8.Text8Dataset.from_tokens(tokens, seq_len=100, num_eval=-1)
+
+
+def test_config_num_eval_reaches_the_text8_dataset(tmp_path):
+  """``data.num_eval`` of a text8 run: that many windows of the test split, not all."""
+  from vmd_jax.trainer import build, config as config_lib
+  c = config_lib.load_config_file(os.path.join(REPO, "configs", "text8_md4.py"))
+  c.data.text8_source, c.data.text8_path = "local", str(FIXTURE)
+  c.data.text8_data_dir, c.data.seq_len, c.data.num_eval = str(tmp_path / "tfds"), 32, 10
+  ds = build.build_dataset(c)
+  assert ds.num_eval == 10
+  assert sum(b["weight"].sum() for b in ds.eval_batches(8)) == 10 * 32
+
+
+def test_a_split_shorter_than_seq_len_is_refused_when_the_dataset_is_built(tmp_path,
+                                                                          monkeypatch):
+  """The test split is checked on construction, not first in evaluation; from a
+  prepared builder, from its metadata without loading any split."""
+  tokens = np.zeros(700, np.uint8)  # test split: 35 characters
+  match = r"split 'test' has 35 characters, fewer than seq_len=64; accepted: seq_len <= 35"
+  with pytest.raises(ValueError, match=match):
+    t8.Text8Dataset.from_tokens(tokens, seq_len=64)
+  with pytest.raises(ValueError, match=match):
+    t8.Text8Dataset(lambda split: tokens[:35 if split == "test" else 630], seq_len=64)
+  assert t8.Text8Dataset.from_tokens(tokens, seq_len=35).seq_len == 35
+  (tmp_path / "small.txt").write_text("ab " * 240)  # 719 characters normalised
+  t8b.prepare_local_text(tmp_path / "small.txt", tmp_path / "tfds")
+  builder = t8b.Text8(data_dir=tmp_path / "tfds",  # read back, as from_config does
+                      config=t8b.local_text_config(tmp_path / "small.txt"))
+  loaded = []
+  monkeypatch.setattr(t8b, "load_split", lambda b, split: loaded.append(split))
+  with pytest.raises(ValueError, match=r"split 'test' has 36 characters, fewer than seq_len=64"):
+    t8.Text8Dataset.from_builder(builder, seq_len=64)
+  t8.Text8Dataset.from_builder(builder, seq_len=36)
+  assert loaded == []
+
+
+def test_short_test_split_fails_training_at_set_up(tmp_path):
+  """A local text whose test split is shorter than seq_len: BadSetup (one line,
+  exit 2) before config.json or a checkpoint is written, not a crash after training."""
+  from vmd_jax.trainer import cli, config as config_lib, train
+  (tmp_path / "small.txt").write_text("ab " * 240)
+  c = config_lib.load_config_file(os.path.join(REPO, "configs", "text8_md4.py"))
+  c.data.text8_source, c.data.text8_path = "local", str(tmp_path / "small.txt")
+  c.data.text8_data_dir, c.data.seq_len = str(tmp_path / "tfds"), 64
+  c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
+  c.train.batch_size, c.train.num_steps, c.train.warmup_steps = 8, 1, 1
+  c.eval.settings = "ancestral:2"
+  with pytest.raises(train.BadSetup, match=r"split 'test' has 36 characters") as e:
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert cli._run_ended(e.value) == 2 and "\n" not in str(e.value)
+  assert os.listdir(tmp_path / "run") == [".lock"]
 
 
 def test_fixture_is_small_and_documented():

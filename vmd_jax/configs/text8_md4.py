@@ -12,7 +12,8 @@ characters, batch 512, AdamW lr 3e-4 with 2,000 warmup steps and cosine decay,
 weight decay 0.03, dropout 0.05, EMA 0.9999, 1M steps (16 TPU v5e in the paper, < 1 day); the linear schedule
 alpha(t) = 1 - t (md4's text8 config) with md4's eps shift, the continuous-time
 NELBO. Paper: test BPC <= 1.37. eval.json's ``nelbo_bits_per_token`` (and its
-``_stderr``) is the test bits per character over the last 5M characters.
+``_stderr``) is the test bits per character over the last 5M characters
+(``--config.data.num_eval=N``: over its first N windows of 256 only).
 
 Data: ``text8_source = "text8"`` reads the real corpus from ``data.text8_path``
 (text8 or text8.zip), else the tfds manual dir

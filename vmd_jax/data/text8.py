@@ -36,34 +36,61 @@ class Text8Dataset(base.Dataset):
   consecutive windows [i*L, (i+1)*L); if L does not divide the split length the
   last window is the split's final L characters, and the characters it shares
   with its predecessor get weight 0; rows padding the last batch get weight 0.
-  The weights sum to the split length.
+  The weights sum to the split length, or with ``num_eval`` (the first
+  ``num_eval`` windows only) to the characters those windows count.
   """
 
   vocab_size = tn.VOCAB_SIZE
+  EVAL_SPLIT = "test"  # what eval_batches reads unless told otherwise
 
   def __init__(self, load: Callable[[str], np.ndarray], seq_len: int = 256,
-               seed: int = 0):
-    """``load(split)`` returns the uint8 tokens of "train", "validation" or "test"."""
+               seed: int = 0, num_eval: int = 0,
+               num_chars: Callable[[str], int] | None = None):
+    """``load(split)`` returns the uint8 tokens of "train", "validation" or "test".
+
+    ``num_eval``: evaluate only the first ``num_eval`` windows (sequences of
+    ``seq_len`` characters, rows of ``eval_batches``) of the split; 0: all.
+    ``num_chars(split)``: the split's length without loading it (None:
+    ``len(load(split))``). The splits a run uses, "train" and ``EVAL_SPLIT``,
+    are checked here: one shorter than ``seq_len``, or a ``num_eval`` above
+    ``EVAL_SPLIT``'s number of windows, is a ``ValueError``.
+    """
     if seq_len < 1:
       raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if num_eval < 0:
+      raise ValueError(f"num_eval must be >= 0 (0: every window), got {num_eval}")
     self.seq_len = seq_len
     self.seed = seed
+    self.num_eval = int(num_eval)
     self._load = load
     self._splits: dict[str, np.ndarray] = {}
+    num_chars = num_chars or (lambda split: len(self.split(split)))
+    for split in ("train", self.EVAL_SPLIT):
+      self._check_length(split, num_chars(split))
+    windows = -(-num_chars(self.EVAL_SPLIT) // seq_len)
+    if self.num_eval > windows:
+      raise ValueError(f"num_eval={self.num_eval} is more than the {windows} windows of "
+                       f"seq_len={seq_len} in split {self.EVAL_SPLIT!r}; accepted: 0 "
+                       f"(all) to {windows}")
 
   @classmethod
-  def from_builder(cls, builder, seq_len: int = 256, seed: int = 0) -> Text8Dataset:
-    """Over a prepared ``text8_builder.Text8`` builder."""
+  def from_builder(cls, builder, seq_len: int = 256, seed: int = 0,
+                   num_eval: int = 0) -> Text8Dataset:
+    """Over a prepared ``text8_builder.Text8`` builder; split lengths are read from
+    its metadata (``split_chars``) where it has them, not by loading the splits."""
     from vmd_jax.data.text8_builder import load_split
-    return cls(lambda split: load_split(builder, split), seq_len, seed)
+    lengths = builder.info.metadata.get("split_chars", {})
+    num_chars = (lambda split: int(lengths[split])) if set(SPLITS) <= set(lengths) else None
+    return cls(lambda split: load_split(builder, split), seq_len, seed, num_eval, num_chars)
 
   @classmethod
-  def from_tokens(cls, tokens: np.ndarray, seq_len: int = 256,
-                  seed: int = 0) -> Text8Dataset:
+  def from_tokens(cls, tokens: np.ndarray, seq_len: int = 256, seed: int = 0,
+                  num_eval: int = 0) -> Text8Dataset:
     """Over uint8 tokens [N], split 90/5/5 by ``split_bounds``."""
     tokens = np.asarray(tokens, np.uint8)
     bounds = split_bounds(len(tokens))
-    return cls(lambda split: tokens[slice(*bounds[split])], seq_len, seed)
+    return cls(lambda split: tokens[slice(*bounds[split])], seq_len, seed, num_eval,
+               lambda split: bounds[split][1] - bounds[split][0])
 
   def split(self, name: str) -> np.ndarray:
     """uint8 [num_chars] tokens of split ``name``."""
@@ -71,11 +98,15 @@ class Text8Dataset(base.Dataset):
       raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
     if name not in self._splits:
       tokens = np.asarray(self._load(name), np.uint8)
-      if len(tokens) < self.seq_len:
-        raise ValueError(f"split {name!r} has {len(tokens)} characters, fewer "
-                         f"than seq_len={self.seq_len}")
+      self._check_length(name, len(tokens))
       self._splits[name] = tokens
     return self._splits[name]
+
+  def _check_length(self, name: str, num_chars: int) -> None:
+    if num_chars < self.seq_len:
+      raise ValueError(f"split {name!r} has {num_chars} characters, fewer than "
+                       f"seq_len={self.seq_len}; accepted: seq_len <= {num_chars}, "
+                       f"or a longer text")
 
   def train_batch(self, step: int, batch_size: int, rows: slice | None = None) -> base.Batch:
     rows = base.row_range(rows, batch_size)
@@ -85,11 +116,12 @@ class Text8Dataset(base.Dataset):
     x0 = tokens[starts[:, None] + np.arange(self.seq_len)]
     return {"x0": x0.astype(np.int32)}
 
-  def eval_windows(self, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+  def eval_windows(self, split: str = EVAL_SPLIT) -> tuple[np.ndarray, np.ndarray]:
     """(starts int64 [W], first_counted int64 [W]) of the evaluation windows.
 
     Window w covers [starts[w], starts[w] + L); its positions before
-    ``first_counted[w]`` were counted by an earlier window.
+    ``first_counted[w]`` were counted by an earlier window. With ``num_eval``,
+    only the first ``num_eval`` windows (W = min(num_eval, all)).
     """
     n, length = len(self.split(split)), self.seq_len
     starts = np.arange(n // length, dtype=np.int64) * length
@@ -97,10 +129,12 @@ class Text8Dataset(base.Dataset):
     if n % length:
       starts = np.append(starts, n - length)
       first = np.append(first, length - n % length)
+    if self.num_eval:
+      starts, first = starts[:self.num_eval], first[:self.num_eval]
     return starts, first
 
   def eval_batches(self, batch_size: int, rows: slice | None = None,
-                   split: str = "test") -> Iterator[base.Batch]:
+                   split: str = EVAL_SPLIT) -> Iterator[base.Batch]:
     rows = base.row_range(rows, batch_size)
     tokens = self.split(split)
     starts, first = self.eval_windows(split)
@@ -122,7 +156,8 @@ class Text8Dataset(base.Dataset):
 
 def from_config(data_config, seed: int) -> Text8Dataset:
   """The ``Text8Dataset`` a run's ``config.data`` names (windows of ``seq_len``,
-  default 256):
+  default 256; ``num_eval``: evaluate the test split's first ``num_eval``
+  windows, 0: all):
 
   ``text8_source = "text8"``: the real corpus from ``text8_path`` (text8 or
   text8.zip), else the tfds manual dir, else the public download;
@@ -137,7 +172,8 @@ def from_config(data_config, seed: int) -> Text8Dataset:
   prepare_on_first_process(lambda: _prepare(data_config, data_dir),
                            f"preparing text8 in {data_dir}")
   return Text8Dataset.from_builder(_builder(data_config, data_dir),
-                                   seq_len=data_config.seq_len or 256, seed=seed)
+                                   seq_len=data_config.seq_len or 256, seed=seed,
+                                   num_eval=data_config.num_eval)
 
 
 def _builder(d, data_dir):

@@ -43,7 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.text8_path = ""              # text8 / text8.zip, or local text file / folder
   c.data.text8_data_dir = ""          # where tfds writes the prepared dataset
   c.data.text8_normalize = True       # normalise local text to text8's alphabet
-  c.data.num_eval = 0                 # evaluation items (0 = the dataset's default / all)
+  c.data.num_eval = 0                 # evaluation items: sequences, puzzles, text8 windows of
+                                      # seq_len characters (0 = the dataset's default / all)
 
   c.model = ml_collections.ConfigDict()
   c.model.kind = "md4"                # one of MODEL_KINDS
