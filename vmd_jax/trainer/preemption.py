@@ -45,7 +45,29 @@ def _jax_handles_sigterm() -> bool:
   return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
 
 
-class StopSignals:
+class _Handling:
+  """Installs ``self._handle`` for some signals while inside; restores the previous
+  handlers on exit. Only the main thread may install signal handlers."""
+
+  def _signals(self) -> tuple:
+    raise NotImplementedError
+
+  def __enter__(self):
+    self._previous = {}
+    if threading.current_thread() is not threading.main_thread():
+      logging.warning("Training outside the main thread: SIGTERM / SIGINT are not caught")
+      return self
+    for s in self._signals():
+      self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous.clear()
+
+
+class StopSignals(_Handling):
   """Context manager turning SIGTERM / SIGINT into a request to stop after a step."""
 
   def __init__(self, reached_preemption=None):
@@ -54,22 +76,10 @@ class StopSignals:
     self.signum = None
     self._reached_preemption = reached_preemption
     self._synced = False
-    self._previous = {}
 
-  def __enter__(self) -> "StopSignals":
-    if threading.current_thread() is not threading.main_thread():
-      logging.warning("Training outside the main thread: SIGTERM / SIGINT are not caught")
-      return self
+  def _signals(self) -> tuple:
     self._synced = _jax_handles_sigterm() and self._reached_preemption is not None
-    signals = (signal.SIGINT,) if self._synced else (signal.SIGTERM, signal.SIGINT)
-    for s in signals:
-      self._previous[s] = signal.signal(s, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-    self._previous.clear()
+    return (signal.SIGINT,) if self._synced else (signal.SIGTERM, signal.SIGINT)
 
   def _handle(self, signum, frame):
     del frame
@@ -95,7 +105,7 @@ class StopSignals:
                       signum)
 
 
-class StopOutsideSteps:
+class StopOutsideSteps(_Handling):
   """Context manager: SIGTERM / SIGINT raise ``RunStopped`` at once, naming
   ``phase`` (e.g. "while setting up, before step 0 of 100"). ``StopSignals``
   takes the signals over inside it. With several processes JAX's listener keeps
@@ -103,19 +113,9 @@ class StopOutsideSteps:
 
   def __init__(self, phase: str = "while setting up"):
     self.phase = phase
-    self._previous = {}
 
-  def __enter__(self) -> "StopOutsideSteps":
-    if threading.current_thread() is threading.main_thread():
-      signals = (signal.SIGINT,) if _jax_handles_sigterm() else (signal.SIGTERM, signal.SIGINT)
-      for s in signals:
-        self._previous[s] = signal.signal(s, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-    self._previous.clear()
+  def _signals(self) -> tuple:
+    return (signal.SIGINT,) if _jax_handles_sigterm() else (signal.SIGTERM, signal.SIGINT)
 
   def _handle(self, signum, frame):
     del frame
