@@ -364,6 +364,17 @@ def test_sampler_rejects_top_p_outside_zero_one(top_p):
     genmd4.sample(_ZERO4, jax.random.key(0), jnp.full((1, 3), 4), 3, _PARAMS4, top_p=top_p)
 
 
+@pytest.mark.parametrize("shape", [(6, 4), (2, 1, 4), (2, 4, 6)])
+def test_sampler_names_logits_of_the_wrong_shape(shape):
+  """[N, V], [B, 1, V] and [B, V, N] logits for x_init [2, 6]: a one-line
+  ValueError with both shapes (the [B, 1, V] case used to fail inside lax.cond)."""
+  expected = rf"denoise_fn returned logits of shape \({', '.join(map(str, shape))}\), " \
+             rf"expected \[B, N, V\] = \(2, 6, 4\)"
+  with pytest.raises(ValueError, match=expected):
+    genmd4.sample(lambda x, t: jnp.zeros(shape), jax.random.key(0), jnp.full((2, 6), 4), 3,
+                  _PARAMS4)
+
+
 def test_checked_rloo_loss_raises_under_jit():
   from jax.experimental import checkify
   from vmd_jax import forward

@@ -643,6 +643,27 @@ def test_temperature_zero_and_bad_arguments(joint):
                    top_p=top_p)
 
 
+def test_samplers_name_logits_of_the_wrong_shape():
+  """A denoiser returning [B, 1, V] (used to broadcast silently) or V + 1 values:
+  a one-line ValueError with both shapes, from the sampler and the block sampler
+  (the network's own output checked before the block is sliced out)."""
+  x_init = jnp.full((2, 4, L), CODE.mask_id, jnp.int32)
+  for shape in [(2, 1, V), (2, 4, V + 1)]:
+    with pytest.raises(ValueError, match=rf"denoise_fn returned logits of shape "
+                                         rf"\({shape[0]}, {shape[1]}, {shape[2]}\), "
+                                         rf"expected \[B, N, V\] = \(2, 4, {V}\)"):
+      prime.sample(lambda x_t, t: jnp.zeros(shape), jax.random.key(0), x_init, 2, LINEAR0,
+                   CODE)
+  one_position = lambda x, *a, **kw: jnp.zeros((x.shape[0], 1, V))
+  prefill = lambda x, *a, **kw: [(jnp.zeros(x.shape[:2] + (1,)),) * 2]
+  for use_cache, expected in [(False, r"\[B, L, V\] = \(2, 4, \?\)"),
+                              (True, r"\[B, L', V\] = \(2, 2, \?\)")]:
+    with pytest.raises(ValueError, match=r"denoise_fn returned logits of shape \(2, 1, 5\), "
+                                         r"expected " + expected):
+      prime.block_sample(one_position, prefill, jax.random.key(0), x_init, 2, 1, LINEAR0,
+                         CODE, use_cache=use_cache)
+
+
 # ----------------------------------------------------------------------------
 # Token and digit checks at the entry points.
 

@@ -286,6 +286,23 @@ def test_temperature_and_top_p_change_the_draws(joint):
   assert bool(jnp.all(x == x[0]))
 
 
+@pytest.mark.parametrize("order", ["ancestral", "first_hitting", "top_prob"])
+@pytest.mark.parametrize("shape", [(4, V), (2, 1, V), (2, V, 4)])
+def test_logits_of_the_wrong_shape_are_named(order, shape):
+  """[N, V] (batch dropped), [B, 1, V] (one position, which used to give every
+  position revealed at a step the same drawn value) and [B, V, N] (axes swapped)
+  for x_init [2, 4]: a one-line ValueError with both shapes, V given or inferred."""
+  wrong = lambda x, t: jnp.zeros(shape)
+  x_init = jnp.full((2, 4), V, jnp.int32)
+  expected = rf"denoise_fn returned logits of shape \({', '.join(map(str, shape))}\), " \
+             rf"expected \[B, N, V\] = \(2, 4, {shape[-1]}\)"
+  with pytest.raises(ValueError, match=expected):
+    sample(wrong, jax.random.key(0), x_init, 4, get_schedule("linear"), order=order)
+  with pytest.raises(ValueError, match=r"expected \[B, N, V\] = \(2, 4, 3\)"):
+    sample(wrong, jax.random.key(0), x_init, 4, get_schedule("linear"), order=order,
+           vocab_size=V)
+
+
 def test_bad_order_is_named():
   with pytest.raises(ValueError, match=r"unknown sampling order 'greedy'.*ancestral"):
     sample(lambda x, t: jnp.zeros(x.shape + (3,)), jax.random.key(0),

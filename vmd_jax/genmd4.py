@@ -87,7 +87,7 @@ import numpy as np
 
 from vmd_jax import exact
 from vmd_jax.exact import all_sequences
-from vmd_jax.forward import check_tokens, mask_where
+from vmd_jax.forward import check_logits, check_tokens, mask_where
 from vmd_jax.losses import draw_times, token_log_likelihood
 from vmd_jax.sampling import check_top_p, top_p_logits
 from vmd_jax.schedules import MD4_EPS, time_grid
@@ -421,7 +421,8 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
   under ``lax.fori_loop``; jit with ``num_steps`` (and a string ``grid``) static.
 
   Args:
-    denoise_fn: ``(x_t int [B, N], t float [B]) -> logits [B, N, V]``.
+    denoise_fn: ``(x_t int [B, N], t float [B]) -> logits [B, N, V]`` (another
+      shape raises ``ValueError``, ``forward.check_logits``).
     key: PRNG key; step i uses ``fold_in(key, i)``.
     x_init: int [B, N]; the mask id V marks the positions to generate.
     num_steps: T, network calls at most.
@@ -447,6 +448,11 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
     times = jnp.asarray(grid, jnp.float32)
     chex.assert_shape(times, (num_steps + 1,))
 
+  def logits_at(x, t):
+    logits = denoise_fn(x, t)
+    check_logits(logits, (batch_size, length, vocab_size))
+    return logits.astype(jnp.float32)
+
   def body(i, carry):
     x, nfe = carry
     t = jnp.full((batch_size,), times[i])
@@ -454,7 +460,7 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
     masked = x == mask_id
     call = jnp.any(masked)
     logits = jax.lax.cond(
-        call, lambda: denoise_fn(x, t).astype(jnp.float32),
+        call, lambda: logits_at(x, t),
         lambda: jnp.zeros((batch_size, length, vocab_size), jnp.float32))
     logits = _sampling_logits(logits, temperature, top_p)
     log_probs = reverse_log_probs(logits, params, t, s, eps=eps)

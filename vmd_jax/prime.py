@@ -616,7 +616,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
                  (``unit``: "token" or "digit") by confidence.
 
   Args:
-    denoise_fn: ``(x_t int [B, N, l], t [B]) -> logits [B, N, V]``.
+    denoise_fn: ``(x_t int [B, N, l], t [B]) -> logits [B, N, V]`` (another shape
+      raises ``ValueError``, ``forward.check_logits``).
     key: PRNG key.
     x_init: int [B, N, l] digits; b marks digits to generate.
     num_steps: steps (network calls at most) for every order but first_hitting.
@@ -663,6 +664,11 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     s = jnp.where(num_masked > 0, s, t_prev)
     return s, s
 
+  def logits_at(x, t):
+    logits = denoise_fn(x, t)
+    forward.check_logits(logits, (batch_size, length, code.vocab_size))
+    return logits.astype(jnp.float32)
+
   def body(i, carry):
     x, nfe, t_prev, idle = carry
     time_key, step_key = jax.random.split(jax.random.fold_in(key, i))
@@ -673,7 +679,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
             else jnp.bool_(True))
     x_new = jax.lax.cond(
         call,
-        lambda: reveal_step(step_key, x, denoise_fn(x, t).astype(jnp.float32), code, order,
+        lambda: reveal_step(step_key, x, logits_at(x, t), code, order,
                             temperature=temperature, top_p=top_p, **step),
         lambda: x)
     same = jnp.all(x_new == x, axis=(1, 2))

@@ -53,7 +53,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from vmd_jax.forward import check_tokens, infer_vocab_size
+from vmd_jax.forward import check_logits, check_tokens, infer_vocab_size
 from vmd_jax.schedules import time_grid
 
 ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
@@ -165,7 +165,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   """Generates the masked positions of ``x_init``.
 
   Args:
-    denoise_fn: ``(x_t, t [B]) -> logits [B, N, V]``.
+    denoise_fn: ``(x_t, t [B]) -> logits [B, N, V]`` (another shape raises
+      ``ValueError``, ``forward.check_logits``).
     key: PRNG key.
     x_init: int [B, N]; the mask id V marks positions to generate, the others are
       kept as given.
@@ -249,7 +250,9 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   def body(carry):
     x, cursor, nfe = carry
     event, t, active = next_event(x, cursor)
-    logits = denoise_fn(x, t).astype(jnp.float32)
+    logits = denoise_fn(x, t)
+    check_logits(logits, (batch_size, length, vocab_size))
+    logits = logits.astype(jnp.float32)
     keys = jax.vmap(lambda k, e: jax.random.split(jax.random.fold_in(k, e)))(row_keys, event)
     values = jax.vmap(lambda k, l: draw_tokens(k, l, temperature, top_p))(keys[:, 0], logits)
     reveal = choose(x == mask_id, logits, event, keys[:, 1]) & active[:, None]
