@@ -375,6 +375,14 @@ def test_sampler_names_logits_of_the_wrong_shape(shape):
                   _PARAMS4)
 
 
+@pytest.mark.parametrize("temperature", [-1.0, float("nan")])
+def test_sampler_rejects_negative_or_nan_temperature(temperature):
+  with pytest.raises(ValueError, match=r"temperature must be a finite number >= 0 "
+                                       r"\(0: greedy\), got"):
+    genmd4.sample(_ZERO4, jax.random.key(0), jnp.full((1, 3), 4), 3, _PARAMS4,
+                  temperature=temperature)
+
+
 def test_checked_rloo_loss_raises_under_jit():
   from jax.experimental import checkify
   from vmd_jax import forward

@@ -641,6 +641,10 @@ def test_temperature_zero_and_bad_arguments(joint):
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
       prime.sample(denoise, jax.random.key(0), jnp.full((1, N, L), 3), 2, LINEAR0, CODE,
                    top_p=top_p)
+  for temperature in (-1.0, float("nan")):
+    with pytest.raises(ValueError, match=r"temperature must be a finite number >= 0"):
+      prime.sample(denoise, jax.random.key(0), jnp.full((1, N, L), 3), 2, LINEAR0, CODE,
+                   temperature=temperature)
 
 
 def test_samplers_name_logits_of_the_wrong_shape():

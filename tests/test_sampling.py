@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vmd_jax import exact
-from vmd_jax.sampling import ORDERS, sample, top_p_logits
+from vmd_jax.sampling import ORDERS, draw_tokens, sample, top_p_logits
 from vmd_jax.schedules import get_schedule
 
 V, N, S = 3, 3, 20000
@@ -274,6 +274,18 @@ def test_top_p_outside_zero_one_is_rejected(top_p):
            top_p=top_p)
   with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
     top_p_logits(jnp.zeros((1, V)), top_p)
+
+
+@pytest.mark.parametrize("temperature", [-1.0, float("nan"), float("inf")])
+def test_temperature_negative_or_not_finite_is_rejected(temperature):
+  """-1 used to sample the inverted distribution and NaN token 0 everywhere."""
+  zero = lambda x, t: jnp.zeros(x.shape + (V,))
+  message = r"temperature must be a finite number >= 0 \(0: greedy\), got "
+  with pytest.raises(ValueError, match=message):
+    sample(zero, jax.random.key(0), jnp.full((1, N), V), 2, get_schedule("linear"),
+           temperature=temperature)
+  with pytest.raises(ValueError, match=message):
+    draw_tokens(jax.random.key(0), jnp.zeros((1, V)), temperature)
 
 
 def test_temperature_and_top_p_change_the_draws(joint):

@@ -89,7 +89,7 @@ from vmd_jax import exact
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_logits, check_tokens, mask_where
 from vmd_jax.losses import draw_times, token_log_likelihood
-from vmd_jax.sampling import check_top_p, top_p_logits
+from vmd_jax.sampling import check_temperature, check_top_p, top_p_logits
 from vmd_jax.schedules import MD4_EPS, time_grid
 
 DenoiseFn = Callable[..., jax.Array]
@@ -397,6 +397,7 @@ def reverse_log_probs(logits, params: GenMD4Params, t, s, *, eps: float = MD4_EP
 
 
 def _sampling_logits(logits, temperature, top_p):
+  check_temperature(temperature)
   check_top_p(top_p)
   if temperature == 0.0:
     return jnp.where(logits >= jnp.max(logits, axis=-1, keepdims=True), 0.0, -jnp.inf)
@@ -427,7 +428,8 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
     x_init: int [B, N]; the mask id V marks the positions to generate.
     num_steps: T, network calls at most.
     params: schedule parameters (V exponents); eps: the schedule's shift.
-    temperature: softmax temperature of mu; 0 puts all of mu on the argmax.
+    temperature: softmax temperature of mu, finite and >= 0; 0 puts all of mu
+      on the argmax.
     top_p: nucleus threshold applied to mu (None: off).
     grid: "linear" or "cosine" (``schedules.time_grid``), or float [T + 1]
       decreasing times from 1 to 0.
@@ -437,6 +439,8 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
   Returns:
     int [B, N] samples, or (samples, nfe) with ``return_nfe``.
   """
+  check_temperature(temperature)
+  check_top_p(top_p)
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
   vocab_size = params.raw_w.shape[-1]

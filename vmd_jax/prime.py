@@ -94,7 +94,7 @@ from vmd_jax import block, exact, forward
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_tokens, mask_where
 from vmd_jax.losses import discretize_times, stratified_times, uniform_times
-from vmd_jax.sampling import ORDERS, draw_tokens
+from vmd_jax.sampling import ORDERS, check_temperature, check_top_p, draw_tokens
 from vmd_jax.schedules import time_grid
 
 # Log-probability of a token that is excluded (invalid code or conflict with a
@@ -625,7 +625,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     code: the ``DigitCode``.
     order: one of ``vmd_jax.sampling.ORDERS``.
     unit: "token" or "digit", the unit ranked by the confidence orders.
-    temperature, top_p: applied to the renormalised token distribution; 0 is greedy.
+    temperature, top_p: applied to the renormalised token distribution
+      (temperature finite and >= 0, 0 is greedy; top_p in (0, 1] or None).
     grid: "linear" or "cosine" (``schedules.time_grid``).
     reuse_logits: skip the network at a step that reveals no digit of any row
       (``reveals_any``, decided before the call); exact for any denoiser, time-
@@ -643,6 +644,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
   if unit not in UNITS:
     raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
+  check_temperature(temperature)
+  check_top_p(top_p)
   chex.assert_rank(x_init, 3)
   batch_size, length, num_digits = x_init.shape
   check_digits(x_init, code, name="x_init")

@@ -47,6 +47,7 @@ each on all B sequences). The loop is a ``lax.while_loop``; wrap a call in
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import chex
@@ -69,6 +70,17 @@ def check_top_p(top_p):
     raise ValueError(f"top_p must be in (0, 1] or None (off), got {top_p!r}")
 
 
+def check_temperature(temperature):
+  """Raises ValueError unless ``temperature`` is a finite number >= 0 (0 is
+  greedy; a negative one would sample the inverted distribution, NaN token 0).
+  A traced ``temperature`` cannot be inspected and passes."""
+  if isinstance(temperature, jax.core.Tracer):
+    return
+  if not (math.isfinite(float(temperature)) and float(temperature) >= 0.0):
+    raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), "
+                     f"got {temperature!r}")
+
+
 def top_p_logits(logits, top_p: float):
   """Nucleus filtering: keeps the smallest set of values whose probability sums
   to at least ``top_p``, 0 < top_p <= 1, and sets the other logits to -inf. The
@@ -87,6 +99,7 @@ def draw_tokens(key, logits, temperature: float = 1.0, top_p: float | None = Non
   """Draws a token per position from softmax(logits / temperature), logits
   [..., V] -> int [...]. ``temperature = 0`` takes the argmax; ``top_p`` in
   (0, 1] keeps the nucleus (``top_p_logits``), None or 1 turns it off."""
+  check_temperature(temperature)
   check_top_p(top_p)
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1)
@@ -174,7 +187,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
     schedule: the ``Schedule`` the model was trained with.
     order: one of ``ORDERS``.
     vocab_size: V; inferred from the logits' shape when None.
-    temperature: softmax temperature of the drawn values; 0 is greedy.
+    temperature: softmax temperature of the drawn values, finite and >= 0; 0 is
+      greedy.
     top_p: nucleus threshold for the drawn values, in (0, 1] (None: off).
     grid: time grid, "linear" or "cosine" (``schedules.time_grid``).
     skip_idle: ancestral only: call the network only at the steps where a
@@ -187,6 +201,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   """
   if order not in ORDERS:
     raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
+  check_temperature(temperature)
   check_top_p(top_p)
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
