@@ -357,6 +357,20 @@ def test_block_sampler_names_logits_of_the_wrong_shape(use_cache, vocab_size):
                        get_schedule("linear"), vocab_size=vocab_size, use_cache=use_cache)
 
 
+def test_block_sampler_takes_traced_temperature_and_top_p():
+  """temperature and top_p as jit arguments: the same samples as the concrete
+  values from the same key (they used to raise TracerBoolConversionError)."""
+  table = jnp.asarray(np.random.default_rng(3).normal(size=(V + 1, V)), jnp.float32)
+  denoise = lambda x, t, *a, **kw: table[x] + t[..., None]
+  run = lambda key, temperature, top_p: block.block_sample(
+      denoise, None, key, jnp.full((64, L), V), 2, 2, get_schedule("linear"), "top_prob",
+      temperature=temperature, top_p=top_p, use_cache=False)
+  key = jax.random.key(7)
+  for temperature, top_p in [(0.7, 0.6), (0.0, 0.6)]:
+    np.testing.assert_array_equal(jax.jit(run)(key, temperature, top_p),
+                                  jax.jit(lambda k: run(k, temperature, top_p))(key))
+
+
 def test_block_sampler_skips_idle_steps_exactly(sampler_model):
   """100 ancestral steps per block with a time-conditioned network: same key, same
   samples with and without the calls at idle steps; at most L' - 1 calls per block

@@ -383,6 +383,22 @@ def test_sampler_rejects_negative_or_nan_temperature(temperature):
                   temperature=temperature)
 
 
+def test_sampler_takes_traced_temperature_and_top_p():
+  """temperature and top_p as jit arguments draw what the same concrete values
+  draw from the same key (they used to raise TracerBoolConversionError); a traced
+  temperature of 0 is exactly greedy."""
+  denoise = table_denoiser(4, 3)
+  params = genmd4.params_from_exponents(jnp.array(UNEQUAL[0]))
+  x_init = jnp.full((256, 3), V, jnp.int32)
+  run = lambda key, temperature, top_p: genmd4.sample(
+      denoise, key, x_init, 4, params, temperature=temperature, top_p=top_p)
+  traced = jax.jit(run)
+  key = jax.random.key(6)
+  for temperature, top_p in [(0.7, 0.6), (0.0, 0.6), (1.0, 1.0)]:
+    want = jax.jit(lambda k: run(k, temperature, top_p))(key)
+    np.testing.assert_array_equal(traced(key, temperature, top_p), want)
+
+
 def test_checked_rloo_loss_raises_under_jit():
   from jax.experimental import checkify
   from vmd_jax import forward

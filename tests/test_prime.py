@@ -668,6 +668,27 @@ def test_samplers_name_logits_of_the_wrong_shape():
                          CODE, use_cache=use_cache)
 
 
+def test_traced_temperature_and_top_p(joint):
+  """temperature and top_p as jit arguments draw what the same concrete values
+  draw from the same key (they used to raise TracerBoolConversionError), also in
+  the block sampler; a traced temperature of 0 is exactly greedy."""
+  _, denoise = joint
+  x_init = jnp.full((128, N, L), CODE.mask_id, jnp.int32)
+  run = lambda key, temperature, top_p: prime.sample(
+      denoise, key, x_init, 2, LINEAR0, CODE, "top_prob", temperature=temperature,
+      top_p=top_p)
+  block_denoise = lambda x, t, *a, **kw: denoise(x, t[:, 0])
+  run_blocks = lambda key, temperature, top_p: prime.block_sample(
+      block_denoise, None, key, x_init, 1, 2, LINEAR0, CODE, use_cache=False,
+      temperature=temperature, top_p=top_p)
+  key = jax.random.key(5)
+  for fn in (run, run_blocks):
+    traced = jit(fn)
+    for temperature, top_p in [(0.7, 0.6), (0.0, 0.6)]:
+      want = jit(lambda k: fn(k, temperature, top_p))(key)
+      np.testing.assert_array_equal(traced(key, temperature, top_p), want)
+
+
 # ----------------------------------------------------------------------------
 # Token and digit checks at the entry points.
 

@@ -315,6 +315,30 @@ def test_logits_of_the_wrong_shape_are_named(order, shape):
            vocab_size=V)
 
 
+@pytest.mark.parametrize("order", ["ancestral", "top_prob"])
+def test_traced_temperature_and_top_p(joint, order):
+  """temperature and top_p as jit arguments, or vmapped over, draw what the same
+  concrete values draw from the same key (they used to raise
+  TracerBoolConversionError); a traced 0 is exactly the argmax, a traced top_p = 1
+  is top_p off."""
+  _, denoise = joint
+  x_init = jnp.full((256, N), V, jnp.int32)
+  run = lambda key, temperature, top_p: sample(
+      denoise, key, x_init, 2, get_schedule("linear"), order=order, temperature=temperature,
+      top_p=top_p)
+  traced = jax.jit(run)
+  key = jax.random.key(4)
+  for temperature, top_p, concrete_top_p in [(0.7, 0.6, 0.6), (0.0, 0.6, 0.6),
+                                             (1.3, 1.0, None)]:
+    want = jax.jit(lambda k: run(k, temperature, concrete_top_p))(key)
+    np.testing.assert_array_equal(traced(key, temperature, top_p), want)
+  assert len(np.unique(np.asarray(traced(key, 1.3, 1.0)), axis=0)) > 5  # not greedy
+  temperatures = jnp.array([0.0, 1.3])
+  both = jax.jit(jax.vmap(lambda t: run(key, t, None)))(temperatures)
+  for row, temperature in zip(both, [0.0, 1.3]):
+    np.testing.assert_array_equal(row, jax.jit(lambda k: run(k, temperature, None))(key))
+
+
 def test_bad_order_is_named():
   with pytest.raises(ValueError, match=r"unknown sampling order 'greedy'.*ancestral"):
     sample(lambda x, t: jnp.zeros(x.shape + (3,)), jax.random.key(0),

@@ -89,7 +89,8 @@ from vmd_jax import exact
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_logits, check_tokens, mask_where
 from vmd_jax.losses import draw_times, token_log_likelihood
-from vmd_jax.sampling import check_temperature, check_top_p, top_p_logits
+from vmd_jax.sampling import (check_temperature, check_top_p, nucleus_logits,
+                              tempered_logits)
 from vmd_jax.schedules import MD4_EPS, time_grid
 
 DenoiseFn = Callable[..., jax.Array]
@@ -397,14 +398,17 @@ def reverse_log_probs(logits, params: GenMD4Params, t, s, *, eps: float = MD4_EP
 
 
 def _sampling_logits(logits, temperature, top_p):
+  """The logits of mu after temperature and top-p (either may be traced; a
+  temperature of 0 keeps only the argmax values, traced or not)."""
   check_temperature(temperature)
   check_top_p(top_p)
+  greedy = lambda: jnp.where(logits >= jnp.max(logits, axis=-1, keepdims=True), 0.0, -jnp.inf)
+  if isinstance(temperature, jax.core.Tracer):
+    return jnp.where(temperature == 0.0, greedy(),
+                     nucleus_logits(tempered_logits(logits, temperature), top_p))
   if temperature == 0.0:
-    return jnp.where(logits >= jnp.max(logits, axis=-1, keepdims=True), 0.0, -jnp.inf)
-  logits = logits / temperature
-  if top_p is not None and top_p < 1.0:
-    logits = top_p_logits(logits, top_p)
-  return logits
+    return greedy()
+  return nucleus_logits(tempered_logits(logits, temperature), top_p)
 
 
 def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Params, *,
@@ -420,6 +424,8 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
   converges to the continuous-time reverse process as the grid is refined.
   Positions of ``x_init`` that are not masked are given and never change. Runs
   under ``lax.fori_loop``; jit with ``num_steps`` (and a string ``grid``) static.
+  ``temperature`` and ``top_p`` may be traced (checked only when concrete), as in
+  ``vmd_jax.sampling``.
 
   Args:
     denoise_fn: ``(x_t int [B, N], t float [B]) -> logits [B, N, V]`` (another

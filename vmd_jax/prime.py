@@ -69,7 +69,8 @@ MD4's N alpha(1) log V and N (1 - alpha(0)) log V for l = 1, keep the bound vali
 for eps > 0 and make a zero-logit denoiser's expected NELBO exactly N log V (its
 digit conditionals telescope within each token to 1/V).
 
-Samplers: see ``sample``. Blocks (BD3-LM with Prime inside each block):
+Samplers: see ``sample`` (``temperature`` and ``top_p`` may be traced, as in
+``vmd_jax.sampling``). Blocks (BD3-LM with Prime inside each block):
 ``block_nelbo_terms`` and ``block_sample``. Exact references:
 ``exact_digit_denoiser`` and ``expected_nelbo`` (masks over the N l digits
 enumerated, t by quadrature). Token and digit arguments are checked

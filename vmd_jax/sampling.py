@@ -43,6 +43,17 @@ whose masks are all revealed stops being updated. First hitting makes one call
 per masked token. ``return_nfe=True`` also returns the calls made (batch calls,
 each on all B sequences). The loop is a ``lax.while_loop``; wrap a call in
 ``jax.jit`` (``num_steps``, ``order`` static).
+
+Traced arguments. ``key``, the values of ``x_init``, ``temperature`` and ``top_p``
+may be traced (``jax.jit`` arguments, ``jax.vmap`` over temperatures); the other
+arguments are static (``num_steps``, ``order``, ``schedule``, ``grid``,
+``vocab_size``, ``skip_idle``, ``return_nfe``, and shapes). A traced temperature
+of 0 still takes the exact argmax, and a traced top_p >= 1 turns the nucleus
+off, as the concrete values do. ``check_temperature`` and ``check_top_p`` check
+concrete values only: a traced top_p <= 0 or NaN keeps only the most likely
+value, and a traced negative or NaN temperature is used as given. The same holds
+for ``block.block_sample``, ``prime.sample``, ``prime.block_sample`` and
+``genmd4.sample``.
 """
 
 from __future__ import annotations
@@ -95,18 +106,44 @@ def top_p_logits(logits, top_p: float):
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def _traced(value) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def nucleus_logits(logits, top_p):
+  """``top_p_logits(logits, top_p)`` for top_p < 1, the logits unchanged for
+  None or top_p >= 1. A traced ``top_p`` picks between the two with
+  ``jnp.where`` (both computed)."""
+  if top_p is None:
+    return logits
+  if _traced(top_p):
+    return jnp.where(top_p < 1.0, top_p_logits(logits, top_p), logits)
+  return top_p_logits(logits, top_p) if top_p < 1.0 else logits
+
+
+def tempered_logits(logits, temperature):
+  """logits / temperature for temperature > 0 (a traced temperature of 0 divides
+  by 1 instead: the caller selects the greedy result for it)."""
+  if _traced(temperature):
+    return logits / jnp.where(temperature == 0.0, 1.0, temperature)
+  return logits / temperature
+
+
 def draw_tokens(key, logits, temperature: float = 1.0, top_p: float | None = None):
   """Draws a token per position from softmax(logits / temperature), logits
   [..., V] -> int [...]. ``temperature = 0`` takes the argmax; ``top_p`` in
-  (0, 1] keeps the nucleus (``top_p_logits``), None or 1 turns it off."""
+  (0, 1] keeps the nucleus (``top_p_logits``), None or 1 turns it off. Either may
+  be traced (module docstring); a traced temperature of 0 still gives exactly
+  the argmax."""
   check_temperature(temperature)
   check_top_p(top_p)
-  if temperature == 0.0:
+  if not _traced(temperature) and temperature == 0.0:
     return jnp.argmax(logits, axis=-1)
-  logits = logits / temperature
-  if top_p is not None and top_p < 1.0:
-    logits = top_p_logits(logits, top_p)
-  return jax.random.categorical(key, logits, axis=-1)
+  drawn = jax.random.categorical(
+      key, nucleus_logits(tempered_logits(logits, temperature), top_p), axis=-1)
+  if _traced(temperature):
+    drawn = jnp.where(temperature == 0.0, jnp.argmax(logits, axis=-1), drawn)
+  return drawn
 
 
 def ancestral_reveal_steps(key, shape, num_steps: int, schedule, grid: str = "linear"):
