@@ -581,6 +581,38 @@ def test_nfe_and_idle_counts(joint):
   assert int(nfe) == 0  # nothing to generate: no call
 
 
+@pytest.mark.parametrize("steps,length", [(64, 8), (256, 16)])
+def test_confidence_orders_reveal_at_every_step_under_the_cosine_schedule(steps, length):
+  """Cosine schedule and grid, where float32 rounds the first steps' ratio
+  (1 - alpha(t_1)) / (1 - alpha(t_0)) to 1 and the plain floor revealed nothing
+  there: one token per step at t_0 .. t_{m-1} (a denoiser whose value is its
+  call's grid step records them), m calls; the digit unit also reveals one digit
+  at the first step."""
+  code = prime.DigitCode(steps + 1, 2)
+  sched = get_schedule("cosine")
+  times = time_grid(steps, "cosine")
+  def recorder(x_t, t):
+    step = jnp.argmin(jnp.abs(times[None, :] - t[:, None]), axis=1)
+    return jnp.broadcast_to(10.0 * jax.nn.one_hot(step, steps + 1)[:, None],
+                            x_t.shape[:2] + (steps + 1,))
+  x_init = jnp.full((2, length, 2), code.mask_id, jnp.int32)
+  for skip in (True, False):
+    d, nfe = jit(lambda k: prime.sample(recorder, k, x_init, steps, sched, code, "top_prob",
+                                        grid="cosine", temperature=0.0, reuse_logits=skip,
+                                        return_nfe=True))(jax.random.key(0))
+    assert int(nfe) == (length if skip else steps)
+    for row in np.asarray(code.from_digits(d)):
+      np.testing.assert_array_equal(np.sort(row), np.arange(length))
+  logits = jnp.zeros((2, length, steps + 1))
+  for unit in ("token", "digit"):
+    y = prime.reveal_step(jax.random.key(1), x_init, logits, code, "random",
+                          alpha_t=sched.alpha(times[0]), alpha_s=sched.alpha(times[1]),
+                          unit=unit)
+    revealed = np.asarray(y != code.mask_id)
+    revealed = revealed.any(-1) if unit == "token" else revealed.reshape(2, -1)
+    np.testing.assert_array_equal(revealed.sum(-1), [1, 1])
+
+
 @pytest.mark.parametrize("given", [False, True])
 def test_skipping_steps_is_exact_for_a_time_conditioned_denoiser(given):
   """A denoiser whose logits move with t: the ancestral sampler skipping the steps

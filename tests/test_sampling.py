@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from vmd_jax import exact
-from vmd_jax.sampling import ORDERS, draw_tokens, sample, top_p_logits
-from vmd_jax.schedules import get_schedule
+from vmd_jax.sampling import (ORDERS, confidence_reveal_counts, draw_tokens, sample,
+                              top_p_logits)
+from vmd_jax.schedules import get_schedule, time_grid
 
 V, N, S = 3, 3, 20000
 # Expected TV of an empirical histogram of S draws over 27 cells is ~0.5 * sum_k
@@ -204,13 +205,49 @@ def test_confidence_orders_stop_when_nothing_is_left(order):
   grid = np.linspace(1.0, 0.0, steps + 1)
   left, expected = length, []
   for i in range(steps):
-    keep = 0 if i == steps - 1 else int(np.floor(
-        left * (1 - schedule.alpha(grid[i + 1])) / (1 - schedule.alpha(grid[i])) + 1e-6))
+    keep = 0 if i == steps - 1 or left == 0 else min(left - 1, int(np.floor(
+        left * (1 - schedule.alpha(grid[i + 1])) / (1 - schedule.alpha(grid[i])) + 1e-6)))
     expected += [i] * (left - keep)
     left = keep
-  assert int(nfe) == len(set(expected)) <= length
+  assert int(nfe) == len(set(expected)) == length
   for row in np.asarray(x):
     np.testing.assert_array_equal(np.sort(row), expected)
+
+
+@pytest.mark.parametrize("schedule,grid,steps,length", [
+    ("cosine", "cosine", 64, 8), ("cosine", "cosine", 1000, 50), ("cosine", "cosine", 256, 16),
+    ("cosine", "cosine", 8, 20), ("linear", "cosine", 64, 8), ("loglinear", "linear", 1000, 50)])
+@pytest.mark.parametrize("order", ["top_prob", "random"])
+def test_confidence_orders_reveal_at_every_step(order, schedule, grid, steps, length):
+  """min(T, m) calls and, for T >= m, one token per step at t_0 .. t_{m-1}. Under
+  the cosine schedule and grid the ratio (1 - alpha(t_1)) / (1 - alpha(t_0))
+  rounds to 1 in float32, and the plain floor used to reveal nothing at the first
+  steps (nfe 9 for T = 64, m = 8; 71 for T = 1000, m = 50)."""
+  sched = get_schedule(schedule)
+  times = time_grid(steps, grid)
+  def recorder(xt, t):  # the value is the grid step of the call's time
+    step = jnp.argmin(jnp.abs(times[None, :] - t[:, None]), axis=1)
+    return jnp.broadcast_to(10.0 * jax.nn.one_hot(step, steps + 1)[:, None],
+                            xt.shape + (steps + 1,))
+  x_init = jnp.full((2, length), steps + 1, jnp.int32)
+  x, nfe = sample(recorder, jax.random.key(0), x_init, steps, sched, order=order, grid=grid,
+                  temperature=0.0, return_nfe=True)
+  assert int(nfe) == min(steps, length)
+  counts = np.asarray(confidence_reveal_counts(jnp.array([length]), steps, sched, grid))[0]
+  assert counts.sum() == length and np.all(counts[:min(steps, length)] >= 1)
+  for row in np.asarray(x):
+    revealed_at = np.bincount(row, minlength=steps)
+    np.testing.assert_array_equal(revealed_at, counts)
+    if steps >= length:
+      np.testing.assert_array_equal(np.sort(row), np.arange(length))
+
+
+def test_confidence_counts_keep_the_equal_share_of_the_linear_schedule():
+  linear = get_schedule("linear")
+  counts = confidence_reveal_counts(jnp.array([8, 51, 3, 0]), 4, linear, "linear")
+  np.testing.assert_array_equal(counts[:2], [[2, 2, 2, 2], [13, 13, 13, 12]])
+  np.testing.assert_array_equal(counts[2:], [[1, 1, 1, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(confidence_reveal_counts(jnp.array([51]), 3, linear), [[17] * 3])
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])

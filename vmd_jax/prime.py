@@ -518,8 +518,8 @@ def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, al
                    (all when ``last``);
   first_hitting    one masked digit per sequence, uniformly;
   top_prob, top_prob_margin, random
-                   the m - floor(m (1 - alpha_s) / (1 - alpha_t)) most confident
-                   units (none kept when ``last``), m the masked units: with
+                   the m - min(floor(m (1 - alpha_s) / (1 - alpha_t)), m - 1) most
+                   confident units (none kept when ``last``), m the masked units: with
                    ``unit="token"`` positions with a masked digit (confidence of
                    the renormalised token distribution; all their masked digits
                    are revealed), with ``unit="digit"`` masked digits (confidence of
@@ -573,11 +573,15 @@ def _candidates(masked, unit):
 
 
 def _confidence_count(candidates, alpha_t, alpha_s, last):
-  """m - floor(m (1 - alpha_s) / (1 - alpha_t)) units to reveal (m when ``last``),
-  m = the candidates per row, int32 [B]."""
+  """m - min(floor(m (1 - alpha_s) / (1 - alpha_t)), m - 1) units to reveal (m
+  when ``last``; 0 when m = 0), m = the candidates per row, int32 [B]. The ratio
+  is < 1, so the floor alone is at most m - 1; the min keeps that where float32
+  rounds it to 1 (near t = 1, cosine schedule), so every step with a masked unit
+  reveals one (as ``sampling.confidence_reveal_counts``)."""
   num_masked = jnp.sum(candidates, axis=-1)
   keep = jnp.floor(num_masked * (1.0 - alpha_s) / (1.0 - alpha_t) + 1e-6).astype(jnp.int32)
-  return num_masked - jnp.where(last, 0, keep)  # 1e-6: round-off
+  keep = jnp.minimum(keep, jnp.maximum(num_masked - 1, 0))  # 1e-6: round-off
+  return num_masked - jnp.where(last, 0, keep)
 
 
 def reveals_any(key, x, code: DigitCode, order: str, *, alpha_t=None, alpha_s=None,

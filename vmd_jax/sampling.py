@@ -19,8 +19,8 @@ first_hitting
   (1 - alpha(1)); tokens are revealed one per call, latest tau first, each from
   the logits at its own tau. ``num_steps`` is ignored.
 top_prob, top_prob_margin, random
-  Step i keeps floor(m (1 - alpha(t_{i+1})) / (1 - alpha(t_i))) of the m masks
-  (none at the last step) and reveals the others with the highest max
+  Step i keeps floor(m (1 - alpha(t_{i+1})) / (1 - alpha(t_i))) of the m masks,
+  at most m - 1 (none at the last step) and reveals the others with the highest max
   probability, the highest gap between the two most likely values (Kim et al.
   2025), or at random.
 
@@ -35,9 +35,12 @@ reveal steps of any one sequence), whatever the batch size. ``skip_idle=False``
 calls at every grid step instead (md4's loop); the randomness is drawn per
 (sequence, step), so both give the same samples for the same key.
 
-The confidence orders have no idle step to skip: floor(m r) < m for r < 1, so
-every step reveals at least one token until none is left, and a sequence is
-done after min(T, m) calls (with T >= m, one token per step at t_0 .. t_{m-1}).
+The confidence orders have no idle step to skip: floor(m r) < m for r < 1 (and
+``confidence_reveal_counts`` keeps that where float32 rounds r to 1), so every
+step reveals at least one token until none is left, and a sequence is done after
+at most min(T, m) calls: exactly min(T, m), with T >= m one token per step at
+t_0 .. t_{m-1}, unless a step's share is more than one token (polynomial k = 3
+near t = 1; not the linear, cosine or loglinear schedule).
 Their counts depend on m alone (``confidence_reveal_counts``), and a sequence
 whose masks are all revealed stops being updated. First hitting makes one call
 per masked token. ``return_nfe=True`` also returns the calls made (batch calls,
@@ -170,9 +173,13 @@ def first_hitting_times(key, shape, schedule):
 
 def confidence_reveal_counts(num_masked, num_steps: int, schedule, grid: str = "linear"):
   """Tokens the confidence orders reveal at each step, int32 [B, T], from the
-  masks m_0 = num_masked [B]: m_{i+1} = floor(m_i (1 - alpha(t_{i+1})) /
-  (1 - alpha(t_i))) (an equal share per step under the linear schedule and
-  grid), m_T = 0; step i reveals m_i - m_{i+1}."""
+  masks m_0 = num_masked [B]: m_{i+1} = min(floor(m_i (1 - alpha(t_{i+1})) /
+  (1 - alpha(t_i))), m_i - 1) for m_i > 0 (an equal share per step under the
+  linear schedule and grid), m_T = 0; step i reveals m_i - m_{i+1}.
+
+  The ratio is < 1, so the floor alone is at most m_i - 1; the min keeps that
+  true where float32 rounds the ratio to 1 (near t = 1 under the cosine
+  schedule), so every step with masks left reveals at least one token."""
   alpha = schedule.alpha(time_grid(num_steps, grid))
   ratio = (1.0 - alpha[1:]) / (1.0 - alpha[:-1])
   is_last = jnp.arange(num_steps) == num_steps - 1
@@ -180,6 +187,8 @@ def confidence_reveal_counts(num_masked, num_steps: int, schedule, grid: str = "
   def step(left, xs):
     r, last = xs
     keep = jnp.floor(left * r + 1e-6).astype(jnp.int32)  # 1e-6: round-off
+    # r < 1 exactly, so floor(m r) <= m - 1; float32 rounds r to 1 near t = 1.
+    keep = jnp.minimum(keep, jnp.maximum(left - 1, 0))
     keep = jnp.where(last, 0, keep)
     return keep, left - keep
 
