@@ -361,7 +361,7 @@ def joint():
 
 
 @functools.partial(jit, static_argnums=(0, 3, 4), static_argnames=(
-    "schedule", "unit", "temperature", "top_p", "reuse_logits"))
+    "schedule", "unit", "temperature", "top_p", "skip_idle"))
 def _sample(denoise, key, x_init, order, num_steps, schedule="linear", **kw):
   return prime.sample(denoise, key, x_init, num_steps, get_schedule(schedule, eps=0.0), CODE,
                       order=order, return_nfe=True, return_idle=True, **kw)
@@ -563,7 +563,7 @@ def test_nfe_and_idle_counts(joint):
   _, denoise = joint
   sched = get_schedule("linear")
   one = jnp.full((1, N, L), CODE.mask_id, jnp.int32)
-  run = jit(lambda k: [prime.sample(denoise, k, one, 200, sched, CODE, reuse_logits=reuse,
+  run = jit(lambda k: [prime.sample(denoise, k, one, 200, sched, CODE, skip_idle=reuse,
                                     return_nfe=True, return_idle=True)
                        for reuse in (True, False)])
   for seed in range(4):
@@ -598,7 +598,7 @@ def test_confidence_orders_reveal_at_every_step_under_the_cosine_schedule(steps,
   x_init = jnp.full((2, length, 2), code.mask_id, jnp.int32)
   for skip in (True, False):
     d, nfe = jit(lambda k: prime.sample(recorder, k, x_init, steps, sched, code, "top_prob",
-                                        grid="cosine", temperature=0.0, reuse_logits=skip,
+                                        grid="cosine", temperature=0.0, skip_idle=skip,
                                         return_nfe=True))(jax.random.key(0))
     assert int(nfe) == (length if skip else steps)
     for row in np.asarray(code.from_digits(d)):
@@ -631,7 +631,7 @@ def test_skipping_steps_is_exact_for_a_time_conditioned_denoiser(given):
   if given:  # the first digit of position 0 given as 1
     x_init = x_init.at[:, 0, 0].set(1)
   run = jit(lambda k: [prime.sample(moving, k, x_init, 300, sched, CODE, "ancestral",
-                                    reuse_logits=reuse, return_nfe=True)
+                                    skip_idle=reuse, return_nfe=True)
                        for reuse in (True, False)])
   for seed in range(3):
     (skipped, nfe), (every, nfe_every) = run(jax.random.key(seed))
@@ -698,6 +698,29 @@ def test_samplers_name_logits_of_the_wrong_shape():
                                          r"expected " + expected):
       prime.block_sample(one_position, prefill, jax.random.key(0), x_init, 2, 1, LINEAR0,
                          CODE, use_cache=use_cache)
+
+
+def test_sampler_options_have_the_names_and_defaults_of_vmd_jax_sampling(joint):
+  """prime.sample and prime.block_sample take sampling.sample's options under the
+  same names and defaults (prime.sample's skip_idle was called reuse_logits, and
+  prime.block_sample rejected skip_idle); the block sampler passes skip_idle on."""
+  import inspect
+  from vmd_jax import block, sampling
+  shared = ("temperature", "top_p", "grid", "skip_idle", "return_nfe")
+  want = inspect.signature(sampling.sample).parameters
+  for fn in (prime.sample, prime.block_sample, block.block_sample):
+    params = inspect.signature(fn).parameters
+    for name in shared:
+      assert name in params and params[name].default == want[name].default, (fn, name)
+  _, denoise = joint
+  block_denoise = lambda x, t, *a, **kw: denoise(x, t[:, 0])
+  x_init = jnp.full((2, N, L), CODE.mask_id, jnp.int32)
+  run = jit(lambda k, skip: prime.block_sample(
+      block_denoise, None, k, x_init, 1, 50, LINEAR0, CODE, use_cache=False, skip_idle=skip,
+      return_nfe=True), static_argnums=1)
+  (skipped, nfe), (every, nfe_every) = run(jax.random.key(2), True), run(jax.random.key(2), False)
+  np.testing.assert_array_equal(skipped, every)
+  assert int(nfe) <= 2 * N * L < int(nfe_every) == N * 50  # a call when a row reveals
 
 
 def test_traced_temperature_and_top_p(joint):

@@ -600,7 +600,7 @@ def reveals_any(key, x, code: DigitCode, order: str, *, alpha_t=None, alpha_s=No
 
 def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: DigitCode,
            order: str = "ancestral", *, unit: str = "token", temperature: float = 1.0,
-           top_p: float | None = None, grid: str = "linear", reuse_logits: bool = True,
+           top_p: float | None = None, grid: str = "linear", skip_idle: bool = True,
            return_nfe: bool = False, return_idle: bool = False):
   """Generates the masked digits of ``x_init`` (int digits [B, N, l], mask id b).
 
@@ -633,10 +633,11 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     temperature, top_p: applied to the renormalised token distribution
       (temperature finite and >= 0, 0 is greedy; top_p in (0, 1] or None).
     grid: "linear" or "cosine" (``schedules.time_grid``).
-    reuse_logits: skip the network at a step that reveals no digit of any row
+    skip_idle: skip the network at a step that reveals no digit of any row
       (``reveals_any``, decided before the call); exact for any denoiser, time-
       conditioned ones included, since a step that reveals nothing changes nothing
       (then ``nfe`` = T - idle steps for one sequence). False: a call every step.
+      (The name and default of ``vmd_jax.sampling.sample``'s.)
     return_nfe: also return the number of network calls (int32 scalar).
     return_idle: also return, per sequence, the number of steps in which no digit
       changed (int32 [B]).
@@ -683,7 +684,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     t, s = step_times(i, x, t_prev, time_key)
     step = dict(alpha_t=schedule.alpha(t), alpha_s=schedule.alpha(s), last=i == num_iters - 1,
                 unit=unit)
-    call = (jnp.any(reveals_any(step_key, x, code, order, **step)) if reuse_logits
+    call = (jnp.any(reveals_any(step_key, x, code, order, **step)) if skip_idle
             else jnp.bool_(True))
     x_new = jax.lax.cond(
         call,
@@ -809,17 +810,21 @@ def block_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode,
 
 def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
                  block_size: int, num_steps_per_block: int, schedule, code: DigitCode,
-                 order: str = "ancestral", *, use_cache: bool = True, z=None,
-                 return_nfe: bool = False, **sample_kwargs):
+                 order: str = "ancestral", *, unit: str = "token",
+                 temperature: float = 1.0, top_p: float | None = None,
+                 grid: str = "linear", skip_idle: bool = True, use_cache: bool = True,
+                 z=None, return_nfe: bool = False):
   """Generates the masked digits of x_init [B, L, l] block by block, left to right.
 
-  Block b is ``sample`` (any order, ``sample_kwargs``: unit, temperature, top_p,
-  grid, reuse_logits; key fold_in(key, b)) with a denoiser that sees block b at
-  time t and the clean blocks < b, read from ``block``'s KV cache (else
-  recomputed with ``block.block_causal_mask``; same logits). The cache machinery
-  works on [B, L] ints, so digits travel through it packed (``DigitCode.pack``)
-  and are unpacked before the network. Interface as ``block.block_sample``;
-  denoise_fn and prefill_fn take digits [B, n, l].
+  Block b is ``sample`` (any order; unit, temperature, top_p, grid and skip_idle
+  as there; key fold_in(key, b)) with a denoiser that sees block b at time t and
+  the clean blocks < b, read from ``block``'s KV cache (else recomputed with
+  ``block.block_causal_mask``; same logits). The cache machinery works on [B, L]
+  ints, so digits travel through it packed (``DigitCode.pack``) and are unpacked
+  before the network. Interface as ``block.block_sample`` (denoise_fn and
+  prefill_fn take digits [B, n, l]), except: ``code`` gives V (no
+  ``vocab_size``), ``unit`` is Prime's, and every cached call attends over the
+  whole cache (no ``cache_segments``).
 
   Returns:
     int [B, L, l] digits, or (digits, nfe) with ``return_nfe`` (prefill calls
@@ -844,7 +849,8 @@ def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
       fn = lambda xb, t: block.uncached_block_logits(packed_denoise, code.pack(xb), t, b,
                                                      code.pack(x), block_size, z=z)
     x_block, calls = sample(fn, jax.random.fold_in(key, b), x_block, num_steps_per_block,
-                            schedule, code, order, return_nfe=True, **sample_kwargs)
+                            schedule, code, order, unit=unit, temperature=temperature,
+                            top_p=top_p, grid=grid, skip_idle=skip_idle, return_nfe=True)
     x = jax.lax.dynamic_update_slice_in_dim(x, x_block, b * block_size, axis=1)
     if use_cache:
       cache = jax.lax.cond(
