@@ -579,8 +579,8 @@ def _confidence_count(candidates, alpha_t, alpha_s, last):
   rounds it to 1 (near t = 1, cosine schedule), so every step with a masked unit
   reveals one (as ``sampling.confidence_reveal_counts``)."""
   num_masked = jnp.sum(candidates, axis=-1)
-  keep = jnp.floor(num_masked * (1.0 - alpha_s) / (1.0 - alpha_t) + 1e-6).astype(jnp.int32)
-  keep = jnp.minimum(keep, jnp.maximum(num_masked - 1, 0))  # 1e-6: round-off
+  keep = jnp.floor(num_masked * (1.0 - alpha_s) / (1.0 - alpha_t) + 1e-6)  # 1e-6: round-off
+  keep = jnp.minimum(keep.astype(jnp.int32), jnp.maximum(num_masked - 1, 0))
   return num_masked - jnp.where(last, 0, keep)
 
 
