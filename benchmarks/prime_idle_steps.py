@@ -1,7 +1,7 @@
 """Idle-step ratio of the ancestral sampler under partial masking (MDM-Prime).
 
 An idle step changes no digit of x_t, so a network call there is wasted (or
-skipped by ``reuse_logits``). Which digits the ancestral sampler reveals at each
+skipped by ``skip_idle``). Which digits the ancestral sampler reveals at each
 step does not depend on the network: from a fully masked start each of the N l
 digits is revealed at step i with probability (alpha(t_{i+1}) - alpha(t_i)) /
 (1 - alpha(t_i)) if still masked, all remaining ones at the last step. So the

@@ -341,6 +341,36 @@ def test_prefix_segments_cover_the_blocks_with_enough_prefix():
                        jnp.full((1, 4), 2), 2, 1, get_schedule("linear"), cache_segments=0)
 
 
+@pytest.mark.parametrize("use_cache", [False, True])
+@pytest.mark.parametrize("vocab_size", [None, V])
+def test_block_sampler_names_logits_of_the_wrong_shape(use_cache, vocab_size):
+  """A network returning one position's logits [B, 1, V]: a one-line ValueError
+  naming its shape and the expected one, cached ([B, L', V]) or not ([B, L, V];
+  also the uncached probe that infers V when it is not given)."""
+  one_position = lambda x, *a, **kw: jnp.zeros((x.shape[0], 1, V))
+  prefill = lambda x, *a, **kw: [(jnp.zeros(x.shape[:2] + (1,)),) * 2]
+  expected = (r"\[B, L', V\] = \(2, 2, \?\)" if use_cache and vocab_size
+              else r"\[B, L, V\] = \(2, 4, \?\)")
+  with pytest.raises(ValueError, match=r"denoise_fn returned logits of shape \(2, 1, 3\), "
+                                       r"expected " + expected):
+    block.block_sample(one_position, prefill, jax.random.key(0), jnp.full((2, L), V), 2, 2,
+                       get_schedule("linear"), vocab_size=vocab_size, use_cache=use_cache)
+
+
+def test_block_sampler_takes_traced_temperature_and_top_p():
+  """temperature and top_p as jit arguments: the same samples as the concrete
+  values from the same key (they used to raise TracerBoolConversionError)."""
+  table = jnp.asarray(np.random.default_rng(3).normal(size=(V + 1, V)), jnp.float32)
+  denoise = lambda x, t, *a, **kw: table[x] + t[..., None]
+  run = lambda key, temperature, top_p: block.block_sample(
+      denoise, None, key, jnp.full((64, L), V), 2, 2, get_schedule("linear"), "top_prob",
+      temperature=temperature, top_p=top_p, use_cache=False)
+  key = jax.random.key(7)
+  for temperature, top_p in [(0.7, 0.6), (0.0, 0.6)]:
+    np.testing.assert_array_equal(jax.jit(run)(key, temperature, top_p),
+                                  jax.jit(lambda k: run(k, temperature, top_p))(key))
+
+
 def test_block_sampler_skips_idle_steps_exactly(sampler_model):
   """100 ancestral steps per block with a time-conditioned network: same key, same
   samples with and without the calls at idle steps; at most L' - 1 calls per block

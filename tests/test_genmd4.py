@@ -364,6 +364,41 @@ def test_sampler_rejects_top_p_outside_zero_one(top_p):
     genmd4.sample(_ZERO4, jax.random.key(0), jnp.full((1, 3), 4), 3, _PARAMS4, top_p=top_p)
 
 
+@pytest.mark.parametrize("shape", [(6, 4), (2, 1, 4), (2, 4, 6)])
+def test_sampler_names_logits_of_the_wrong_shape(shape):
+  """[N, V], [B, 1, V] and [B, V, N] logits for x_init [2, 6]: a one-line
+  ValueError with both shapes (the [B, 1, V] case used to fail inside lax.cond)."""
+  expected = rf"denoise_fn returned logits of shape \({', '.join(map(str, shape))}\), " \
+             rf"expected \[B, N, V\] = \(2, 6, 4\)"
+  with pytest.raises(ValueError, match=expected):
+    genmd4.sample(lambda x, t: jnp.zeros(shape), jax.random.key(0), jnp.full((2, 6), 4), 3,
+                  _PARAMS4)
+
+
+@pytest.mark.parametrize("temperature", [-1.0, float("nan")])
+def test_sampler_rejects_negative_or_nan_temperature(temperature):
+  with pytest.raises(ValueError, match=r"temperature must be a finite number >= 0 "
+                                       r"\(0: greedy\), got"):
+    genmd4.sample(_ZERO4, jax.random.key(0), jnp.full((1, 3), 4), 3, _PARAMS4,
+                  temperature=temperature)
+
+
+def test_sampler_takes_traced_temperature_and_top_p():
+  """temperature and top_p as jit arguments draw what the same concrete values
+  draw from the same key (they used to raise TracerBoolConversionError); a traced
+  temperature of 0 is exactly greedy."""
+  denoise = table_denoiser(4, 3)
+  params = genmd4.params_from_exponents(jnp.array(UNEQUAL[0]))
+  x_init = jnp.full((256, 3), V, jnp.int32)
+  run = lambda key, temperature, top_p: genmd4.sample(
+      denoise, key, x_init, 4, params, temperature=temperature, top_p=top_p)
+  traced = jax.jit(run)
+  key = jax.random.key(6)
+  for temperature, top_p in [(0.7, 0.6), (0.0, 0.6), (1.0, 1.0)]:
+    want = jax.jit(lambda k: run(k, temperature, top_p))(key)
+    np.testing.assert_array_equal(traced(key, temperature, top_p), want)
+
+
 def test_checked_rloo_loss_raises_under_jit():
   from jax.experimental import checkify
   from vmd_jax import forward

@@ -361,7 +361,7 @@ def joint():
 
 
 @functools.partial(jit, static_argnums=(0, 3, 4), static_argnames=(
-    "schedule", "unit", "temperature", "top_p", "reuse_logits"))
+    "schedule", "unit", "temperature", "top_p", "skip_idle"))
 def _sample(denoise, key, x_init, order, num_steps, schedule="linear", **kw):
   return prime.sample(denoise, key, x_init, num_steps, get_schedule(schedule, eps=0.0), CODE,
                       order=order, return_nfe=True, return_idle=True, **kw)
@@ -563,7 +563,7 @@ def test_nfe_and_idle_counts(joint):
   _, denoise = joint
   sched = get_schedule("linear")
   one = jnp.full((1, N, L), CODE.mask_id, jnp.int32)
-  run = jit(lambda k: [prime.sample(denoise, k, one, 200, sched, CODE, reuse_logits=reuse,
+  run = jit(lambda k: [prime.sample(denoise, k, one, 200, sched, CODE, skip_idle=reuse,
                                     return_nfe=True, return_idle=True)
                        for reuse in (True, False)])
   for seed in range(4):
@@ -579,6 +579,38 @@ def test_nfe_and_idle_counts(joint):
   _, nfe, _ = draw(denoise, "top_prob", N, x_init=jnp.zeros((S, N, L), jnp.int32),
                    unit="token")
   assert int(nfe) == 0  # nothing to generate: no call
+
+
+@pytest.mark.parametrize("steps,length", [(64, 8), (256, 16)])
+def test_confidence_orders_reveal_at_every_step_under_the_cosine_schedule(steps, length):
+  """Cosine schedule and grid, where float32 rounds the first steps' ratio
+  (1 - alpha(t_1)) / (1 - alpha(t_0)) to 1 and the plain floor revealed nothing
+  there: one token per step at t_0 .. t_{m-1} (a denoiser whose value is its
+  call's grid step records them), m calls; the digit unit also reveals one digit
+  at the first step."""
+  code = prime.DigitCode(steps + 1, 2)
+  sched = get_schedule("cosine")
+  times = time_grid(steps, "cosine")
+  def recorder(x_t, t):
+    step = jnp.argmin(jnp.abs(times[None, :] - t[:, None]), axis=1)
+    return jnp.broadcast_to(10.0 * jax.nn.one_hot(step, steps + 1)[:, None],
+                            x_t.shape[:2] + (steps + 1,))
+  x_init = jnp.full((2, length, 2), code.mask_id, jnp.int32)
+  for skip in (True, False):
+    d, nfe = jit(lambda k: prime.sample(recorder, k, x_init, steps, sched, code, "top_prob",
+                                        grid="cosine", temperature=0.0, skip_idle=skip,
+                                        return_nfe=True))(jax.random.key(0))
+    assert int(nfe) == (length if skip else steps)
+    for row in np.asarray(code.from_digits(d)):
+      np.testing.assert_array_equal(np.sort(row), np.arange(length))
+  logits = jnp.zeros((2, length, steps + 1))
+  for unit in ("token", "digit"):
+    y = prime.reveal_step(jax.random.key(1), x_init, logits, code, "random",
+                          alpha_t=sched.alpha(times[0]), alpha_s=sched.alpha(times[1]),
+                          unit=unit)
+    revealed = np.asarray(y != code.mask_id)
+    revealed = revealed.any(-1) if unit == "token" else revealed.reshape(2, -1)
+    np.testing.assert_array_equal(revealed.sum(-1), [1, 1])
 
 
 @pytest.mark.parametrize("given", [False, True])
@@ -599,7 +631,7 @@ def test_skipping_steps_is_exact_for_a_time_conditioned_denoiser(given):
   if given:  # the first digit of position 0 given as 1
     x_init = x_init.at[:, 0, 0].set(1)
   run = jit(lambda k: [prime.sample(moving, k, x_init, 300, sched, CODE, "ancestral",
-                                    reuse_logits=reuse, return_nfe=True)
+                                    skip_idle=reuse, return_nfe=True)
                        for reuse in (True, False)])
   for seed in range(3):
     (skipped, nfe), (every, nfe_every) = run(jax.random.key(seed))
@@ -641,6 +673,75 @@ def test_temperature_zero_and_bad_arguments(joint):
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
       prime.sample(denoise, jax.random.key(0), jnp.full((1, N, L), 3), 2, LINEAR0, CODE,
                    top_p=top_p)
+  for temperature in (-1.0, float("nan")):
+    with pytest.raises(ValueError, match=r"temperature must be a finite number >= 0"):
+      prime.sample(denoise, jax.random.key(0), jnp.full((1, N, L), 3), 2, LINEAR0, CODE,
+                   temperature=temperature)
+
+
+def test_samplers_name_logits_of_the_wrong_shape():
+  """A denoiser returning [B, 1, V] (used to broadcast silently) or V + 1 values:
+  a one-line ValueError with both shapes, from the sampler and the block sampler
+  (the network's own output checked before the block is sliced out)."""
+  x_init = jnp.full((2, 4, L), CODE.mask_id, jnp.int32)
+  for shape in [(2, 1, V), (2, 4, V + 1)]:
+    with pytest.raises(ValueError, match=rf"denoise_fn returned logits of shape "
+                                         rf"\({shape[0]}, {shape[1]}, {shape[2]}\), "
+                                         rf"expected \[B, N, V\] = \(2, 4, {V}\)"):
+      prime.sample(lambda x_t, t: jnp.zeros(shape), jax.random.key(0), x_init, 2, LINEAR0,
+                   CODE)
+  one_position = lambda x, *a, **kw: jnp.zeros((x.shape[0], 1, V))
+  prefill = lambda x, *a, **kw: [(jnp.zeros(x.shape[:2] + (1,)),) * 2]
+  for use_cache, expected in [(False, r"\[B, L, V\] = \(2, 4, \?\)"),
+                              (True, r"\[B, L', V\] = \(2, 2, \?\)")]:
+    with pytest.raises(ValueError, match=r"denoise_fn returned logits of shape \(2, 1, 5\), "
+                                         r"expected " + expected):
+      prime.block_sample(one_position, prefill, jax.random.key(0), x_init, 2, 1, LINEAR0,
+                         CODE, use_cache=use_cache)
+
+
+def test_sampler_options_have_the_names_and_defaults_of_vmd_jax_sampling(joint):
+  """prime.sample and prime.block_sample take sampling.sample's options under the
+  same names and defaults (prime.sample's skip_idle was called reuse_logits, and
+  prime.block_sample rejected skip_idle); the block sampler passes skip_idle on."""
+  import inspect
+  from vmd_jax import block, sampling
+  shared = ("temperature", "top_p", "grid", "skip_idle", "return_nfe")
+  want = inspect.signature(sampling.sample).parameters
+  for fn in (prime.sample, prime.block_sample, block.block_sample):
+    params = inspect.signature(fn).parameters
+    for name in shared:
+      assert name in params and params[name].default == want[name].default, (fn, name)
+  _, denoise = joint
+  block_denoise = lambda x, t, *a, **kw: denoise(x, t[:, 0])
+  x_init = jnp.full((2, N, L), CODE.mask_id, jnp.int32)
+  run = jit(lambda k, skip: prime.block_sample(
+      block_denoise, None, k, x_init, 1, 50, LINEAR0, CODE, use_cache=False, skip_idle=skip,
+      return_nfe=True), static_argnums=1)
+  (skipped, nfe), (every, nfe_every) = run(jax.random.key(2), True), run(jax.random.key(2), False)
+  np.testing.assert_array_equal(skipped, every)
+  assert int(nfe) <= 2 * N * L < int(nfe_every) == N * 50  # a call when a row reveals
+
+
+def test_traced_temperature_and_top_p(joint):
+  """temperature and top_p as jit arguments draw what the same concrete values
+  draw from the same key (they used to raise TracerBoolConversionError), also in
+  the block sampler; a traced temperature of 0 is exactly greedy."""
+  _, denoise = joint
+  x_init = jnp.full((128, N, L), CODE.mask_id, jnp.int32)
+  run = lambda key, temperature, top_p: prime.sample(
+      denoise, key, x_init, 2, LINEAR0, CODE, "top_prob", temperature=temperature,
+      top_p=top_p)
+  block_denoise = lambda x, t, *a, **kw: denoise(x, t[:, 0])
+  run_blocks = lambda key, temperature, top_p: prime.block_sample(
+      block_denoise, None, key, x_init, 1, 2, LINEAR0, CODE, use_cache=False,
+      temperature=temperature, top_p=top_p)
+  key = jax.random.key(5)
+  for fn in (run, run_blocks):
+    traced = jit(fn)
+    for temperature, top_p in [(0.7, 0.6), (0.0, 0.6)]:
+      want = jit(lambda k: fn(k, temperature, top_p))(key)
+      np.testing.assert_array_equal(traced(key, temperature, top_p), want)
 
 
 # ----------------------------------------------------------------------------

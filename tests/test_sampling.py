@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from vmd_jax import exact
-from vmd_jax.sampling import ORDERS, sample, top_p_logits
-from vmd_jax.schedules import get_schedule
+from vmd_jax.sampling import (ORDERS, confidence_reveal_counts, draw_tokens, sample,
+                              top_p_logits)
+from vmd_jax.schedules import get_schedule, time_grid
 
 V, N, S = 3, 3, 20000
 # Expected TV of an empirical histogram of S draws over 27 cells is ~0.5 * sum_k
@@ -204,13 +205,49 @@ def test_confidence_orders_stop_when_nothing_is_left(order):
   grid = np.linspace(1.0, 0.0, steps + 1)
   left, expected = length, []
   for i in range(steps):
-    keep = 0 if i == steps - 1 else int(np.floor(
-        left * (1 - schedule.alpha(grid[i + 1])) / (1 - schedule.alpha(grid[i])) + 1e-6))
+    keep = 0 if i == steps - 1 or left == 0 else min(left - 1, int(np.floor(
+        left * (1 - schedule.alpha(grid[i + 1])) / (1 - schedule.alpha(grid[i])) + 1e-6)))
     expected += [i] * (left - keep)
     left = keep
-  assert int(nfe) == len(set(expected)) <= length
+  assert int(nfe) == len(set(expected)) == length
   for row in np.asarray(x):
     np.testing.assert_array_equal(np.sort(row), expected)
+
+
+@pytest.mark.parametrize("schedule,grid,steps,length", [
+    ("cosine", "cosine", 64, 8), ("cosine", "cosine", 1000, 50), ("cosine", "cosine", 256, 16),
+    ("cosine", "cosine", 8, 20), ("linear", "cosine", 64, 8), ("loglinear", "linear", 1000, 50)])
+@pytest.mark.parametrize("order", ["top_prob", "random"])
+def test_confidence_orders_reveal_at_every_step(order, schedule, grid, steps, length):
+  """min(T, m) calls and, for T >= m, one token per step at t_0 .. t_{m-1}. Under
+  the cosine schedule and grid the ratio (1 - alpha(t_1)) / (1 - alpha(t_0))
+  rounds to 1 in float32, and the plain floor used to reveal nothing at the first
+  steps (nfe 9 for T = 64, m = 8; 71 for T = 1000, m = 50)."""
+  sched = get_schedule(schedule)
+  times = time_grid(steps, grid)
+  def recorder(xt, t):  # the value is the grid step of the call's time
+    step = jnp.argmin(jnp.abs(times[None, :] - t[:, None]), axis=1)
+    return jnp.broadcast_to(10.0 * jax.nn.one_hot(step, steps + 1)[:, None],
+                            xt.shape + (steps + 1,))
+  x_init = jnp.full((2, length), steps + 1, jnp.int32)
+  x, nfe = sample(recorder, jax.random.key(0), x_init, steps, sched, order=order, grid=grid,
+                  temperature=0.0, return_nfe=True)
+  assert int(nfe) == min(steps, length)
+  counts = np.asarray(confidence_reveal_counts(jnp.array([length]), steps, sched, grid))[0]
+  assert counts.sum() == length and np.all(counts[:min(steps, length)] >= 1)
+  for row in np.asarray(x):
+    revealed_at = np.bincount(row, minlength=steps)
+    np.testing.assert_array_equal(revealed_at, counts)
+    if steps >= length:
+      np.testing.assert_array_equal(np.sort(row), np.arange(length))
+
+
+def test_confidence_counts_keep_the_equal_share_of_the_linear_schedule():
+  linear = get_schedule("linear")
+  counts = confidence_reveal_counts(jnp.array([8, 51, 3, 0]), 4, linear, "linear")
+  np.testing.assert_array_equal(counts[:2], [[2, 2, 2, 2], [13, 13, 13, 12]])
+  np.testing.assert_array_equal(counts[2:], [[1, 1, 1, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(confidence_reveal_counts(jnp.array([51]), 3, linear), [[17] * 3])
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
@@ -276,6 +313,18 @@ def test_top_p_outside_zero_one_is_rejected(top_p):
     top_p_logits(jnp.zeros((1, V)), top_p)
 
 
+@pytest.mark.parametrize("temperature", [-1.0, float("nan"), float("inf")])
+def test_temperature_negative_or_not_finite_is_rejected(temperature):
+  """-1 used to sample the inverted distribution and NaN token 0 everywhere."""
+  zero = lambda x, t: jnp.zeros(x.shape + (V,))
+  message = r"temperature must be a finite number >= 0 \(0: greedy\), got "
+  with pytest.raises(ValueError, match=message):
+    sample(zero, jax.random.key(0), jnp.full((1, N), V), 2, get_schedule("linear"),
+           temperature=temperature)
+  with pytest.raises(ValueError, match=message):
+    draw_tokens(jax.random.key(0), jnp.zeros((1, V)), temperature)
+
+
 def test_temperature_and_top_p_change_the_draws(joint):
   p, denoise = joint
   x, _ = draw(denoise, "ancestral", 1, temperature=0.0)
@@ -284,6 +333,47 @@ def test_temperature_and_top_p_change_the_draws(joint):
           for n in range(N)]
   np.testing.assert_array_equal(np.asarray(x[0]), mode)
   assert bool(jnp.all(x == x[0]))
+
+
+@pytest.mark.parametrize("order", ["ancestral", "first_hitting", "top_prob"])
+@pytest.mark.parametrize("shape", [(4, V), (2, 1, V), (2, V, 4)])
+def test_logits_of_the_wrong_shape_are_named(order, shape):
+  """[N, V] (batch dropped), [B, 1, V] (one position, which used to give every
+  position revealed at a step the same drawn value) and [B, V, N] (axes swapped)
+  for x_init [2, 4]: a one-line ValueError with both shapes, V given or inferred."""
+  wrong = lambda x, t: jnp.zeros(shape)
+  x_init = jnp.full((2, 4), V, jnp.int32)
+  expected = rf"denoise_fn returned logits of shape \({', '.join(map(str, shape))}\), " \
+             rf"expected \[B, N, V\] = \(2, 4, {shape[-1]}\)"
+  with pytest.raises(ValueError, match=expected):
+    sample(wrong, jax.random.key(0), x_init, 4, get_schedule("linear"), order=order)
+  with pytest.raises(ValueError, match=r"expected \[B, N, V\] = \(2, 4, 3\)"):
+    sample(wrong, jax.random.key(0), x_init, 4, get_schedule("linear"), order=order,
+           vocab_size=V)
+
+
+@pytest.mark.parametrize("order", ["ancestral", "top_prob"])
+def test_traced_temperature_and_top_p(joint, order):
+  """temperature and top_p as jit arguments, or vmapped over, draw what the same
+  concrete values draw from the same key (they used to raise
+  TracerBoolConversionError); a traced 0 is exactly the argmax, a traced top_p = 1
+  is top_p off."""
+  _, denoise = joint
+  x_init = jnp.full((256, N), V, jnp.int32)
+  run = lambda key, temperature, top_p: sample(
+      denoise, key, x_init, 2, get_schedule("linear"), order=order, temperature=temperature,
+      top_p=top_p)
+  traced = jax.jit(run)
+  key = jax.random.key(4)
+  for temperature, top_p, concrete_top_p in [(0.7, 0.6, 0.6), (0.0, 0.6, 0.6),
+                                             (1.3, 1.0, None)]:
+    want = jax.jit(lambda k: run(k, temperature, concrete_top_p))(key)
+    np.testing.assert_array_equal(traced(key, temperature, top_p), want)
+  assert len(np.unique(np.asarray(traced(key, 1.3, 1.0)), axis=0)) > 5  # not greedy
+  temperatures = jnp.array([0.0, 1.3])
+  both = jax.jit(jax.vmap(lambda t: run(key, t, None)))(temperatures)
+  for row, temperature in zip(both, [0.0, 1.3]):
+    np.testing.assert_array_equal(row, jax.jit(lambda k: run(k, temperature, None))(key))
 
 
 def test_bad_order_is_named():

@@ -45,7 +45,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from vmd_jax.forward import check_tokens, mask_tokens
+from vmd_jax.forward import check_logits, check_tokens, mask_tokens
 from vmd_jax.losses import (DiagonalGaussian, diffusion_weight, nelbo_from_logits,
                             stratified_times, uniform_times, with_latent_kl)
 from vmd_jax.sampling import sample
@@ -298,8 +298,11 @@ def cached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, cac
   prefix_len = _prefix_len(cache, prefix_len)
   positions = (block_index * block_size + jnp.arange(block_size))[None]
   t_tok = jnp.broadcast_to(t[:, None], x_block.shape)
-  return denoise_fn(x_block, t_tok, positions, _prefix_mask(prefix_len, block_size, block_index),
-                    _cache_prefix(cache, prefix_len), **_z_kw(z, block_index, block_size))
+  logits = denoise_fn(x_block, t_tok, positions,
+                     _prefix_mask(prefix_len, block_size, block_index),
+                     _cache_prefix(cache, prefix_len), **_z_kw(z, block_index, block_size))
+  check_logits(logits, x_block.shape[:2] + (None,), axes="[B, L', V]")
+  return logits
 
 
 def uncached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, x,
@@ -314,6 +317,7 @@ def uncached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, x
   logits = denoise_fn(x, t_tok, jnp.arange(seq_len)[None],
                       block_causal_mask(seq_len, block_size), None,
                       **_z_kw(z, block_index, block_size, seq_len))
+  check_logits(logits, x.shape[:2] + (None,), axes="[B, L, V]")
   return jax.lax.dynamic_slice_in_dim(logits, start, block_size, axis=1)
 
 

@@ -93,6 +93,17 @@ def infer_vocab_size(denoise_fn, *args, **kwargs) -> int:
   return jax.eval_shape(functools.partial(denoise_fn, **kwargs), *args).shape[-1]
 
 
+def check_logits(logits, shape, *, name: str = "denoise_fn", axes: str = "[B, N, V]"):
+  """Raises ``ValueError`` unless ``logits.shape`` is ``shape`` (None: any size
+  on that axis), naming both. Shapes are static, so this works under ``jax.jit``."""
+  if logits.ndim == len(shape) and all(e is None or a == e
+                                       for a, e in zip(logits.shape, shape)):
+    return
+  expected = "(" + ", ".join("?" if e is None else str(e) for e in shape) + ")"
+  raise ValueError(f"{name} returned logits of shape {tuple(logits.shape)}, expected "
+                   f"{axes} = {expected}")
+
+
 def mask_tokens(x0, t, schedule, mask_id: int, *, key=None, noise=None):
   """Draws x_t ~ q(x_t | x_0): position n is masked iff noise[b, n] >= alpha(t_b).
 

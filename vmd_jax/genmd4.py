@@ -87,9 +87,10 @@ import numpy as np
 
 from vmd_jax import exact
 from vmd_jax.exact import all_sequences
-from vmd_jax.forward import check_tokens, mask_where
+from vmd_jax.forward import check_logits, check_tokens, mask_where
 from vmd_jax.losses import draw_times, token_log_likelihood
-from vmd_jax.sampling import check_top_p, top_p_logits
+from vmd_jax.sampling import (check_temperature, check_top_p, nucleus_logits,
+                              tempered_logits)
 from vmd_jax.schedules import MD4_EPS, time_grid
 
 DenoiseFn = Callable[..., jax.Array]
@@ -397,13 +398,17 @@ def reverse_log_probs(logits, params: GenMD4Params, t, s, *, eps: float = MD4_EP
 
 
 def _sampling_logits(logits, temperature, top_p):
+  """The logits of mu after temperature and top-p (either may be traced; a
+  temperature of 0 keeps only the argmax values, traced or not)."""
+  check_temperature(temperature)
   check_top_p(top_p)
+  greedy = lambda: jnp.where(logits >= jnp.max(logits, axis=-1, keepdims=True), 0.0, -jnp.inf)
+  if isinstance(temperature, jax.core.Tracer):
+    return jnp.where(temperature == 0.0, greedy(),
+                     nucleus_logits(tempered_logits(logits, temperature), top_p))
   if temperature == 0.0:
-    return jnp.where(logits >= jnp.max(logits, axis=-1, keepdims=True), 0.0, -jnp.inf)
-  logits = logits / temperature
-  if top_p is not None and top_p < 1.0:
-    logits = top_p_logits(logits, top_p)
-  return logits
+    return greedy()
+  return nucleus_logits(tempered_logits(logits, temperature), top_p)
 
 
 def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Params, *,
@@ -419,14 +424,18 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
   converges to the continuous-time reverse process as the grid is refined.
   Positions of ``x_init`` that are not masked are given and never change. Runs
   under ``lax.fori_loop``; jit with ``num_steps`` (and a string ``grid``) static.
+  ``temperature`` and ``top_p`` may be traced (checked only when concrete), as in
+  ``vmd_jax.sampling``.
 
   Args:
-    denoise_fn: ``(x_t int [B, N], t float [B]) -> logits [B, N, V]``.
+    denoise_fn: ``(x_t int [B, N], t float [B]) -> logits [B, N, V]`` (another
+      shape raises ``ValueError``, ``forward.check_logits``).
     key: PRNG key; step i uses ``fold_in(key, i)``.
     x_init: int [B, N]; the mask id V marks the positions to generate.
     num_steps: T, network calls at most.
     params: schedule parameters (V exponents); eps: the schedule's shift.
-    temperature: softmax temperature of mu; 0 puts all of mu on the argmax.
+    temperature: softmax temperature of mu, finite and >= 0; 0 puts all of mu
+      on the argmax.
     top_p: nucleus threshold applied to mu (None: off).
     grid: "linear" or "cosine" (``schedules.time_grid``), or float [T + 1]
       decreasing times from 1 to 0.
@@ -436,6 +445,8 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
   Returns:
     int [B, N] samples, or (samples, nfe) with ``return_nfe``.
   """
+  check_temperature(temperature)
+  check_top_p(top_p)
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
   vocab_size = params.raw_w.shape[-1]
@@ -447,6 +458,11 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
     times = jnp.asarray(grid, jnp.float32)
     chex.assert_shape(times, (num_steps + 1,))
 
+  def logits_at(x, t):
+    logits = denoise_fn(x, t)
+    check_logits(logits, (batch_size, length, vocab_size))
+    return logits.astype(jnp.float32)
+
   def body(i, carry):
     x, nfe = carry
     t = jnp.full((batch_size,), times[i])
@@ -454,7 +470,7 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
     masked = x == mask_id
     call = jnp.any(masked)
     logits = jax.lax.cond(
-        call, lambda: denoise_fn(x, t).astype(jnp.float32),
+        call, lambda: logits_at(x, t),
         lambda: jnp.zeros((batch_size, length, vocab_size), jnp.float32))
     logits = _sampling_logits(logits, temperature, top_p)
     log_probs = reverse_log_probs(logits, params, t, s, eps=eps)

@@ -69,7 +69,8 @@ MD4's N alpha(1) log V and N (1 - alpha(0)) log V for l = 1, keep the bound vali
 for eps > 0 and make a zero-logit denoiser's expected NELBO exactly N log V (its
 digit conditionals telescope within each token to 1/V).
 
-Samplers: see ``sample``. Blocks (BD3-LM with Prime inside each block):
+Samplers: see ``sample`` (``temperature`` and ``top_p`` may be traced, as in
+``vmd_jax.sampling``). Blocks (BD3-LM with Prime inside each block):
 ``block_nelbo_terms`` and ``block_sample``. Exact references:
 ``exact_digit_denoiser`` and ``expected_nelbo`` (masks over the N l digits
 enumerated, t by quadrature). Token and digit arguments are checked
@@ -94,7 +95,7 @@ from vmd_jax import block, exact, forward
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_tokens, mask_where
 from vmd_jax.losses import discretize_times, stratified_times, uniform_times
-from vmd_jax.sampling import ORDERS, draw_tokens
+from vmd_jax.sampling import ORDERS, check_temperature, check_top_p, draw_tokens
 from vmd_jax.schedules import time_grid
 
 # Log-probability of a token that is excluded (invalid code or conflict with a
@@ -517,8 +518,8 @@ def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, al
                    (all when ``last``);
   first_hitting    one masked digit per sequence, uniformly;
   top_prob, top_prob_margin, random
-                   the m - floor(m (1 - alpha_s) / (1 - alpha_t)) most confident
-                   units (none kept when ``last``), m the masked units: with
+                   the m - min(floor(m (1 - alpha_s) / (1 - alpha_t)), m - 1) most
+                   confident units (none kept when ``last``), m the masked units: with
                    ``unit="token"`` positions with a masked digit (confidence of
                    the renormalised token distribution; all their masked digits
                    are revealed), with ``unit="digit"`` masked digits (confidence of
@@ -572,11 +573,15 @@ def _candidates(masked, unit):
 
 
 def _confidence_count(candidates, alpha_t, alpha_s, last):
-  """m - floor(m (1 - alpha_s) / (1 - alpha_t)) units to reveal (m when ``last``),
-  m = the candidates per row, int32 [B]."""
+  """m - min(floor(m (1 - alpha_s) / (1 - alpha_t)), m - 1) units to reveal (m
+  when ``last``; 0 when m = 0), m = the candidates per row, int32 [B]. The ratio
+  is < 1, so the floor alone is at most m - 1; the min keeps that where float32
+  rounds it to 1 (near t = 1, cosine schedule), so every step with a masked unit
+  reveals one (as ``sampling.confidence_reveal_counts``)."""
   num_masked = jnp.sum(candidates, axis=-1)
-  keep = jnp.floor(num_masked * (1.0 - alpha_s) / (1.0 - alpha_t) + 1e-6).astype(jnp.int32)
-  return num_masked - jnp.where(last, 0, keep)  # 1e-6: round-off
+  keep = jnp.floor(num_masked * (1.0 - alpha_s) / (1.0 - alpha_t) + 1e-6)  # 1e-6: round-off
+  keep = jnp.minimum(keep.astype(jnp.int32), jnp.maximum(num_masked - 1, 0))
+  return num_masked - jnp.where(last, 0, keep)
 
 
 def reveals_any(key, x, code: DigitCode, order: str, *, alpha_t=None, alpha_s=None,
@@ -595,7 +600,7 @@ def reveals_any(key, x, code: DigitCode, order: str, *, alpha_t=None, alpha_s=No
 
 def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: DigitCode,
            order: str = "ancestral", *, unit: str = "token", temperature: float = 1.0,
-           top_p: float | None = None, grid: str = "linear", reuse_logits: bool = True,
+           top_p: float | None = None, grid: str = "linear", skip_idle: bool = True,
            return_nfe: bool = False, return_idle: bool = False):
   """Generates the masked digits of ``x_init`` (int digits [B, N, l], mask id b).
 
@@ -616,7 +621,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
                  (``unit``: "token" or "digit") by confidence.
 
   Args:
-    denoise_fn: ``(x_t int [B, N, l], t [B]) -> logits [B, N, V]``.
+    denoise_fn: ``(x_t int [B, N, l], t [B]) -> logits [B, N, V]`` (another shape
+      raises ``ValueError``, ``forward.check_logits``).
     key: PRNG key.
     x_init: int [B, N, l] digits; b marks digits to generate.
     num_steps: steps (network calls at most) for every order but first_hitting.
@@ -624,12 +630,14 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     code: the ``DigitCode``.
     order: one of ``vmd_jax.sampling.ORDERS``.
     unit: "token" or "digit", the unit ranked by the confidence orders.
-    temperature, top_p: applied to the renormalised token distribution; 0 is greedy.
+    temperature, top_p: applied to the renormalised token distribution
+      (temperature finite and >= 0, 0 is greedy; top_p in (0, 1] or None).
     grid: "linear" or "cosine" (``schedules.time_grid``).
-    reuse_logits: skip the network at a step that reveals no digit of any row
+    skip_idle: skip the network at a step that reveals no digit of any row
       (``reveals_any``, decided before the call); exact for any denoiser, time-
       conditioned ones included, since a step that reveals nothing changes nothing
       (then ``nfe`` = T - idle steps for one sequence). False: a call every step.
+      (The name and default of ``vmd_jax.sampling.sample``'s.)
     return_nfe: also return the number of network calls (int32 scalar).
     return_idle: also return, per sequence, the number of steps in which no digit
       changed (int32 [B]).
@@ -642,6 +650,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
   if unit not in UNITS:
     raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
+  check_temperature(temperature)
+  check_top_p(top_p)
   chex.assert_rank(x_init, 3)
   batch_size, length, num_digits = x_init.shape
   check_digits(x_init, code, name="x_init")
@@ -663,17 +673,22 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     s = jnp.where(num_masked > 0, s, t_prev)
     return s, s
 
+  def logits_at(x, t):
+    logits = denoise_fn(x, t)
+    forward.check_logits(logits, (batch_size, length, code.vocab_size))
+    return logits.astype(jnp.float32)
+
   def body(i, carry):
     x, nfe, t_prev, idle = carry
     time_key, step_key = jax.random.split(jax.random.fold_in(key, i))
     t, s = step_times(i, x, t_prev, time_key)
     step = dict(alpha_t=schedule.alpha(t), alpha_s=schedule.alpha(s), last=i == num_iters - 1,
                 unit=unit)
-    call = (jnp.any(reveals_any(step_key, x, code, order, **step)) if reuse_logits
+    call = (jnp.any(reveals_any(step_key, x, code, order, **step)) if skip_idle
             else jnp.bool_(True))
     x_new = jax.lax.cond(
         call,
-        lambda: reveal_step(step_key, x, denoise_fn(x, t).astype(jnp.float32), code, order,
+        lambda: reveal_step(step_key, x, logits_at(x, t), code, order,
                             temperature=temperature, top_p=top_p, **step),
         lambda: x)
     same = jnp.all(x_new == x, axis=(1, 2))
@@ -795,17 +810,21 @@ def block_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode,
 
 def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
                  block_size: int, num_steps_per_block: int, schedule, code: DigitCode,
-                 order: str = "ancestral", *, use_cache: bool = True, z=None,
-                 return_nfe: bool = False, **sample_kwargs):
+                 order: str = "ancestral", *, unit: str = "token",
+                 temperature: float = 1.0, top_p: float | None = None,
+                 grid: str = "linear", skip_idle: bool = True, use_cache: bool = True,
+                 z=None, return_nfe: bool = False):
   """Generates the masked digits of x_init [B, L, l] block by block, left to right.
 
-  Block b is ``sample`` (any order, ``sample_kwargs``: unit, temperature, top_p,
-  grid, reuse_logits; key fold_in(key, b)) with a denoiser that sees block b at
-  time t and the clean blocks < b, read from ``block``'s KV cache (else
-  recomputed with ``block.block_causal_mask``; same logits). The cache machinery
-  works on [B, L] ints, so digits travel through it packed (``DigitCode.pack``)
-  and are unpacked before the network. Interface as ``block.block_sample``;
-  denoise_fn and prefill_fn take digits [B, n, l].
+  Block b is ``sample`` (any order; unit, temperature, top_p, grid and skip_idle
+  as there; key fold_in(key, b)) with a denoiser that sees block b at time t and
+  the clean blocks < b, read from ``block``'s KV cache (else recomputed with
+  ``block.block_causal_mask``; same logits). The cache machinery works on [B, L]
+  ints, so digits travel through it packed (``DigitCode.pack``) and are unpacked
+  before the network. Interface as ``block.block_sample`` (denoise_fn and
+  prefill_fn take digits [B, n, l]), except: ``code`` gives V (no
+  ``vocab_size``), ``unit`` is Prime's, and every cached call attends over the
+  whole cache (no ``cache_segments``).
 
   Returns:
     int [B, L, l] digits, or (digits, nfe) with ``return_nfe`` (prefill calls
@@ -830,7 +849,8 @@ def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
       fn = lambda xb, t: block.uncached_block_logits(packed_denoise, code.pack(xb), t, b,
                                                      code.pack(x), block_size, z=z)
     x_block, calls = sample(fn, jax.random.fold_in(key, b), x_block, num_steps_per_block,
-                            schedule, code, order, return_nfe=True, **sample_kwargs)
+                            schedule, code, order, unit=unit, temperature=temperature,
+                            top_p=top_p, grid=grid, skip_idle=skip_idle, return_nfe=True)
     x = jax.lax.dynamic_update_slice_in_dim(x, x_block, b * block_size, axis=1)
     if use_cache:
       cache = jax.lax.cond(

@@ -19,8 +19,8 @@ first_hitting
   (1 - alpha(1)); tokens are revealed one per call, latest tau first, each from
   the logits at its own tau. ``num_steps`` is ignored.
 top_prob, top_prob_margin, random
-  Step i keeps floor(m (1 - alpha(t_{i+1})) / (1 - alpha(t_i))) of the m masks
-  (none at the last step) and reveals the others with the highest max
+  Step i keeps floor(m (1 - alpha(t_{i+1})) / (1 - alpha(t_i))) of the m masks,
+  at most m - 1 (none at the last step) and reveals the others with the highest max
   probability, the highest gap between the two most likely values (Kim et al.
   2025), or at random.
 
@@ -35,25 +35,40 @@ reveal steps of any one sequence), whatever the batch size. ``skip_idle=False``
 calls at every grid step instead (md4's loop); the randomness is drawn per
 (sequence, step), so both give the same samples for the same key.
 
-The confidence orders have no idle step to skip: floor(m r) < m for r < 1, so
-every step reveals at least one token until none is left, and a sequence is
-done after min(T, m) calls (with T >= m, one token per step at t_0 .. t_{m-1}).
+The confidence orders have no idle step to skip: floor(m r) < m for r < 1 (and
+``confidence_reveal_counts`` keeps that where float32 rounds r to 1), so every
+step reveals at least one token until none is left, and a sequence is done after
+at most min(T, m) calls: exactly min(T, m), with T >= m one token per step at
+t_0 .. t_{m-1}, unless a step's share is more than one token (polynomial k = 3
+near t = 1; not the linear, cosine or loglinear schedule).
 Their counts depend on m alone (``confidence_reveal_counts``), and a sequence
 whose masks are all revealed stops being updated. First hitting makes one call
 per masked token. ``return_nfe=True`` also returns the calls made (batch calls,
 each on all B sequences). The loop is a ``lax.while_loop``; wrap a call in
 ``jax.jit`` (``num_steps``, ``order`` static).
+
+Traced arguments. ``key``, the values of ``x_init``, ``temperature`` and ``top_p``
+may be traced (``jax.jit`` arguments, ``jax.vmap`` over temperatures); the other
+arguments are static (``num_steps``, ``order``, ``schedule``, ``grid``,
+``vocab_size``, ``skip_idle``, ``return_nfe``, and shapes). A traced temperature
+of 0 still takes the exact argmax, and a traced top_p >= 1 turns the nucleus
+off, as the concrete values do. ``check_temperature`` and ``check_top_p`` check
+concrete values only: a traced top_p <= 0 or NaN keeps only the most likely
+value, and a traced negative or NaN temperature is used as given. The same holds
+for ``block.block_sample``, ``prime.sample``, ``prime.block_sample`` and
+``genmd4.sample``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from vmd_jax.forward import check_tokens, infer_vocab_size
+from vmd_jax.forward import check_logits, check_tokens, infer_vocab_size
 from vmd_jax.schedules import time_grid
 
 ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
@@ -67,6 +82,17 @@ def check_top_p(top_p):
     return
   if not 0.0 < float(top_p) <= 1.0:
     raise ValueError(f"top_p must be in (0, 1] or None (off), got {top_p!r}")
+
+
+def check_temperature(temperature):
+  """Raises ValueError unless ``temperature`` is a finite number >= 0 (0 is
+  greedy; a negative one would sample the inverted distribution, NaN token 0).
+  A traced ``temperature`` cannot be inspected and passes."""
+  if isinstance(temperature, jax.core.Tracer):
+    return
+  if not (math.isfinite(float(temperature)) and float(temperature) >= 0.0):
+    raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), "
+                     f"got {temperature!r}")
 
 
 def top_p_logits(logits, top_p: float):
@@ -83,17 +109,44 @@ def top_p_logits(logits, top_p: float):
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def _traced(value) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def nucleus_logits(logits, top_p):
+  """``top_p_logits(logits, top_p)`` for top_p < 1, the logits unchanged for
+  None or top_p >= 1. A traced ``top_p`` picks between the two with
+  ``jnp.where`` (both computed)."""
+  if top_p is None:
+    return logits
+  if _traced(top_p):
+    return jnp.where(top_p < 1.0, top_p_logits(logits, top_p), logits)
+  return top_p_logits(logits, top_p) if top_p < 1.0 else logits
+
+
+def tempered_logits(logits, temperature):
+  """logits / temperature for temperature > 0 (a traced temperature of 0 divides
+  by 1 instead: the caller selects the greedy result for it)."""
+  if _traced(temperature):
+    return logits / jnp.where(temperature == 0.0, 1.0, temperature)
+  return logits / temperature
+
+
 def draw_tokens(key, logits, temperature: float = 1.0, top_p: float | None = None):
   """Draws a token per position from softmax(logits / temperature), logits
   [..., V] -> int [...]. ``temperature = 0`` takes the argmax; ``top_p`` in
-  (0, 1] keeps the nucleus (``top_p_logits``), None or 1 turns it off."""
+  (0, 1] keeps the nucleus (``top_p_logits``), None or 1 turns it off. Either may
+  be traced (module docstring); a traced temperature of 0 still gives exactly
+  the argmax."""
+  check_temperature(temperature)
   check_top_p(top_p)
-  if temperature == 0.0:
+  if not _traced(temperature) and temperature == 0.0:
     return jnp.argmax(logits, axis=-1)
-  logits = logits / temperature
-  if top_p is not None and top_p < 1.0:
-    logits = top_p_logits(logits, top_p)
-  return jax.random.categorical(key, logits, axis=-1)
+  drawn = jax.random.categorical(
+      key, nucleus_logits(tempered_logits(logits, temperature), top_p), axis=-1)
+  if _traced(temperature):
+    drawn = jnp.where(temperature == 0.0, jnp.argmax(logits, axis=-1), drawn)
+  return drawn
 
 
 def ancestral_reveal_steps(key, shape, num_steps: int, schedule, grid: str = "linear"):
@@ -120,9 +173,13 @@ def first_hitting_times(key, shape, schedule):
 
 def confidence_reveal_counts(num_masked, num_steps: int, schedule, grid: str = "linear"):
   """Tokens the confidence orders reveal at each step, int32 [B, T], from the
-  masks m_0 = num_masked [B]: m_{i+1} = floor(m_i (1 - alpha(t_{i+1})) /
-  (1 - alpha(t_i))) (an equal share per step under the linear schedule and
-  grid), m_T = 0; step i reveals m_i - m_{i+1}."""
+  masks m_0 = num_masked [B]: m_{i+1} = min(floor(m_i (1 - alpha(t_{i+1})) /
+  (1 - alpha(t_i))), m_i - 1) for m_i > 0 (an equal share per step under the
+  linear schedule and grid), m_T = 0; step i reveals m_i - m_{i+1}.
+
+  The ratio is < 1, so the floor alone is at most m_i - 1; the min keeps that
+  true where float32 rounds the ratio to 1 (near t = 1 under the cosine
+  schedule), so every step with masks left reveals at least one token."""
   alpha = schedule.alpha(time_grid(num_steps, grid))
   ratio = (1.0 - alpha[1:]) / (1.0 - alpha[:-1])
   is_last = jnp.arange(num_steps) == num_steps - 1
@@ -130,6 +187,8 @@ def confidence_reveal_counts(num_masked, num_steps: int, schedule, grid: str = "
   def step(left, xs):
     r, last = xs
     keep = jnp.floor(left * r + 1e-6).astype(jnp.int32)  # 1e-6: round-off
+    # r < 1 exactly, so floor(m r) <= m - 1; float32 rounds r to 1 near t = 1.
+    keep = jnp.minimum(keep, jnp.maximum(left - 1, 0))
     keep = jnp.where(last, 0, keep)
     return keep, left - keep
 
@@ -165,7 +224,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   """Generates the masked positions of ``x_init``.
 
   Args:
-    denoise_fn: ``(x_t, t [B]) -> logits [B, N, V]``.
+    denoise_fn: ``(x_t, t [B]) -> logits [B, N, V]`` (another shape raises
+      ``ValueError``, ``forward.check_logits``).
     key: PRNG key.
     x_init: int [B, N]; the mask id V marks positions to generate, the others are
       kept as given.
@@ -173,7 +233,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
     schedule: the ``Schedule`` the model was trained with.
     order: one of ``ORDERS``.
     vocab_size: V; inferred from the logits' shape when None.
-    temperature: softmax temperature of the drawn values; 0 is greedy.
+    temperature: softmax temperature of the drawn values, finite and >= 0; 0 is
+      greedy.
     top_p: nucleus threshold for the drawn values, in (0, 1] (None: off).
     grid: time grid, "linear" or "cosine" (``schedules.time_grid``).
     skip_idle: ancestral only: call the network only at the steps where a
@@ -186,6 +247,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   """
   if order not in ORDERS:
     raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
+  check_temperature(temperature)
   check_top_p(top_p)
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
@@ -249,7 +311,9 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   def body(carry):
     x, cursor, nfe = carry
     event, t, active = next_event(x, cursor)
-    logits = denoise_fn(x, t).astype(jnp.float32)
+    logits = denoise_fn(x, t)
+    check_logits(logits, (batch_size, length, vocab_size))
+    logits = logits.astype(jnp.float32)
     keys = jax.vmap(lambda k, e: jax.random.split(jax.random.fold_in(k, e)))(row_keys, event)
     values = jax.vmap(lambda k, l: draw_tokens(k, l, temperature, top_p))(keys[:, 0], logits)
     reveal = choose(x == mask_id, logits, event, keys[:, 1]) & active[:, None]
