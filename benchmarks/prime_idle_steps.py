@@ -14,8 +14,8 @@ ratio depends on N l and the grid only, not on V or the model. Reported:
   with a zero-logit denoiser, the full sampler, whose idle count must agree.
 
 Paper (Chao et al. 2025, OpenWebText, N = 1024, stated T = 1000): MDLM (l = 1)
-36.77%, l = 2 13.52%, l = 4 1.83%, l = 6 0.25%. These are exp(-l) to four digits,
-i.e. (1 - 1/T)^(N l) with T = N = 1024 steps, so both T = 1000 and T = 1024 are run
+36.77%, l = 2 13.52%, l = 4 1.83%, l = 6 0.25%. These are (1 - 1/T)^(N l) with
+T = N = 1024 steps to four digits (close to exp(-l), but not to four digits), so both T = 1000 and T = 1024 are run
 (the full sampler at the first T only).
 
   python benchmarks/prime_idle_steps.py --output=benchmarks/results_prime_idle.json

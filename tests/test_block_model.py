@@ -85,9 +85,13 @@ def test_block_encoder_is_block_causal_and_per_block():
   mean2, _ = enc.apply(params, changed)
   np.testing.assert_allclose(mean[:, :2], mean2[:, :2], rtol=1e-5, atol=1e-6)
   assert float(jnp.max(jnp.abs(mean[:, 2:] - mean2[:, 2:]))) > 1e-3
-  with pytest.raises(ValueError, match="block_size=3 needs pooling='mean' and a length"):
+  with pytest.raises(ValueError, match=f"block_size must be an int >= 1 that divides the "
+                                       f"sequence length {L}, got block_size=3"):
     LatentEncoder(vocab_size=V, width=16, depth=1, num_heads=2, latent_dim=D,
                   block_size=3).init(jax.random.key(0), x0)
+  with pytest.raises(ValueError, match="block_size=2 needs pooling='mean', got pooling="):
+    LatentEncoder(vocab_size=V, width=16, depth=1, num_heads=2, latent_dim=D, block_size=2,
+                  pooling="cls").init(jax.random.key(0), x0)
 
 
 def test_block_vmd_loss_terms():

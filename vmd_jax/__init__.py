@@ -1,8 +1,8 @@
 """vmd_jax: masked discrete diffusion (MD4, VMD, block diffusion) in JAX.
 
 The core needs only jax, chex and numpy: ``schedules``, ``forward``, ``losses``,
-``sampling``, ``block``, ``exact`` and ``prior`` are pure functions of arrays, a
-PRNG key and a ``denoise_fn``. Flax networks are in ``vmd_jax.networks``
+``sampling``, ``block``, ``exact``, ``prior``, ``prime`` (MDM-Prime) and ``genmd4``
+are pure functions of arrays, a PRNG key and a ``denoise_fn``. Flax networks are in ``vmd_jax.networks``
 (``vmd_jax[models]``); the trainer is ``vmd_jax.trainer`` (``vmd_jax[train]``),
 and ``vmd_jax.load(workdir)`` returns a trained run's (model, params, config).
 """

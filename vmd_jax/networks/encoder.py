@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vmd_jax.block import num_blocks
 from vmd_jax.networks.transformer import Dtype, Transformer
 
 POOLINGS = ("mean", "cls")
@@ -82,9 +83,11 @@ class LatentEncoder(nn.Module):
     """
     if self.pooling not in POOLINGS:
       raise ValueError(f"unknown pooling {self.pooling!r}; accepted: {list(POOLINGS)}")
-    if self.block_size and (self.pooling != "mean" or x0.shape[1] % self.block_size):
-      raise ValueError(f"block_size={self.block_size} needs pooling='mean' and a length "
-                       f"divisible by it; got pooling={self.pooling!r}, length {x0.shape[1]}")
+    if self.block_size:
+      if self.pooling != "mean":
+        raise ValueError(f"block_size={self.block_size} needs pooling='mean', got "
+                         f"pooling={self.pooling!r}")
+      num_blocks(x0.shape[1], self.block_size)  # L' must divide L
     if self.sees_xt and xt is None:
       raise ValueError("sees_xt=True needs xt")
     batch_size, length = x0.shape
