@@ -225,6 +225,33 @@ def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_pa
   assert config_lib.resume_changes(load.load_config(tmp_path), resumed) == []
 
 
+@pytest.mark.parametrize("field", ["npy_path", "schedule_lr"])
+def test_resume_with_a_state_of_another_shape_is_refused(tmp_path, field):
+  """Fields a resumed run may change but that change the saved state's shape: a
+  new ``data.npy_path`` holding a table of another V, and a GenMD4 schedule rate
+  turned on (its own optimizer state). Refused in one line, the checkpoints left
+  where they are (they used to be moved aside as corrupt and the run restarted)."""
+  from vmd_jax.trainer import io
+  c = tiny_config("md4")
+  io.write_json(tmp_path / "config.json", c.to_dict())
+  io.write_json(tmp_path / "data_shape.json", {"vocab_size": 10, "seq_len": 2})
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+  if field == "npy_path":
+    c.data.npy_path = str(tmp_path / "v12.npy")
+    np.save(c.data.npy_path, np.full((12, 12), 1 / 144))
+    message = r"data \(V, N\): \(10, 2\) -> \(12, 2\)"
+  else:
+    c.diffusion.schedule, c.eval.settings = "genmd4", "ancestral:2"
+    io.write_json(tmp_path / "config.json", c.to_dict())
+    c.train.schedule_lr = 0.05
+    message = r"train.schedule_lr: 0.0 -> 0.05 \(an optimizer of another layout\)"
+  with pytest.raises(train.BadSetup, match="holds checkpoints of a run with another config: "
+                     + message):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert os.listdir(tmp_path / "checkpoints") == ["10"]
+  assert not (tmp_path / "checkpoints_corrupt").exists()
+
+
 @pytest.mark.parametrize("change,message", [
     ({"data.synthetic": "d3"}, r"unknown synthetic dataset 'd3'"),
     ({"diffusion.block_size": 3}, r"block_size must be an int >= 1 that divides"),

@@ -144,20 +144,33 @@ def _set_up(config, workdir):
   dataset = build.build_dataset(config)
   model = build.build_model(config, dataset.vocab_size, dataset.seq_len)
   evaluate.check_settings(config, model, dataset.seq_len)
-  _check_resumable(config, workdir)
+  _check_resumable(config, workdir, (dataset.vocab_size, dataset.seq_len))
   if jax.process_index() == 0:
     io.write_json(workdir / "config.json", config_lib.with_absolute_paths(config).to_dict())
     load.write_data_shape(workdir, dataset.vocab_size, dataset.seq_len)
   return mesh, dataset, model
 
 
-def _check_resumable(config, workdir):
-  """Refuses to resume a workdir's checkpoints with another run's config."""
+def _check_resumable(config, workdir, data_shape: tuple[int, int]):
+  """Refuses to resume a workdir's checkpoints with another run's config, or
+  with a state of another shape: other data (V, N; a new ``data.npy_path`` may
+  hold another table) or a GenMD4 schedule rate turned on or off (``schedule_lr``
+  > 0 gives the exponents their own optimizer state). Orbax could not restore
+  such a state, and the run would take its steps for corrupt ones."""
   steps = workdir / "checkpoints"
   if not (workdir / "config.json").exists() or not (
       steps.exists() and any(p.name.isdigit() for p in steps.iterdir())):
     return
-  changed = config_lib.resume_changes(load.load_config(workdir), config)
+  saved = load.load_config(workdir)
+  changed = config_lib.resume_changes(saved, config)
+  if (workdir / load.SHAPE_FILE).exists():
+    saved_shape = load.data_shape(workdir, saved)
+    if tuple(saved_shape) != tuple(data_shape):
+      changed.append(f"data (V, N): {tuple(saved_shape)} -> {tuple(data_shape)}")
+  own_rate = lambda c: c.train.get("schedule_lr", 0.0) > 0
+  if own_rate(saved) != own_rate(config):
+    changed.append(f"train.schedule_lr: {saved.train.schedule_lr!r} -> "
+                   f"{config.train.schedule_lr!r} (an optimizer of another layout)")
   if changed:
     shown = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
     raise BadSetup(f"{workdir} holds checkpoints of a run with another config: {shown}; "
