@@ -307,3 +307,18 @@ def test_a_resumed_run_fits_its_mixture_prior_again(tmp_path):
                              step=4)
   assert again.means.shape == (3, 2) and not np.allclose(again.means, second["means"])
   np.testing.assert_array_equal(np.load(workdir / "prior.npz")["means"], second["means"])
+
+
+def test_a_resume_past_num_steps_says_so_and_evaluates_the_newest_step(tmp_path, caplog):
+  """train.num_steps lowered below the newest checkpoint: nothing is trained, a
+  warning names both, and the evaluation is of the newest step (eval.json's step)."""
+  import logging as py_logging
+  c, workdir = tiny_config("md4", steps=4), tmp_path / "run"
+  c.train.checkpoint_every = 4
+  train.train_and_evaluate(c, str(workdir))
+  c.train.num_steps = 2
+  with caplog.at_level(py_logging.WARNING):
+    result = train.train_and_evaluate(c, str(workdir))
+  assert "The newest checkpoint, step 4, is past train.num_steps = 2: nothing to train; " \
+         "evaluating step 4" in caplog.text
+  assert result["step"] == 4 and sorted(os.listdir(workdir / "checkpoints")) == ["4"]

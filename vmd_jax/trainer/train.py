@@ -191,6 +191,9 @@ def _train_and_evaluate(config, workdir, mesh, dataset, model, outside) -> dict:
   try:  # however this ends, the last save completes and the metrics reach the disk
     state = _resume(ckpt, state)
     start = int(state.step)
+    if start > tc.num_steps:
+      logging.warning("The newest checkpoint, step %d, is past train.num_steps = %d: nothing "
+                      "to train; evaluating step %d", start, tc.num_steps, start)
     outside.phase = f"while setting up, before step {start + 1} of {tc.num_steps}"
     step_fn, flops = compile_step(model, tx, config, state, shardings, mesh, dataset.seq_len)
     if config.model.attention == "cudnn" or config.model.remat:  # else the same count
@@ -208,8 +211,9 @@ def _train_and_evaluate(config, workdir, mesh, dataset, model, outside) -> dict:
     rate = lambda steps_per_sec: mfu.utilisation(flops, steps_per_sec, peak)
     with preemption.StopSignals(ckpt.reached_preemption) as stop:
       _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt, stop)
-    outside.phase = (f"during the final evaluation, after step {tc.num_steps} of "
-                     f"{tc.num_steps} (saved {ckpt.directory}/{tc.num_steps})")
+    last = int(state_box[0].step)
+    outside.phase = (f"during the final evaluation, after step {last} of {tc.num_steps} "
+                     f"(saved {ckpt.directory}/{last})")
     result = evaluate.evaluate_run(config, model, dataset, state_box[0].ema_params, workdir,
                                    writer, mesh=mesh, step=int(state_box[0].step))
   finally:
