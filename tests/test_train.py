@@ -322,3 +322,23 @@ def test_a_resume_past_num_steps_says_so_and_evaluates_the_newest_step(tmp_path,
   assert "The newest checkpoint, step 4, is past train.num_steps = 2: nothing to train; " \
          "evaluating step 4" in caplog.text
   assert result["step"] == 4 and sorted(os.listdir(workdir / "checkpoints")) == ["4"]
+
+
+def test_checkpoints_of_another_layout_are_refused_not_moved_aside(tmp_path):
+  """Checkpoints written by another model (as another vmd_jax version would) under
+  an identical config.json: the step's metadata gives other shapes, so the run
+  stops in one line (exit 2) and leaves them in place (they used to be moved to
+  checkpoints_corrupt/ and the run restarted at step 0)."""
+  from vmd_jax.trainer import cli, io
+  c, workdir = tiny_config("md4", steps=2), tmp_path / "run"
+  c.train.checkpoint_every = 2
+  train.train_and_evaluate(c, str(workdir))
+  c.model.width = 32  # the same config file, another network
+  io.write_json(workdir / "config.json", config_lib.with_absolute_paths(c).to_dict())
+  with pytest.raises(train.BadSetup, match=r"checkpoint step 2 in .* holds a state of another "
+                     r"layout \(.*only here: \[.*32.*\]\): another model, optimizer or "
+                     r"vmd_jax version wrote it") as e:
+    train.train_and_evaluate(c, str(workdir))
+  assert cli._run_ended(e.value) == 2
+  assert os.listdir(workdir / "checkpoints") == ["2"]
+  assert not (workdir / "checkpoints_corrupt").exists()

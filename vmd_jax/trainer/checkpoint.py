@@ -27,6 +27,12 @@ class CheckpointError(RuntimeError):
   pass
 
 
+class LayoutMismatch(ValueError):
+  """A step whose metadata reads back but describes arrays of other shapes than
+  the state restored into: another model, optimizer or vmd_jax version wrote it.
+  Not a corrupt step: it is left where it is."""
+
+
 def all_finite(tree) -> bool:
   """True when every floating-point leaf of ``tree`` is finite (one device reduction)."""
   leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
@@ -103,6 +109,7 @@ class Checkpointer:
     structure of ``target``; each newer step that does not is moved aside (see
     the module docstring). Returns the state, or None when no step is left."""
     def read(step):
+      self.check_layout(target, step)
       state = self.restore(target, step)
       if not all_finite(state):
         raise CheckpointError("holds non-finite values")
@@ -117,6 +124,28 @@ class Checkpointer:
                       step, self.directory, problem, moved)
 
     return self._newest_readable(read, set_aside)[1]
+
+  def check_layout(self, target, step: int) -> None:
+    """Raises ``LayoutMismatch`` when step ``step``'s metadata reads back and its
+    arrays' shapes differ from ``target``'s (as multisets); an unreadable metadata
+    file is left to ``restore``, which takes the step for a corrupt one."""
+    from collections import Counter
+    handler = ocp.StandardCheckpointHandler()  # the manager's own handler, read-only use
+    try:  # a single-item manager keeps the state in <step>/default
+      metadata = handler.metadata(self.directory / str(step) / "default")
+      saved = Counter(tuple(getattr(leaf, "shape", ()) or ()) for leaf in jax.tree.leaves(metadata))
+    except Exception:  # pylint: disable=broad-except
+      return
+    finally:
+      handler.close()
+    here = Counter(tuple(leaf.shape) for leaf in jax.tree.leaves(target))
+    if saved and saved != here:
+      only_saved, only_here = sorted((saved - here).elements()), sorted((here - saved).elements())
+      raise LayoutMismatch(
+          f"checkpoint step {step} in {self.directory} holds a state of another layout "
+          f"({sum(saved.values())} arrays, {sum(here.values())} here; shapes only there: "
+          f"{only_saved[:3]}, only here: {only_here[:3]}): another model, optimizer or "
+          "vmd_jax version wrote it; resume with those, or train in a new --workdir")
 
   def _newest_readable(self, read, on_bad):
     """(step, ``read(step)``) of the newest step that every process reads without

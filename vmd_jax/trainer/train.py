@@ -223,8 +223,12 @@ def _train_and_evaluate(config, workdir, mesh, dataset, model, outside) -> dict:
 
 
 def _resume(ckpt, state):
-  """The newest intact checkpoint's state, or ``state`` (a fresh run)."""
-  restored = ckpt.restore_newest_intact(state)
+  """The newest intact checkpoint's state, or ``state`` (a fresh run). A step of
+  another layout is ``BadSetup``, never taken for a corrupt one."""
+  try:
+    restored = ckpt.restore_newest_intact(state)
+  except checkpoint.LayoutMismatch as e:
+    raise BadSetup(str(e)) from None
   if restored is None:
     logging.info("No checkpoint in %s: starting at step 0", ckpt.directory)
     return state
