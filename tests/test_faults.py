@@ -306,30 +306,45 @@ def test_corrupt_newest_checkpoints_are_moved_aside_and_the_intact_one_resumed(
 def run_training_signalled(workdir, log, cache_dir, phase):
   """``run_training`` with a SIGTERM to itself while compiling the step
   (``phase = "setup"``) or in the final evaluation (``"evaluation"``)."""
-  from vmd_jax.trainer import train
+  from vmd_jax.trainer import checkpoint, train
   signalled = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGTERM)
   if phase == "setup":
     compile_step = train.compile_step
     train.compile_step = lambda *args, **kwargs: (signalled(), compile_step(*args, **kwargs))[1]
+  if phase == "resume":  # the signal lands inside orbax's restore
+    restore = checkpoint.ocp.CheckpointManager.restore
+
+    def signalled_restore(self, *args, **kwargs):
+      signalled()
+      time.sleep(0.1)  # Python runs the handler here, inside orbax's restore
+      return restore(self, *args, **kwargs)
+    checkpoint.ocp.CheckpointManager.restore = signalled_restore
   run_training(workdir, log, cache_dir, {"checkpoint_every": 1000},
                evaluate_run=signalled if phase == "evaluation" else None)
 
 
-@pytest.mark.parametrize("phase", ["setup", "evaluation"])
+@pytest.mark.parametrize("phase", ["setup", "evaluation", "resume"])
 def test_sigterm_outside_the_steps_stops_at_once_and_says_where(runs, tmp_path, phase):
-  """SIGTERM while the step compiles, or during the final evaluation: exit 143
-  with a last line saying where the run was; nothing is lost (set-up saved no
-  step; the evaluation came after the last step was saved), and the same command
-  resumes."""
+  """SIGTERM while the step compiles, during the final evaluation, or while a
+  checkpoint is read back: exit 143 with a last line saying where the run was;
+  nothing is lost (set-up saved no step; the evaluation came after the last step
+  was saved; the step being read is not taken for a corrupt one), and the same
+  command resumes."""
   workdir = tmp_path / "run"
   os.makedirs(workdir)
+  if phase == "resume":
+    assert finish(runs(workdir, checkpoint_every=8, num_steps=8)) == 0
   p = runs.ctx.Process(target=run_training_signalled,
                        args=(str(workdir), str(workdir) + ".log", runs.cache, phase))
   p.start()
   assert finish(p) == 128 + signal.SIGTERM, log_of(workdir)[-3000:]
   last = log_of(workdir).strip().splitlines()[-1]
   saved, tmp = steps_in(workdir)
-  if phase == "setup":
+  if phase == "resume":
+    assert last == ("vmd-jax train: stopped by SIGTERM while setting up; run the same "
+                    "command again to resume"), last
+    assert saved == [8] and not tmp and not os.path.exists(f"{workdir}/checkpoints_corrupt")
+  elif phase == "setup":
     assert last == (f"vmd-jax train: stopped by SIGTERM while setting up, before step 1 of "
                     f"{STEPS}; run the same command again to resume"), last
     assert saved == [] and not tmp

@@ -22,6 +22,7 @@ steps write checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -113,11 +114,33 @@ class StopOutsideSteps(_Handling):
 
   def __init__(self, phase: str = "while setting up"):
     self.phase = phase
+    self._deferring, self._pending = False, None
 
   def _signals(self) -> tuple:
     return (signal.SIGINT,) if _jax_handles_sigterm() else (signal.SIGTERM, signal.SIGINT)
 
+  @contextlib.contextmanager
+  def deferred(self):
+    """Inside, a signal is noted and raised as ``RunStopped`` on leaving: for work
+    an exception must not cut short, such as orbax's restore (whose errors read
+    as a corrupt step, which would be moved aside)."""
+    self._deferring = True
+    try:
+      yield
+    finally:
+      self._deferring = False
+    if self._pending is not None:
+      self._stop(self._pending)
+
   def _handle(self, signum, frame):
     del frame
+    if self._deferring:
+      self._pending = signum
+      logging.warning("Received %s: stopping once the checkpoint is read",
+                      signal.Signals(signum).name)
+      return
+    self._stop(signum)
+
+  def _stop(self, signum):
     raise RunStopped(f"stopped by {signal.Signals(signum).name} {self.phase}; run the same "
                      "command again to resume", signum)

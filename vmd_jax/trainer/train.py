@@ -189,7 +189,8 @@ def _train_and_evaluate(config, workdir, mesh, dataset, model, outside) -> dict:
   writer = metric_writers.create_default_writer(str(workdir),
                                                 just_logging=jax.process_index() > 0)
   try:  # however this ends, the last save completes and the metrics reach the disk
-    state = _resume(ckpt, state)
+    with outside.deferred():  # a signal must not read as an unreadable step
+      state = _resume(ckpt, state)
     start = int(state.step)
     if start > tc.num_steps:
       logging.warning("The newest checkpoint, step %d, is past train.num_steps = %d: nothing "
