@@ -156,3 +156,19 @@ def test_text8_block_configs_train_tiny(tmp_path, name):
   assert abs(result["nelbo"]["nelbo_bits_per_token"] - math.log2(27)) < 0.5
   texts = result["samples"]["ancestral:8"]["text"]
   assert len(texts) == 4 and all(len(t) == 32 for t in texts)
+
+
+@pytest.mark.parametrize("kind", ["md4", "vmd"])
+def test_reevaluation_never_fits_a_prior_on_the_evaluation_puzzles(tmp_path, sudoku_csvs, kind):
+  """``evaluate --data=CSV`` reads only that CSV, except for a VMD run with a
+  mixture prior, which may fit the prior again (prior.npz of another step or
+  from an older version): it keeps its training files for that."""
+  train_csv, held_out, other = sudoku_csvs
+  c = config_lib.load_config_file(str(REPO / "configs" / f"sudoku_{kind}.py"))
+  c.data.sudoku_train, c.data.sudoku_eval, c.data.num_eval = str(train_csv), str(held_out), 0
+  if kind == "vmd":
+    c.prior.kind = "mixture"
+    (tmp_path / "prior.npz").write_bytes(b"")  # present, yet possibly stale
+  evaluate.evaluation_dataset(c, str(tmp_path), str(other), None, 9, 81)
+  assert c.data.sudoku_eval == str(other)
+  assert c.data.sudoku_train == (str(train_csv) if kind == "vmd" else str(other))

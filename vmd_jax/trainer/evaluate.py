@@ -266,9 +266,10 @@ def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
           # The run's num_eval (e.g. 1000) caps the rows read, but a smaller file is whole.
           rows = len(sudoku.load_sudoku_csv(data).puzzles)
           config.data.num_eval = min(config.data.num_eval, rows)
-        fits_prior = (config.model.kind == "vmd" and config.prior.kind == "mixture"
-                      and not (io.as_path(workdir) / "prior.npz").exists())
-        if not fits_prior:  # the training files (saved relative paths) are not needed
+        # A mixture prior may be fitted again (prior.npz absent, or of another step or
+        # settings): on the training files, never on the evaluation puzzles.
+        fits_prior = config.model.kind == "vmd" and config.prior.kind == "mixture"
+        if not fits_prior:  # the training files are not needed
           config.data.sudoku_train = data
       if field == "npy_path":
         config.data.vocab_size, config.data.seq_len = 0, 0  # read from the table's shape
