@@ -29,3 +29,20 @@ def test_table_of_runs_whose_data_scores_no_accuracy():
   table = sweep.format_table(results)
   assert "| run | NELBO (bits/token) | ancestral:64 |" in table
   assert "| md4 | 3.343 |  |" in table
+
+
+def test_on_several_processes_a_failed_run_ends_the_sweep(tmp_path, monkeypatch):
+  """A set-up error may be one process's alone (a file on its own disk): going on
+  there while the others train would pair collectives across runs, so on several
+  processes the first failure ends the sweep."""
+  import jax
+  from vmd_jax.trainer import train
+
+  def fail(config, workdir):
+    raise train.BadSetup("no such file")
+  monkeypatch.setattr(train, "train_and_evaluate", fail)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  config = ml_collections.ConfigDict({"runs": {"a": tiny_config("md4"), "b": tiny_config("md4")}})
+  with pytest.raises(train.BadSetup, match="no such file"):
+    sweep.run_sweep(config, str(tmp_path))
+  assert not (tmp_path / "table.md").exists()

@@ -4,12 +4,14 @@ Each run trains in ``workdir/NAME`` (resuming like any run); the table of their
 NELBOs and sample metrics (accuracy and KL for every ORDER:NFE setting, where
 the dataset scores them) is printed and written to ``workdir/table.md``. A run
 that diverges or cannot be set up is logged, marked in the table, and the sweep
-goes on with the next one; it then ends with ``SweepFailed`` naming them. A
-signal (``preemption.RunStopped``) stops the sweep at once.
+goes on with the next one; it then ends with ``SweepFailed`` naming them (on
+several processes the first failure ends the sweep, as a set-up error may be one
+process's alone). A signal (``preemption.RunStopped``) stops the sweep at once.
 """
 
 from __future__ import annotations
 
+import jax
 from absl import logging
 
 from vmd_jax.trainer import guard, io, train
@@ -58,6 +60,8 @@ def run_sweep(config, workdir: str) -> dict[str, dict | str]:
     try:
       results[name] = train.train_and_evaluate(run, io.as_path(workdir) / name)
     except (guard.TrainingDiverged, train.BadSetup) as e:
+      if jax.process_count() > 1:  # a set-up error may be one process's alone:
+        raise                      # going on would pair collectives across runs
       logging.error("sweep run %s failed: %s", name, e)
       results[name] = str(e)
   table = format_table(results)
