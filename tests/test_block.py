@@ -396,3 +396,26 @@ def test_latent_per_block(latent_model):
       denoise, x0, jax.random.key(1), get_schedule("linear"), SB, z=z)["nelbo"])
   a, b = nelbo(z), nelbo(z + 3.0)
   assert np.all(np.isfinite(a)) and np.abs(a - b).max() > 1e-3  # z is used
+
+
+@pytest.mark.parametrize("loss", ["block", "prime"])
+def test_a_clipped_mask_rate_below_eps_gives_a_finite_loss(loss):
+  """clip = (0, 0.5): a uniform near 0 asks for a mask rate below eps, which
+  inverts to t = 0, where a polynomial schedule with k < 1 has an infinite weight
+  while eps still masks; the time is kept above 0, so loss and gradient are finite."""
+  from vmd_jax import prime
+  schedule, V = get_schedule("polynomial", k=0.5), 3
+  x0 = jnp.zeros((1, 4), jnp.int32)
+  noise = jnp.array([[0.99999, 0.1, 0.1, 0.1]])  # the first token masked at every t
+
+  def nelbo(w):
+    fn = lambda x, t, positions, mask, kv_prefix=None, *, z=None: w * jnp.ones(x.shape[:2] + (V,))
+    if loss == "prime":
+      code = prime.DigitCode(V, 1)
+      return prime.block_nelbo_terms(fn, x0, None, schedule, code, 4, t=jnp.array([[1e-5]]),
+                                     noise=noise[..., None], clip=(0.0, 0.5))["nelbo"].sum()
+    return block.block_nelbo_terms(fn, x0, None, schedule, 4, vocab_size=V,
+                                   t=jnp.array([[1e-5]]), noise=noise, clip=(0.0, 0.5))["nelbo"].sum()
+
+  value, grad = jax.value_and_grad(nelbo)(1.0)
+  assert np.isfinite(float(value)) and np.isfinite(float(grad)), (value, grad)

@@ -95,6 +95,16 @@ def block_diffusion_mask(seq_len: int, block_size: int):
   return jnp.concatenate([top, bottom], axis=0)
 
 
+def clipped_rate_times(schedule, u, clip):
+  """BD3-LM's clipped mask rate: the times t with 1 - alpha(t) = beta + (omega - beta) u
+  for uniforms u in (0, 1] and clip = (beta, omega); at least float32's smallest
+  positive number, since a rate below the schedule's least, 1 - alpha(0) = eps,
+  inverts to t = 0, where a polynomial schedule with k < 1 has an infinite weight."""
+  beta, omega = clip
+  t = schedule.inverse(1.0 - (beta + (omega - beta) * u))
+  return jnp.maximum(t, jnp.finfo(jnp.float32).tiny)
+
+
 def per_token(values, block_size: int):
   """Repeats per-block values [B, K, ...] to per-token values [B, K L', ...]."""
   return jnp.repeat(values, block_size, axis=1)
@@ -158,7 +168,7 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
   t = jnp.asarray(t, jnp.float32)
   chex.assert_shape(t, (batch_size, blocks))
   if (beta, omega) != (0.0, 1.0):
-    t = schedule.inverse(1.0 - (beta + (omega - beta) * t))
+    t = clipped_rate_times(schedule, t, clip)
   t, weight = diffusion_weight(schedule, t, num_steps)  # [B, K] each
 
   if noise is None:

@@ -787,7 +787,7 @@ def block_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode,
   t = jnp.asarray(t, jnp.float32)
   chex.assert_shape(t, (batch_size, blocks))
   if (lo, hi) != (0.0, 1.0):
-    t = schedule.inverse(1.0 - (lo + (hi - lo) * t))
+    t = block.clipped_rate_times(schedule, t, clip)
   if num_steps is not None:
     t, _ = discretize_times(t, num_steps)
   t_tok = block.per_token(t, block_size)  # [B, L]
