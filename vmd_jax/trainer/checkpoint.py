@@ -127,25 +127,33 @@ class Checkpointer:
 
   def check_layout(self, target, step: int) -> None:
     """Raises ``LayoutMismatch`` when step ``step``'s metadata reads back and its
-    arrays' shapes differ from ``target``'s (as multisets); an unreadable metadata
-    file is left to ``restore``, which takes the step for a corrupt one."""
+    arrays' shapes differ from ``target``'s (as multisets), on any process (all
+    raise together); an unreadable metadata file is left to ``restore``, which
+    takes the step for a corrupt one."""
+    problem = self._layout_problem(target, step)
+    if not _on_every_process(problem is None):
+      raise LayoutMismatch(problem or f"checkpoint step {step} in {self.directory} holds a "
+                           "state of another layout, as another process read it")
+
+  def _layout_problem(self, target, step: int) -> str | None:
+    """What ``check_layout`` raises on this process, or None."""
     from collections import Counter
     handler = ocp.StandardCheckpointHandler()  # the manager's own handler, read-only use
     try:  # a single-item manager keeps the state in <step>/default
       metadata = handler.metadata(self.directory / str(step) / "default")
       saved = Counter(tuple(getattr(leaf, "shape", ()) or ()) for leaf in jax.tree.leaves(metadata))
     except Exception:  # pylint: disable=broad-except
-      return
+      return None
     finally:
       handler.close()
     here = Counter(tuple(leaf.shape) for leaf in jax.tree.leaves(target))
-    if saved and saved != here:
-      only_saved, only_here = sorted((saved - here).elements()), sorted((here - saved).elements())
-      raise LayoutMismatch(
-          f"checkpoint step {step} in {self.directory} holds a state of another layout "
-          f"({sum(saved.values())} arrays, {sum(here.values())} here; shapes only there: "
-          f"{only_saved[:3]}, only here: {only_here[:3]}): another model, optimizer or "
-          "vmd_jax version wrote it; resume with those, or train in a new --workdir")
+    if not saved or saved == here:
+      return None
+    only_saved, only_here = sorted((saved - here).elements()), sorted((here - saved).elements())
+    return (f"checkpoint step {step} in {self.directory} holds a state of another layout "
+            f"({sum(saved.values())} arrays, {sum(here.values())} here; shapes only there: "
+            f"{only_saved[:3]}, only here: {only_here[:3]}): another model, optimizer or "
+            "vmd_jax version wrote it; resume with those, or train in a new --workdir")
 
   def _newest_readable(self, read, on_bad):
     """(step, ``read(step)``) of the newest step that every process reads without
