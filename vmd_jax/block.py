@@ -311,8 +311,7 @@ def cached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, cac
   logits = denoise_fn(x_block, t_tok, positions,
                      _prefix_mask(prefix_len, block_size, block_index),
                      _cache_prefix(cache, prefix_len), **_z_kw(z, block_index, block_size))
-  check_logits(logits, x_block.shape[:2] + (None,), axes="[B, L', V]")
-  return logits
+  return check_logits(logits, x_block.shape[:2] + (None,), axes="[B, L', V]")
 
 
 def uncached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, x,
@@ -327,8 +326,8 @@ def uncached_block_logits(denoise_fn: BlockDenoiseFn, x_block, t, block_index, x
   logits = denoise_fn(x, t_tok, jnp.arange(seq_len)[None],
                       block_causal_mask(seq_len, block_size), None,
                       **_z_kw(z, block_index, block_size, seq_len))
-  check_logits(logits, x.shape[:2] + (None,), axes="[B, L, V]")
-  return jax.lax.dynamic_slice_in_dim(logits, start, block_size, axis=1)
+  return jax.lax.dynamic_slice_in_dim(
+      check_logits(logits, x.shape[:2] + (None,), axes="[B, L, V]"), start, block_size, axis=1)
 
 
 def prefill_block(prefill_fn: PrefillFn, x_block, block_index, cache, block_size: int, *,

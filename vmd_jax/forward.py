@@ -94,11 +94,12 @@ def infer_vocab_size(denoise_fn, *args, **kwargs) -> int:
 
 
 def check_logits(logits, shape, *, name: str = "denoise_fn", axes: str = "[B, N, V]"):
-  """Raises ``ValueError`` unless ``logits.shape`` is ``shape`` (None: any size
-  on that axis), naming both. Shapes are static, so this works under ``jax.jit``."""
+  """``logits``, unchanged, when ``logits.shape`` is ``shape`` (None: any size on
+  that axis); else a ``ValueError`` naming both. Shapes are static, so this works
+  under ``jax.jit``."""
   if logits.ndim == len(shape) and all(e is None or a == e
                                        for a, e in zip(logits.shape, shape)):
-    return
+    return logits
   expected = "(" + ", ".join("?" if e is None else str(e) for e in shape) + ")"
   raise ValueError(f"{name} returned logits of shape {tuple(logits.shape)}, expected "
                    f"{axes} = {expected}")

@@ -89,7 +89,7 @@ from vmd_jax import exact
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_logits, check_tokens, mask_where
 from vmd_jax.losses import draw_times, token_log_likelihood
-from vmd_jax.sampling import (check_temperature, check_top_p, nucleus_logits,
+from vmd_jax.sampling import (check_temperature, check_top_p, is_traced, nucleus_logits,
                               tempered_logits)
 from vmd_jax.schedules import MD4_EPS, time_grid
 
@@ -399,11 +399,10 @@ def reverse_log_probs(logits, params: GenMD4Params, t, s, *, eps: float = MD4_EP
 
 def _sampling_logits(logits, temperature, top_p):
   """The logits of mu after temperature and top-p (either may be traced; a
-  temperature of 0 keeps only the argmax values, traced or not)."""
-  check_temperature(temperature)
-  check_top_p(top_p)
+  temperature of 0 keeps only the argmax values, traced or not); ``sample`` has
+  checked both."""
   greedy = lambda: jnp.where(logits >= jnp.max(logits, axis=-1, keepdims=True), 0.0, -jnp.inf)
-  if isinstance(temperature, jax.core.Tracer):
+  if is_traced(temperature):
     return jnp.where(temperature == 0.0, greedy(),
                      nucleus_logits(tempered_logits(logits, temperature), top_p))
   if temperature == 0.0:
@@ -458,11 +457,6 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
     times = jnp.asarray(grid, jnp.float32)
     chex.assert_shape(times, (num_steps + 1,))
 
-  def logits_at(x, t):
-    logits = denoise_fn(x, t)
-    check_logits(logits, (batch_size, length, vocab_size))
-    return logits.astype(jnp.float32)
-
   def body(i, carry):
     x, nfe = carry
     t = jnp.full((batch_size,), times[i])
@@ -470,7 +464,8 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
     masked = x == mask_id
     call = jnp.any(masked)
     logits = jax.lax.cond(
-        call, lambda: logits_at(x, t),
+        call, lambda: check_logits(denoise_fn(x, t),
+                                   (batch_size, length, vocab_size)).astype(jnp.float32),
         lambda: jnp.zeros((batch_size, length, vocab_size), jnp.float32))
     logits = _sampling_logits(logits, temperature, top_p)
     log_probs = reverse_log_probs(logits, params, t, s, eps=eps)

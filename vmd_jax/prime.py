@@ -95,7 +95,7 @@ from vmd_jax import block, exact, forward
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_tokens, mask_where
 from vmd_jax.losses import discretize_times, stratified_times, uniform_times
-from vmd_jax.sampling import ORDERS, check_temperature, check_top_p, draw_tokens
+from vmd_jax.sampling import ORDERS, check_temperature, check_top_p, draw_tokens, kept_masks
 from vmd_jax.schedules import time_grid
 
 # Log-probability of a token that is excluded (invalid code or conflict with a
@@ -574,14 +574,11 @@ def _candidates(masked, unit):
 
 def _confidence_count(candidates, alpha_t, alpha_s, last):
   """m - min(floor(m (1 - alpha_s) / (1 - alpha_t)), m - 1) units to reveal (m
-  when ``last``; 0 when m = 0), m = the candidates per row, int32 [B]. The ratio
-  is < 1, so the floor alone is at most m - 1; the min keeps that where float32
-  rounds it to 1 (near t = 1, cosine schedule), so every step with a masked unit
-  reveals one (as ``sampling.confidence_reveal_counts``)."""
+  when ``last``; 0 when m = 0), m = the candidates per row, int32 [B]
+  (``sampling.kept_masks``: every step with a masked unit reveals one)."""
   num_masked = jnp.sum(candidates, axis=-1)
-  keep = jnp.floor(num_masked * (1.0 - alpha_s) / (1.0 - alpha_t) + 1e-6)  # 1e-6: round-off
-  keep = jnp.minimum(keep.astype(jnp.int32), jnp.maximum(num_masked - 1, 0))
-  return num_masked - jnp.where(last, 0, keep)
+  return num_masked - kept_masks(num_masked, num_masked * (1.0 - alpha_s) / (1.0 - alpha_t),
+                                 last)
 
 
 def reveals_any(key, x, code: DigitCode, order: str, *, alpha_t=None, alpha_s=None,
@@ -673,10 +670,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     s = jnp.where(num_masked > 0, s, t_prev)
     return s, s
 
-  def logits_at(x, t):
-    logits = denoise_fn(x, t)
-    forward.check_logits(logits, (batch_size, length, code.vocab_size))
-    return logits.astype(jnp.float32)
+  network = lambda x, t: forward.check_logits(
+      denoise_fn(x, t), (batch_size, length, code.vocab_size)).astype(jnp.float32)
 
   def body(i, carry):
     x, nfe, t_prev, idle = carry
@@ -688,7 +683,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
             else jnp.bool_(True))
     x_new = jax.lax.cond(
         call,
-        lambda: reveal_step(step_key, x, logits_at(x, t), code, order,
+        lambda: reveal_step(step_key, x, network(x, t), code, order,
                             temperature=temperature, top_p=top_p, **step),
         lambda: x)
     same = jnp.all(x_new == x, axis=(1, 2))

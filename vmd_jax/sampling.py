@@ -75,10 +75,15 @@ ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
 CONFIDENCE_ORDERS = ("top_prob", "top_prob_margin", "random")
 
 
+def is_traced(value) -> bool:
+  """Whether ``value`` is a tracer (a ``jax.jit`` argument, a ``vmap``ped value)."""
+  return isinstance(value, jax.core.Tracer)
+
+
 def check_top_p(top_p):
   """Raises ValueError unless ``top_p`` is None or in (0, 1] (NaN is not).
   A traced ``top_p`` cannot be inspected and passes."""
-  if top_p is None or isinstance(top_p, jax.core.Tracer):
+  if top_p is None or is_traced(top_p):
     return
   if not 0.0 < float(top_p) <= 1.0:
     raise ValueError(f"top_p must be in (0, 1] or None (off), got {top_p!r}")
@@ -88,7 +93,7 @@ def check_temperature(temperature):
   """Raises ValueError unless ``temperature`` is a finite number >= 0 (0 is
   greedy; a negative one would sample the inverted distribution, NaN token 0).
   A traced ``temperature`` cannot be inspected and passes."""
-  if isinstance(temperature, jax.core.Tracer):
+  if is_traced(temperature):
     return
   if not (math.isfinite(float(temperature)) and float(temperature) >= 0.0):
     raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), "
@@ -109,17 +114,13 @@ def top_p_logits(logits, top_p: float):
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
-def _traced(value) -> bool:
-  return isinstance(value, jax.core.Tracer)
-
-
 def nucleus_logits(logits, top_p):
   """``top_p_logits(logits, top_p)`` for top_p < 1, the logits unchanged for
   None or top_p >= 1. A traced ``top_p`` picks between the two with
   ``jnp.where`` (both computed)."""
   if top_p is None:
     return logits
-  if _traced(top_p):
+  if is_traced(top_p):
     return jnp.where(top_p < 1.0, top_p_logits(logits, top_p), logits)
   return top_p_logits(logits, top_p) if top_p < 1.0 else logits
 
@@ -127,7 +128,7 @@ def nucleus_logits(logits, top_p):
 def tempered_logits(logits, temperature):
   """logits / temperature for temperature > 0 (a traced temperature of 0 divides
   by 1 instead: the caller selects the greedy result for it)."""
-  if _traced(temperature):
+  if is_traced(temperature):
     return logits / jnp.where(temperature == 0.0, 1.0, temperature)
   return logits / temperature
 
@@ -140,11 +141,11 @@ def draw_tokens(key, logits, temperature: float = 1.0, top_p: float | None = Non
   the argmax."""
   check_temperature(temperature)
   check_top_p(top_p)
-  if not _traced(temperature) and temperature == 0.0:
+  if not is_traced(temperature) and temperature == 0.0:
     return jnp.argmax(logits, axis=-1)
   drawn = jax.random.categorical(
       key, nucleus_logits(tempered_logits(logits, temperature), top_p), axis=-1)
-  if _traced(temperature):
+  if is_traced(temperature):
     drawn = jnp.where(temperature == 0.0, jnp.argmax(logits, axis=-1), drawn)
   return drawn
 
@@ -171,25 +172,30 @@ def first_hitting_times(key, shape, schedule):
   return schedule.inverse(1.0 - (1.0 - schedule.alpha(1.0)) * u)
 
 
+def kept_masks(num_masked, scaled, last):
+  """The masks a confidence step keeps: min(floor(scaled), m - 1), 0 at the
+  ``last`` step, int32; m = ``num_masked`` and ``scaled`` = m (1 - alpha(s)) /
+  (1 - alpha(t)). The ratio is < 1, so the floor alone is at most m - 1; the min
+  keeps that where float32 rounds it to 1 (near t = 1 under the cosine
+  schedule), so every step with masks left reveals at least one."""
+  keep = jnp.floor(scaled + 1e-6).astype(jnp.int32)  # 1e-6: round-off
+  keep = jnp.minimum(keep, jnp.maximum(num_masked - 1, 0))
+  return jnp.where(last, 0, keep)
+
+
 def confidence_reveal_counts(num_masked, num_steps: int, schedule, grid: str = "linear"):
   """Tokens the confidence orders reveal at each step, int32 [B, T], from the
   masks m_0 = num_masked [B]: m_{i+1} = min(floor(m_i (1 - alpha(t_{i+1})) /
   (1 - alpha(t_i))), m_i - 1) for m_i > 0 (an equal share per step under the
-  linear schedule and grid), m_T = 0; step i reveals m_i - m_{i+1}.
-
-  The ratio is < 1, so the floor alone is at most m_i - 1; the min keeps that
-  true where float32 rounds the ratio to 1 (near t = 1 under the cosine
-  schedule), so every step with masks left reveals at least one token."""
+  linear schedule and grid), m_T = 0 (``kept_masks``); step i reveals
+  m_i - m_{i+1}."""
   alpha = schedule.alpha(time_grid(num_steps, grid))
   ratio = (1.0 - alpha[1:]) / (1.0 - alpha[:-1])
   is_last = jnp.arange(num_steps) == num_steps - 1
 
   def step(left, xs):
     r, last = xs
-    keep = jnp.floor(left * r + 1e-6).astype(jnp.int32)  # 1e-6: round-off
-    # r < 1 exactly, so floor(m r) <= m - 1; float32 rounds r to 1 near t = 1.
-    keep = jnp.minimum(keep, jnp.maximum(left - 1, 0))
-    keep = jnp.where(last, 0, keep)
+    keep = kept_masks(left, left * r, last)
     return keep, left - keep
 
   _, counts = jax.lax.scan(step, num_masked.astype(jnp.int32), (ratio, is_last))
@@ -311,9 +317,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   def body(carry):
     x, cursor, nfe = carry
     event, t, active = next_event(x, cursor)
-    logits = denoise_fn(x, t)
-    check_logits(logits, (batch_size, length, vocab_size))
-    logits = logits.astype(jnp.float32)
+    logits = check_logits(denoise_fn(x, t), (batch_size, length, vocab_size)).astype(jnp.float32)
     keys = jax.vmap(lambda k, e: jax.random.split(jax.random.fold_in(k, e)))(row_keys, event)
     values = jax.vmap(lambda k, l: draw_tokens(k, l, temperature, top_p))(keys[:, 0], logits)
     reveal = choose(x == mask_id, logits, event, keys[:, 1]) & active[:, None]

@@ -216,7 +216,7 @@ def _train_and_evaluate(config, workdir, mesh, dataset, model, outside) -> dict:
     outside.phase = (f"during the final evaluation, after step {last} of {tc.num_steps} "
                      f"(saved {ckpt.directory}/{last})")
     result = evaluate.evaluate_run(config, model, dataset, state_box[0].ema_params, workdir,
-                                   writer, mesh=mesh, step=int(state_box[0].step))
+                                   writer, mesh=mesh, step=last)
   finally:
     ckpt.close()
     writer.close()
