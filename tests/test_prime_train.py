@@ -165,6 +165,32 @@ def test_block_sampler_with_and_without_the_cache_and_prompts():
   assert len(np.unique(np.asarray(a[:, 0]))) > 1  # drawn, not a constant
 
 
+def test_block_sampler_reads_only_the_cache_prefix_it_needs():
+  """``cache_segments`` (shared with ``block.block_sample`` through
+  ``block.blockwise``): 4 blocks in S = 1, 2 or 4 runs, each reading only the
+  cache prefix its last block needs, draw the same digits as recomputing the
+  prefix, with the same number of calls."""
+  config = tiny(block_size=2)
+  model = build.build_model(config, 10, 8)
+  params = _perturbed(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)),
+                      jax.random.key(4))
+  denoise, prefill = adapters.block_denoiser_fns(model.denoiser, params["denoiser"])
+  code = model.prime_code
+  x_init = code.tokens_to_digits(jnp.tile(jnp.array([[10, 7, 10, 10, 3, 10, 10, 10]]),
+                                          (32, 1)))
+  draw = jax.jit(lambda key, cache, segments: prime.block_sample(
+      denoise, prefill, key, x_init, 2, 2, model.schedule, code, "top_prob",
+      use_cache=cache, cache_segments=segments, return_nfe=True), static_argnums=(1, 2))
+  recomputed, nfe = draw(jax.random.key(9), False, 1)
+  assert len(np.unique(np.asarray(recomputed[:, 0]), axis=0)) > 1  # drawn, not a constant
+  for segments in (1, 2, 4):
+    cached, cached_nfe = draw(jax.random.key(9), True, segments)
+    np.testing.assert_array_equal(cached, recomputed, err_msg=f"cache_segments={segments}")
+    assert int(cached_nfe) == int(nfe) == 1 + 2 + 1 + 2  # one masked token: one call
+  with pytest.raises(ValueError, match="cache_segments must be an int >= 1, got 0"):
+    draw(jax.random.key(9), True, 0)
+
+
 # ----------------------------------------------------------------------------
 # End to end through train_and_evaluate.
 

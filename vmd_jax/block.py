@@ -346,6 +346,16 @@ def prefill_block(prefill_fn: PrefillFn, x_block, block_index, cache, block_size
       cache, new)
 
 
+def _check_blockwise(x_init, block_size, prefill_fn, use_cache, cache_segments) -> int:
+  """K, once the block loop's arguments are checked."""
+  blocks = num_blocks(x_init.shape[1], block_size)
+  if use_cache and prefill_fn is None:
+    raise ValueError("use_cache=True needs a prefill_fn")
+  if not isinstance(cache_segments, int) or cache_segments < 1:
+    raise ValueError(f"cache_segments must be an int >= 1, got {cache_segments!r}")
+  return blocks
+
+
 def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, x_init,
                  block_size: int, num_steps_per_block: int, schedule,
                  order: str = "ancestral", *, vocab_size: int | None = None,
@@ -390,37 +400,59 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
     int [B, L] samples, or (samples, nfe).
   """
   chex.assert_rank(x_init, 2)
-  batch_size, seq_len = x_init.shape
-  blocks = num_blocks(seq_len, block_size)
-  if use_cache and prefill_fn is None:
-    raise ValueError("use_cache=True needs a prefill_fn")
-  if not isinstance(cache_segments, int) or cache_segments < 1:
-    raise ValueError(f"cache_segments must be an int >= 1, got {cache_segments!r}")
+  batch_size = x_init.shape[0]
+  _check_blockwise(x_init, block_size, prefill_fn, use_cache, cache_segments)
   if vocab_size is None:
     probe = jax.eval_shape(
         lambda x: uncached_block_logits(denoise_fn, x[:, :block_size], jnp.zeros(batch_size),
                                         0, x, block_size, z=z), x_init)
     vocab_size = probe.shape[-1]
   check_tokens(x_init, vocab_size, allow_mask=True, name="x_init")
-  cache = init_kv_cache(prefill_fn, x_init, z=z) if use_cache else None
+
+  def sample_block(logits_fn, block_key, x_block):
+    return sample(logits_fn, block_key, x_block, num_steps_per_block, schedule, order,
+                  vocab_size=vocab_size, temperature=temperature, top_p=top_p, grid=grid,
+                  skip_idle=skip_idle, return_nfe=True)
+
+  x, nfe = blockwise(sample_block, denoise_fn, prefill_fn, key, x_init, block_size,
+                     use_cache=use_cache, cache_segments=cache_segments, z=z)
+  return (x, nfe) if return_nfe else x
+
+
+def blockwise(sample_block: Callable, denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None,
+              key, x_init, block_size: int, *, use_cache: bool = True,
+              cache_segments: int = 4, z=None, pack: Callable | None = None):
+  """The left-to-right loop of ``block_sample``, for any sampler within a block.
+
+  For b = 0..K-1: x^b <- sample_block(logits_fn, fold_in(key, b), x^b), where
+  logits_fn(x_block, t) gives the denoiser's logits for block b at time t with
+  the clean blocks < b as context (the KV cache, or recomputed), then block b
+  is prefilled into the cache (not the last). ``x_init`` [B, L, ...] is sliced
+  along axis 1; ``pack`` maps it to the int [B, L] tokens the cache machinery
+  and the denoiser take (identity when None; Prime packs its digits).
+
+  Returns:
+    (x, nfe): x like x_init, nfe the sum of sample_block's call counts (int32).
+  """
+  pack = pack or (lambda x: x)
+  blocks = _check_blockwise(x_init, block_size, prefill_fn, use_cache, cache_segments)
+  cache = init_kv_cache(prefill_fn, pack(x_init), z=z) if use_cache else None
 
   def step(carry, b, prefix_len=None):
     x, cache, nfe = carry
     x_block = jax.lax.dynamic_slice_in_dim(x, b * block_size, block_size, axis=1)
     if use_cache:
-      fn = lambda xb, t: cached_block_logits(denoise_fn, xb, t, b, cache, block_size, z=z,
-                                             prefix_len=prefix_len)
+      fn = lambda xb, t: cached_block_logits(denoise_fn, pack(xb), t, b, cache, block_size,
+                                             z=z, prefix_len=prefix_len)
     else:
-      fn = lambda xb, t: uncached_block_logits(denoise_fn, xb, t, b, x, block_size, z=z)
-    x_block, calls = sample(fn, jax.random.fold_in(key, b), x_block, num_steps_per_block,
-                            schedule, order, vocab_size=vocab_size, temperature=temperature,
-                            top_p=top_p, grid=grid, skip_idle=skip_idle,
-                            return_nfe=True)
+      fn = lambda xb, t: uncached_block_logits(denoise_fn, pack(xb), t, b, pack(x),
+                                               block_size, z=z)
+    x_block, calls = sample_block(fn, jax.random.fold_in(key, b), x_block)
     x = jax.lax.dynamic_update_slice_in_dim(x, x_block, b * block_size, axis=1)
     if use_cache:
       cache = jax.lax.cond(
           b < blocks - 1,
-          lambda c: prefill_block(prefill_fn, x_block, b, c, block_size, z=z,
+          lambda c: prefill_block(prefill_fn, pack(x_block), b, c, block_size, z=z,
                                   prefix_len=prefix_len),
           lambda c: c, cache)
     return (x, cache, nfe + calls), None
@@ -433,4 +465,4 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
     carry, _ = jax.lax.scan(functools.partial(step, prefix_len=prefix_len), carry,
                             jnp.arange(lo, hi, dtype=jnp.int32))
   x, _, nfe = carry
-  return (x, nfe) if return_nfe else x
+  return x, nfe

@@ -808,18 +808,18 @@ def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
                  order: str = "ancestral", *, unit: str = "token",
                  temperature: float = 1.0, top_p: float | None = None,
                  grid: str = "linear", skip_idle: bool = True, use_cache: bool = True,
-                 z=None, return_nfe: bool = False):
+                 cache_segments: int = 4, z=None, return_nfe: bool = False):
   """Generates the masked digits of x_init [B, L, l] block by block, left to right.
 
   Block b is ``sample`` (any order; unit, temperature, top_p, grid and skip_idle
   as there; key fold_in(key, b)) with a denoiser that sees block b at time t and
   the clean blocks < b, read from ``block``'s KV cache (else recomputed with
-  ``block.block_causal_mask``; same logits). The cache machinery works on [B, L]
-  ints, so digits travel through it packed (``DigitCode.pack``) and are unpacked
-  before the network. Interface as ``block.block_sample`` (denoise_fn and
-  prefill_fn take digits [B, n, l]), except: ``code`` gives V (no
-  ``vocab_size``), ``unit`` is Prime's, and every cached call attends over the
-  whole cache (no ``cache_segments``).
+  ``block.block_causal_mask``; same logits), through ``block.blockwise``. The
+  cache machinery works on [B, L] ints, so digits travel through it packed
+  (``DigitCode.pack``) and are unpacked before the network. Interface as
+  ``block.block_sample`` (denoise_fn and prefill_fn take digits [B, n, l],
+  ``cache_segments`` as there), except that ``code`` gives V (no
+  ``vocab_size``) and ``unit`` is Prime's.
 
   Returns:
     int [B, L, l] digits, or (digits, nfe) with ``return_nfe`` (prefill calls
@@ -827,36 +827,16 @@ def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
   """
   chex.assert_rank(x_init, 3)
   check_digits(x_init, code, name="x_init")
-  blocks = block.num_blocks(x_init.shape[1], block_size)
-  if use_cache and prefill_fn is None:
-    raise ValueError("use_cache=True needs a prefill_fn")
-  packed_denoise = lambda x, *a, **kw: denoise_fn(code.unpack(x), *a, **kw)
-  packed_prefill = lambda x, *a, **kw: prefill_fn(code.unpack(x), *a, **kw)
-  cache = block.init_kv_cache(packed_prefill, code.pack(x_init), z=z) if use_cache else None
+  unpacked = lambda fn: None if fn is None else (lambda x, *a, **kw: fn(code.unpack(x), *a, **kw))
 
-  def step(carry, b):
-    x, cache, nfe = carry
-    x_block = jax.lax.dynamic_slice_in_dim(x, b * block_size, block_size, axis=1)
-    if use_cache:
-      fn = lambda xb, t: block.cached_block_logits(packed_denoise, code.pack(xb), t, b, cache,
-                                                   block_size, z=z)
-    else:
-      fn = lambda xb, t: block.uncached_block_logits(packed_denoise, code.pack(xb), t, b,
-                                                     code.pack(x), block_size, z=z)
-    x_block, calls = sample(fn, jax.random.fold_in(key, b), x_block, num_steps_per_block,
-                            schedule, code, order, unit=unit, temperature=temperature,
-                            top_p=top_p, grid=grid, skip_idle=skip_idle, return_nfe=True)
-    x = jax.lax.dynamic_update_slice_in_dim(x, x_block, b * block_size, axis=1)
-    if use_cache:
-      cache = jax.lax.cond(
-          b < blocks - 1,
-          lambda c: block.prefill_block(packed_prefill, code.pack(x_block), b, c, block_size,
-                                        z=z),
-          lambda c: c, cache)
-    return (x, cache, nfe + calls), None
+  def sample_block(logits_fn, block_key, x_block):
+    return sample(logits_fn, block_key, x_block, num_steps_per_block, schedule, code, order,
+                  unit=unit, temperature=temperature, top_p=top_p, grid=grid,
+                  skip_idle=skip_idle, return_nfe=True)
 
-  (x, _, nfe), _ = jax.lax.scan(step, (x_init, cache, jnp.int32(0)),
-                                jnp.arange(blocks, dtype=jnp.int32))
+  x, nfe = block.blockwise(sample_block, unpacked(denoise_fn), unpacked(prefill_fn), key,
+                           x_init, block_size, use_cache=use_cache,
+                           cache_segments=cache_segments, z=z, pack=code.pack)
   return (x, nfe) if return_nfe else x
 
 
