@@ -87,3 +87,29 @@ def test_checked_sampler_under_jit():
 def test_check_tokens_rejects_float_tokens():
   with pytest.raises(ValueError, match="x0 must hold integer tokens, got dtype float32"):
     forward.check_tokens(np.zeros((1, 2), np.float32), V, name="x0")
+
+
+@pytest.mark.parametrize("sampler", ["sample", "block_sample"])
+def test_checked_samplers_check_a_traced_temperature_and_top_p(sampler):
+  """Traced (a jit argument) a negative or NaN temperature, or a top_p outside
+  (0, 1], cannot raise; under ``forward.checked`` it is a checkify error naming
+  it, as a concrete one is a ValueError. Good values pass."""
+  draw = {"sample": lambda x, temp, top_p: sampling.sample(
+              denoise, KEY, x, 3, SCHEDULE, temperature=temp, top_p=top_p),
+          "block_sample": lambda x, temp, top_p: block.block_sample(
+              block_denoise, None, KEY, x, 2, 1, SCHEDULE, use_cache=False,
+              temperature=temp, top_p=top_p)}[sampler]
+  fn = jax.jit(forward.checked(draw))
+  x = _with(1, fill=V)
+  for temp, top_p, message in [(-1.0, 0.5, "temperature must be a finite number >= 0"),
+                               (jnp.nan, 0.5, "temperature must be a finite number >= 0"),
+                               (1.0, 0.0, r"top_p must be in \(0, 1\]"),
+                               (1.0, 1.5, r"top_p must be in \(0, 1\]")]:
+    err, _ = fn(x, temp, top_p)
+    with pytest.raises(checkify.JaxRuntimeError, match=message):
+      err.throw()
+    with pytest.raises(ValueError, match=message):
+      draw(x, temp, top_p)
+  for temp in (0.0, 1.0):
+    err, out = fn(x, temp, 1.0)
+    assert err.get() is None and int(out.max()) < V and int(out[1, 4]) == 1

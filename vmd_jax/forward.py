@@ -52,7 +52,7 @@ def check_tokens(x, vocab_size: int, *, allow_mask: bool = False, name: str = "x
   """
   hi = vocab_size if allow_mask else vocab_size - 1
   if isinstance(x, jax.core.Tracer):
-    if _CHECKING.get():
+    if checking():
       bad = (x < 0) | (x > hi)
       flat = jnp.argmax(bad.ravel())
       index = jnp.unravel_index(flat, x.shape)
@@ -72,8 +72,14 @@ def check_tokens(x, vocab_size: int, *, allow_mask: bool = False, name: str = "x
                      f"{_allowed(vocab_size, allow_mask)}")
 
 
+def checking() -> bool:
+  """Whether traced values are being checked: inside a ``checked`` call."""
+  return _CHECKING.get()
+
+
 def checked(fn):
-  """``checkify``-wrapped ``fn`` whose token checks also run under ``jax.jit``.
+  """``checkify``-wrapped ``fn`` whose token checks (and the samplers' temperature
+  and top_p checks) also run under ``jax.jit``.
 
   ``err, out = jax.jit(checked(fn))(*args)``; ``err.throw()`` raises the check's
   message (``checkify.JaxRuntimeError``), ``err.get()`` returns it or None.

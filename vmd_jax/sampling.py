@@ -53,8 +53,9 @@ arguments are static (``num_steps``, ``order``, ``schedule``, ``grid``,
 ``vocab_size``, ``skip_idle``, ``return_nfe``, and shapes). A traced temperature
 of 0 still takes the exact argmax, and a traced top_p >= 1 turns the nucleus
 off, as the concrete values do. ``check_temperature`` and ``check_top_p`` check
-concrete values only: a traced top_p <= 0 or NaN keeps only the most likely
-value, and a traced negative or NaN temperature is used as given. The same holds
+traced values only under ``forward.checked`` (a ``checkify`` error, as for
+tokens); elsewhere a traced top_p <= 0 or NaN keeps only the most likely value,
+and a traced negative or NaN temperature is used as given. The same holds
 for ``block.block_sample``, ``prime.sample``, ``prime.block_sample`` and
 ``genmd4.sample``.
 """
@@ -68,7 +69,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from vmd_jax.forward import check_logits, check_tokens, infer_vocab_size
+from jax.experimental import checkify
+
+from vmd_jax.forward import check_logits, check_tokens, checking, infer_vocab_size
 from vmd_jax.schedules import time_grid
 
 ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
@@ -82,8 +85,14 @@ def is_traced(value) -> bool:
 
 def check_top_p(top_p):
   """Raises ValueError unless ``top_p`` is None or in (0, 1] (NaN is not).
-  A traced ``top_p`` cannot be inspected and passes."""
-  if top_p is None or is_traced(top_p):
+  A traced ``top_p`` is checked under ``forward.checked`` (a ``checkify``
+  error), else it cannot be inspected and passes."""
+  if top_p is None:
+    return
+  if is_traced(top_p):
+    if checking():
+      checkify.check((top_p > 0.0) & (top_p <= 1.0),
+                     "top_p must be in (0, 1] or None (off), got {v}", v=top_p)
     return
   if not 0.0 < float(top_p) <= 1.0:
     raise ValueError(f"top_p must be in (0, 1] or None (off), got {top_p!r}")
@@ -92,8 +101,13 @@ def check_top_p(top_p):
 def check_temperature(temperature):
   """Raises ValueError unless ``temperature`` is a finite number >= 0 (0 is
   greedy; a negative one would sample the inverted distribution, NaN token 0).
-  A traced ``temperature`` cannot be inspected and passes."""
+  A traced ``temperature`` is checked under ``forward.checked`` (a ``checkify``
+  error), else it cannot be inspected and passes."""
   if is_traced(temperature):
+    if checking():
+      checkify.check(jnp.isfinite(temperature) & (temperature >= 0.0),
+                     "temperature must be a finite number >= 0 (0: greedy), got {v}",
+                     v=temperature)
     return
   if not (math.isfinite(float(temperature)) and float(temperature) >= 0.0):
     raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), "
