@@ -3,10 +3,12 @@ claim: calls made by each sampler, a train step's FLOPs and timings. (Their spee
 goals live in benchmarks/, never here.)"""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from test_train import REPO
@@ -95,3 +97,34 @@ def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
   assert out.returncode == 1 and "config.model.attention = 'no'" in out.stdout
   one = json.loads((tmp_path / "sampler_one_block.json").read_text())["rows"]
   assert {r["order"] for r in one} == {"ancestral", "first_hitting"}
+
+
+def test_text8_cpu_script_trains_a_row_and_archives_it(tmp_path):
+  """benchmarks/text8_cpu.sh on the text8-format fixture, tiny: the frozen GenMD4
+  row's 27 exponents stay at 1 (train.schedule_lr = 1e-12), its BPC is near
+  log2(27) untrained, and the JSON keeps the command; a finished row is not run
+  again, and an unknown row is named."""
+  fixture = os.path.join(REPO, "tests", "data", "text8", "sqlite3_h_comments.txt")
+  tiny = (f"--config.data.text8_path={fixture} --config.data.seq_len=32 "
+          "--config.model.width=16 --config.model.depth=1 --config.model.num_heads=2 "
+          "--config.train.batch_size=8 --config.train.num_steps=4 "
+          "--config.train.warmup_steps=2 --config.eval.batch_size=128 "
+          "--config.eval.settings=ancestral:8")
+  output = tmp_path / "rows.json"
+  env = {**os.environ, "RUNS": str(tmp_path / "runs"), "OUTPUT": str(output),
+         "PYTHON": sys.executable, "EXTRA_ARGS": tiny}
+  script = lambda *rows: subprocess.run(["bash", "benchmarks/text8_cpu.sh", *rows], cwd=REPO,
+                                        env=env, capture_output=True, text=True, timeout=600)
+  out = script("genmd4_frozen")
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  row = json.loads(output.read_text())["genmd4_frozen"]
+  assert "--config.train.schedule_lr=1e-12" in row["command"] and tiny in row["command"]
+  assert row["step"] == 4 and row["test_characters"] > 0
+  assert abs(row["test_bpc"] - math.log2(27)) < 0.5 and row["test_bpc_stderr"] > 0
+  exponents = np.array(list(row["exponents"].values()))
+  assert len(exponents) == 27 and np.all(np.abs(exponents - 1.0) < 1e-6)
+  again = script("genmd4_frozen")
+  assert again.returncode == 0 and "genmd4_frozen: done" in again.stdout
+  assert json.loads(output.read_text())["genmd4_frozen"] == row
+  bad = script("gpt")
+  assert bad.returncode == 2 and "unknown row 'gpt'" in bad.stderr

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The README's offline text8 rows: small runs on Python's own documentation in
+# text8's format (no internet here), then their eval.json gathered with the command.
+#
+#   bash benchmarks/text8_cpu.sh [ROW ...]     # rows: md4 bd3 vmd genmd4 genmd4_frozen
+#
+# Each row trains configs/<config>.py for 2,000 steps at batch 32 on windows of 64
+# characters with a 2-layer width-64 denoiser (the flags below), into RUNS/<row>
+# (RUNS: default runs/text8_cpu; a row whose eval.json is there is not run again),
+# then writes OUTPUT (default benchmarks/results_text8_cpu.json): per row, the
+# command, the test bits per character and its standard error, and GenMD4's
+# exponents. genmd4_frozen is GenMD4 with its exponents held at 1
+# (train.schedule_lr = 1e-12): what the learned schedule adds beyond the two masks a
+# GenMD4 step draws. EXTRA_ARGS is appended to every row's flags (a later flag wins:
+# tests/test_benchmarks.py runs a row tiny on its fixture).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-runs/text8_cpu}
+output=${OUTPUT:-benchmarks/results_text8_cpu.json}
+python=${PYTHON:-.venv/bin/python}
+rows=("$@")
+[[ ${#rows[@]} -gt 0 ]] || rows=(md4 bd3 vmd genmd4 genmd4_frozen)
+
+flags=(--config.data.text8_source=local --config.data.text8_data_dir="$runs/tfds"
+  --config.data.seq_len=64 --config.model.width=64 --config.model.depth=2
+  --config.model.num_heads=4 --config.model.encoder_width=64
+  --config.model.encoder_depth=1 --config.model.encoder_heads=4
+  --config.train.batch_size=32 --config.train.num_steps=2000 --config.train.lr=1e-3
+  --config.train.warmup_steps=200 --config.train.ema_decay=0.999
+  --config.eval.batch_size=64 --config.eval.nelbo_samples=4
+  --config.eval.settings=ancestral:64)
+
+for row in "${rows[@]}"; do
+  case $row in
+    md4|bd3|vmd|genmd4) config=configs/text8_$row.py; extra=() ;;
+    genmd4_frozen) config=configs/text8_genmd4.py; extra=(--config.train.schedule_lr=1e-12) ;;
+    *) echo "text8_cpu.sh: unknown row '$row'; rows: md4 bd3 vmd genmd4 genmd4_frozen" >&2
+       exit 2 ;;
+  esac
+  if [[ -f $runs/$row/eval.json ]]; then echo "== $row: done ($runs/$row/eval.json)"; continue; fi
+  command=("$python" -m vmd_jax.main --config="$config" --workdir="$runs/$row"
+           "${flags[@]}" "${extra[@]}" ${EXTRA_ARGS:-})
+  echo "== $row: ${command[*]}"
+  "${command[@]}"
+  printf '%s\n' "${command[@]}" > "$runs/$row/command.txt"
+done
+
+"$python" - "$runs" "$output" "${rows[@]}" <<'PY'
+import json, pathlib, platform, sys
+runs, output, rows = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
+table = json.loads(output.read_text()) if output.exists() else {}
+for row in rows:
+  result = json.loads((runs / row / "eval.json").read_text())
+  nelbo = result["nelbo"]
+  table[row] = {
+      "command": " ".join((runs / row / "command.txt").read_text().split("\n")).strip(),
+      "machine": f"{platform.machine()} CPU, {len(__import__('os').sched_getaffinity(0))} cores",
+      "step": result["step"],
+      "test_bpc": round(nelbo["nelbo_bits_per_token"], 4),
+      "test_bpc_stderr": round(nelbo["nelbo_bits_per_token_stderr"], 4),
+      "test_characters": int(nelbo["eval_tokens"]),
+      **({"exponents": result["schedule"]} if "schedule" in result else {}),
+  }
+output.write_text(json.dumps(dict(sorted(table.items())), indent=2) + "\n")
+for row in rows:
+  print(f"{row}: {table[row]['test_bpc']:.3f} +- {table[row]['test_bpc_stderr']:.3f} BPC")
+PY
