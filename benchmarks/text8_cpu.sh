@@ -3,11 +3,13 @@
 # text8's format (no internet here), then their eval.json gathered with the command.
 #
 #   bash benchmarks/text8_cpu.sh [ROW ...]     # rows: md4 bd3 vmd genmd4 genmd4_frozen
+#   SEEDS="0 1 2" bash benchmarks/text8_cpu.sh md4 genmd4     # each row at each seed
 #
 # Each row trains configs/<config>.py for 2,000 steps at batch 32 on windows of 64
-# characters with a 2-layer width-64 denoiser (the flags below), into RUNS/<row>
-# (RUNS: default runs/text8_cpu; a row whose eval.json is there is not run again),
-# then writes OUTPUT (default benchmarks/results_text8_cpu.json): per row, the
+# characters with a 2-layer width-64 denoiser (the flags below) at config.seed = S
+# for each S in SEEDS (default 0), into RUNS/<row>/seed<S> (RUNS: default
+# runs/text8_cpu; a run whose eval.json is there is not run again), then writes
+# OUTPUT (default benchmarks/results_text8_cpu.json): per "<row>/seed<S>", the
 # command, the test bits per character and its standard error, and GenMD4's
 # exponents. genmd4_frozen is GenMD4 with its exponents held at 1
 # (train.schedule_lr = 1e-12): what the learned schedule adds beyond the two masks a
@@ -37,24 +39,29 @@ for row in "${rows[@]}"; do
     *) echo "text8_cpu.sh: unknown row '$row'; rows: md4 bd3 vmd genmd4 genmd4_frozen" >&2
        exit 2 ;;
   esac
-  if [[ -f $runs/$row/eval.json ]]; then echo "== $row: done ($runs/$row/eval.json)"; continue; fi
-  command=("$python" -m vmd_jax.main --config="$config" --workdir="$runs/$row"
-           "${flags[@]}" "${extra[@]}" ${EXTRA_ARGS:-})
-  echo "== $row: ${command[*]}"
-  "${command[@]}"
-  printf '%s\n' "${command[@]}" > "$runs/$row/command.txt"
+  for seed in ${SEEDS:-0}; do
+    run=$runs/$row/seed$seed
+    if [[ -f $run/eval.json ]]; then echo "== $row, seed $seed: done ($run/eval.json)"; continue; fi
+    command=("$python" -m vmd_jax.main --config="$config" --workdir="$run"
+             "${flags[@]}" --config.seed="$seed" "${extra[@]}" ${EXTRA_ARGS:-})
+    echo "== $row, seed $seed: ${command[*]}"
+    "${command[@]}"
+    printf '%s\n' "${command[@]}" > "$run/command.txt"
+  done
 done
 
-"$python" - "$runs" "$output" "${rows[@]}" <<'PY'
-import json, pathlib, platform, sys
-runs, output, rows = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
+"$python" - "$runs" "$output" "${SEEDS:-0}" "${rows[@]}" <<'PY'
+import json, os, pathlib, platform, sys
+runs, output, seeds, rows = (pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]),
+                             sys.argv[3].split(), sys.argv[4:])
 table = json.loads(output.read_text()) if output.exists() else {}
-for row in rows:
-  result = json.loads((runs / row / "eval.json").read_text())
+names = [f"{row}/seed{seed}" for row in rows for seed in seeds]
+for name in names:
+  result = json.loads((runs / name / "eval.json").read_text())
   nelbo = result["nelbo"]
-  table[row] = {
-      "command": " ".join((runs / row / "command.txt").read_text().split("\n")).strip(),
-      "machine": f"{platform.machine()} CPU, {len(__import__('os').sched_getaffinity(0))} cores",
+  table[name] = {
+      "command": " ".join((runs / name / "command.txt").read_text().split()),
+      "machine": f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores",
       "step": result["step"],
       "test_bpc": round(nelbo["nelbo_bits_per_token"], 4),
       "test_bpc_stderr": round(nelbo["nelbo_bits_per_token_stderr"], 4),
@@ -62,6 +69,6 @@ for row in rows:
       **({"exponents": result["schedule"]} if "schedule" in result else {}),
   }
 output.write_text(json.dumps(dict(sorted(table.items())), indent=2) + "\n")
-for row in rows:
-  print(f"{row}: {table[row]['test_bpc']:.3f} +- {table[row]['test_bpc_stderr']:.3f} BPC")
+for name in names:
+  print(f"{name}: {table[name]['test_bpc']:.3f} +- {table[name]['test_bpc_stderr']:.3f} BPC")
 PY

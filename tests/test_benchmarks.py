@@ -117,14 +117,15 @@ def test_text8_cpu_script_trains_a_row_and_archives_it(tmp_path):
                                         env=env, capture_output=True, text=True, timeout=600)
   out = script("genmd4_frozen")
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-  row = json.loads(output.read_text())["genmd4_frozen"]
+  row = json.loads(output.read_text())["genmd4_frozen/seed0"]
   assert "--config.train.schedule_lr=1e-12" in row["command"] and tiny in row["command"]
+  assert "--config.seed=0" in row["command"]
   assert row["step"] == 4 and row["test_characters"] > 0
   assert abs(row["test_bpc"] - math.log2(27)) < 0.5 and row["test_bpc_stderr"] > 0
   exponents = np.array(list(row["exponents"].values()))
   assert len(exponents) == 27 and np.all(np.abs(exponents - 1.0) < 1e-6)
   again = script("genmd4_frozen")
-  assert again.returncode == 0 and "genmd4_frozen: done" in again.stdout
-  assert json.loads(output.read_text())["genmd4_frozen"] == row
+  assert again.returncode == 0 and "genmd4_frozen, seed 0: done" in again.stdout
+  assert json.loads(output.read_text())["genmd4_frozen/seed0"] == row
   bad = script("gpt")
   assert bad.returncode == 2 and "unknown row 'gpt'" in bad.stderr
