@@ -43,6 +43,12 @@ def _allowed(vocab_size: int, allow_mask: bool) -> str:
   return f"[0, {vocab_size - 1}] (V = {vocab_size})"
 
 
+def is_traced(value) -> bool:
+  """Whether ``value`` is a tracer (a ``jax.jit`` argument, a ``vmap``ped value):
+  its values cannot be inspected, only checked under ``checked``."""
+  return isinstance(value, jax.core.Tracer)
+
+
 def check_tokens(x, vocab_size: int, *, allow_mask: bool = False, name: str = "x"):
   """Checks that integer tokens lie in [0, V) (or [0, V] with ``allow_mask``).
 
@@ -51,7 +57,7 @@ def check_tokens(x, vocab_size: int, *, allow_mask: bool = False, name: str = "x
   caller is wrapped by ``checked``, else nothing (values cannot be inspected).
   """
   hi = vocab_size if allow_mask else vocab_size - 1
-  if isinstance(x, jax.core.Tracer):
+  if is_traced(x):
     if checking():
       bad = (x < 0) | (x > hi)
       flat = jnp.argmax(bad.ravel())

@@ -542,7 +542,7 @@ def expected_nelbo(denoise_fn: DenoiseFn, x0, params: GenMD4Params, *,
   single = x0.ndim == 1
   x0 = jnp.atleast_2d(x0)
   if time_power is None:
-    if isinstance(params.raw_w, jax.core.Tracer):
+    if is_traced(params.raw_w):
       raise ValueError("expected_nelbo needs an explicit time_power for traced params")
     time_power = max(1.0, 2.0 / float(np.min(np.asarray(exponents(params)))))
   out = jax.jit(_expected_nelbo, static_argnums=(0, 3, 4, 5))(

@@ -239,8 +239,8 @@ def check_digits(x, code: DigitCode, *, name: str = "x_init"):
   if x.shape[-1] != l:
     raise ValueError(f"{name} must hold {l} digits per token (last axis), got shape {x.shape}")
   range_msg = f"outside [0, {b}] (base b = {b}, digit mask id {b})"
-  if isinstance(x, jax.core.Tracer):
-    if forward._CHECKING.get():  # pylint: disable=protected-access
+  if forward.is_traced(x):
+    if forward.checking():
       for bad, what in ((x < 0) | (x > b), "digit"), (None, "code"):
         if bad is None:
           bad = jnp.broadcast_to(code.count_consistent(x, x != b)[..., None] < 1, x.shape)

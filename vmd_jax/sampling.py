@@ -71,16 +71,11 @@ import jax.numpy as jnp
 
 from jax.experimental import checkify
 
-from vmd_jax.forward import check_logits, check_tokens, checking, infer_vocab_size
+from vmd_jax.forward import check_logits, check_tokens, checking, infer_vocab_size, is_traced
 from vmd_jax.schedules import time_grid
 
 ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
 CONFIDENCE_ORDERS = ("top_prob", "top_prob_margin", "random")
-
-
-def is_traced(value) -> bool:
-  """Whether ``value`` is a tracer (a ``jax.jit`` argument, a ``vmap``ped value)."""
-  return isinstance(value, jax.core.Tracer)
 
 
 def check_top_p(top_p):
