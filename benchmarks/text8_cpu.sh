@@ -15,6 +15,11 @@
 # exponents. genmd4_frozen is GenMD4 with its exponents held at 1
 # (train.schedule_lr = 1e-12): what the learned schedule adds beyond the two masks a
 # GenMD4 step draws. prime2 and prime4 are MDM-Prime with l = 2 and 4 digits.
+# The ablation rows (not run by default) change one thing at a time between
+# block MDM and block VMD: bd3_sinpos (block MDM with VMD's sinusoidal absolute
+# positions), vmd_nopos (VMD with RoPE only, as block MDM), vmd_zero (VMD whose
+# latent projection starts at zero, so that it starts as exactly block MDM) and
+# vmd_nopos_zero (both).
 # EXTRA_ARGS is appended to every row's flags (a later flag wins:
 # tests/test_benchmarks.py runs a row tiny on its fixture).
 set -euo pipefail
@@ -23,6 +28,7 @@ runs=${RUNS:-runs/text8_cpu}
 output=${OUTPUT:-benchmarks/results_text8_cpu.json}
 python=${PYTHON:-.venv/bin/python}
 all="md4 bd3 vmd genmd4 genmd4_frozen prime2 prime4"
+ablations="bd3_sinpos vmd_nopos vmd_zero vmd_nopos_zero"
 rows=("$@")
 [[ ${#rows[@]} -gt 0 ]] || read -ra rows <<< "$all"
 
@@ -41,7 +47,12 @@ for row in "${rows[@]}"; do
     genmd4_frozen) config=configs/text8_genmd4.py; extra=(--config.train.schedule_lr=1e-12) ;;
     prime2) config=configs/text8_prime.py; extra=(--config.diffusion.prime_digits=2) ;;
     prime4) config=configs/text8_prime.py; extra=(--config.diffusion.prime_digits=4) ;;
-    *) echo "text8_cpu.sh: unknown row '$row'; rows: $all" >&2
+    bd3_sinpos) config=configs/text8_bd3.py; extra=(--config.model.position_embedding=sinusoidal) ;;
+    vmd_nopos) config=configs/text8_vmd.py; extra=(--config.model.position_embedding=none) ;;
+    vmd_zero) config=configs/text8_vmd.py; extra=(--config.model.latent_init=zeros) ;;
+    vmd_nopos_zero) config=configs/text8_vmd.py
+      extra=(--config.model.position_embedding=none --config.model.latent_init=zeros) ;;
+    *) echo "text8_cpu.sh: unknown row '$row'; rows: $all $ablations" >&2
        exit 2 ;;
   esac
   for seed in ${SEEDS:-0}; do

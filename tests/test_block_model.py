@@ -125,6 +125,66 @@ def test_model_samples_with_and_without_the_cache_agree(latent_dim):
     model.sample(params, jax.random.key(0), x_init, 6, "random")
 
 
+def conditional_model(seed=0):
+  """Block VMD (L' = 2) with the conditional prior p(z_b | x^{<b})."""
+  model, _ = model_and_params(2, latent_dim=D, beta=1.0)
+  prior = LatentEncoder(vocab_size=V + 1, width=16, depth=2, num_heads=2, latent_dim=D,
+                        block_size=2)
+  model = MaskedDiffusion(model.denoiser, model.schedule, model.encoder, beta=1.0,
+                          block_size=2, prior_encoder=prior)
+  return model, randomize(model.init(jax.random.key(seed), tokens()), seed)
+
+
+def test_conditional_prior_sees_only_the_earlier_blocks_and_is_the_kl_target():
+  model, params = conditional_model()
+  assert set(params) == {"denoiser", "encoder", "prior"}
+  x0 = tokens()
+  mean, logvar = model.prior_fn(params)(x0)
+  assert mean.shape == logvar.shape == (B, L // 2, D)
+  for b in range(L // 2):  # blocks >= b changed (to masks, as the sampler has them)
+    changed = x0.at[:, 2 * b:].set(V)
+    mean2, logvar2 = model.prior_fn(params)(changed)
+    np.testing.assert_allclose(mean2[:, :b + 1], mean[:, :b + 1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logvar2[:, :b + 1], logvar[:, :b + 1], rtol=1e-5, atol=1e-6)
+  changed = x0.at[:, :2].set((x0[:, :2] + 1) % V)  # block 0 moves every later prior
+  assert float(jnp.min(jnp.max(jnp.abs(model.prior_fn(params)(changed)[0] - mean)[:, 1:],
+                               axis=(1, 2)))) > 1e-4
+  terms = model.loss(params, x0, jax.random.key(5))
+  post = model.encode_posteriors(params, x0)
+  prior = type(post)(mean.reshape(-1, D), logvar.reshape(-1, D))
+  kl = np.asarray(post.kl_per_dim(prior)).reshape(B, -1).sum(-1)
+  np.testing.assert_allclose(terms["kl"], kl, rtol=1e-5)
+  np.testing.assert_allclose(terms["loss"], terms["nelbo"] + kl, rtol=1e-5)
+
+
+def test_conditional_prior_samples_agree_with_and_without_the_cache():
+  model, params = conditional_model()
+  x_init = jnp.full((B, L), V, jnp.int32)
+  draw = jax.jit(lambda key, cache, prior: model.sample(params, key, x_init, 8, "top_prob",
+                                                        use_cache=cache, prior=prior),
+                 static_argnums=(1, 2))
+  a, nfe = draw(jax.random.key(7), True, None)
+  b, _ = draw(jax.random.key(7), False, None)
+  np.testing.assert_array_equal(a, b)
+  assert int(nfe) == 8 and bool(jnp.all(a < V))
+  standard = draw(jax.random.key(7), True, lambda key, n: jax.random.normal(key, (n, D)))[0]
+  assert bool(jnp.any(standard != a))  # an explicit prior replaces the conditional one
+
+
+def test_conditional_prior_needs_block_vmd():
+  model, _ = conditional_model()
+  with pytest.raises(ValueError, match="needs block VMD"):
+    MaskedDiffusion(model.denoiser, model.schedule, model.encoder, block_size=None,
+                    prior_encoder=model.prior_encoder)
+  c = tiny_config("vmd")
+  c.prior.kind = "conditional"
+  with pytest.raises(ValueError, match=r"'conditional' \(p\(z_b \| x\^\{<b\}\)\) needs block VMD"):
+    config_lib.validate(c)
+  c.model.kind = "md4"
+  with pytest.raises(ValueError, match="prior.kind = 'conditional' needs config.model.kind"):
+    config_lib.validate(c)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("diffusion.block_size", -1, r"block_size = -1; must be an int >= 0"),
     ("diffusion.train_mask_rate_min", 0.5, r"train_mask_rate_min/max need "
@@ -152,8 +212,11 @@ def test_block_size_and_nfe_must_fit_the_data():
     evaluate.check_settings(c, build.build_model(c, 4, 2), 2)
 
 
-def test_block_vmd_runs_end_to_end(tmp_path):
-  """main with diffusion.block_size: trains, fits the per-block prior, evaluates."""
+@pytest.mark.parametrize("prior", ["mixture", "conditional"])
+def test_block_vmd_runs_end_to_end(tmp_path, prior):
+  """main with diffusion.block_size: trains, fits the per-block mixture prior (or
+  trains the conditional one with the model), evaluates; the conditional run
+  samples from the command line with its own prior and with N(0, I)."""
   workdir = tmp_path / "run"
   args = [sys.executable, "-m", "vmd_jax.main", "--config=configs/synthetic_vmd.py",
           f"--workdir={workdir}", "--config.data.synthetic=d1",
@@ -164,12 +227,21 @@ def test_block_vmd_runs_end_to_end(tmp_path):
           "--config.train.log_every=3", "--config.prior.components=2",
           "--config.prior.fit_samples=64", "--config.prior.fit_iters=5",
           "--config.eval.num_samples=100", "--config.eval.batch_size=100",
-          "--config.eval.settings=random:2,top_prob:4", "--config.data.num_eval=50"]
+          "--config.eval.settings=random:2,top_prob:4", "--config.data.num_eval=50",
+          f"--config.prior.kind={prior}"]
   out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((workdir / "eval.json").read_text())
-  assert set(result["samples"]) == {"random:2", "top_prob:4", "random:2/mixture",
-                                    "top_prob:4/mixture"}
+  suffixes = ["", "/mixture"] if prior == "mixture" else [""]
+  assert set(result["samples"]) == {f"{s}{x}" for s in ("random:2", "top_prob:4")
+                                    for x in suffixes}
+  if prior == "conditional":
+    sample = [sys.executable, "-m", "vmd_jax", "sample", f"--workdir={workdir}",
+              "--num=3", "--steps=2"]
+    own, standard = (subprocess.run(sample + [f"--prior={p}"], cwd=REPO, capture_output=True,
+                                    text=True, timeout=300) for p in ("run", "standard_normal"))
+    assert own.returncode == standard.returncode == 0, own.stderr[-2000:] + standard.stderr[-2000:]
+    assert own.stdout.count("\n\n") == standard.stdout.count("\n\n") == 3
   assert [result["samples"][s]["nfe"] for s in ("random:2", "top_prob:4")] == [2, 4]
   # An untrained 4-token model is near uniform: the bound is about log 10 per token.
   assert result["nelbo"]["eval_tokens"] == 200

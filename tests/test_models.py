@@ -104,6 +104,28 @@ def test_latent_changes_logits(mode):
   assert np.abs(a - b).max() > 1e-3
 
 
+@pytest.mark.parametrize("mode", ["adaln", "add"])
+def test_zero_latent_init_starts_as_the_model_without_z(mode):
+  """latent_init="zeros": at initialisation the VMD denoiser is exactly its MD4
+  twin (the same parameters less latent_proj) whatever z is; the default init
+  lets z move the logits from the first step."""
+  xt, t, z = inputs()
+  params = init(make(mode, latent_init="zeros"), xt, t, z)["params"]
+  kernel = params["latent_proj"]["kernel"]
+  np.testing.assert_array_equal(kernel, 0.0)
+  params = randomize({k: v for k, v in params.items() if k != "latent_proj"})
+  params["latent_proj"] = {"kernel": kernel, "bias": jnp.zeros(kernel.shape[1])}
+  vmd = make(mode, latent_init="zeros")
+  twin = make(mode, latent_dim=0)
+  expected = twin.apply({"params": {k: v for k, v in params.items() if k != "latent_proj"}},
+                        xt, t)
+  for shift in (0.0, 3.0):
+    np.testing.assert_allclose(vmd.apply({"params": params}, xt, t, z + shift), expected,
+                               rtol=1e-6, atol=1e-6)
+  default = init(make(mode), xt, t, z)["params"]["latent_proj"]["kernel"]
+  assert np.abs(default).min() > 0
+
+
 def block_mask(block_ids_q, block_ids_k):
   """True where query and key are in the same block, [1, 1, Nq, Nk]."""
   return (block_ids_q[:, None] == block_ids_k[None, :])[None, None]
@@ -305,7 +327,8 @@ def test_config_rejects_bad_model_fields():
   for field, value, message in (("mlp_type", "relu", "model.mlp_type = 'relu'"),
                                 ("attention", "flash", "model.attention = 'flash'"),
                                 ("time_features", 63, "time_features = 63; must be even"),
-                                ("mlp_multiple_of", 0, "model.mlp_multiple_of = 0")):
+                                ("mlp_multiple_of", 0, "model.mlp_multiple_of = 0"),
+                                ("latent_init", "ones", "model.latent_init = 'ones'")):
     c = config_lib.base_config()
     c.model[field] = value
     with pytest.raises(ValueError, match=message):

@@ -212,12 +212,21 @@ class DiagonalGaussian(NamedTuple):
     eps = jax.random.normal(key, self.mean.shape, self.mean.dtype)
     return self.mean + jnp.exp(0.5 * self.logvar) * eps
 
-  def kl_per_dim(self):
-    """KL(q || N(0, I)) per dimension, float32 [B, D]:
-    (mean^2 + exp(logvar) - 1 - logvar) / 2, as (mean^2 + expm1(logvar) - logvar) / 2
-    (exp(logvar) - 1 - logvar cancels for small logvar, to < 0 in bfloat16)."""
+  def kl_per_dim(self, prior: "DiagonalGaussian | None" = None):
+    """KL(q || p) per dimension, float32 [B, D], for p = N(mu_p, diag(exp(lv_p)))
+    (``prior``; None: N(0, I)):
+
+      (lv_p - lv_q + (exp(lv_q) + (mean - mu_p)^2) / exp(lv_p) - 1) / 2
+        = ((mean - mu_p)^2 e^{-lv_p} + expm1(d) - d) / 2,   d = lv_q - lv_p,
+
+    in the expm1 form (exp(d) - 1 - d cancels for small d, to < 0 in bfloat16)."""
     mean, logvar = self.mean.astype(jnp.float32), self.logvar.astype(jnp.float32)
-    return 0.5 * (jnp.square(mean) + (jnp.expm1(logvar) - logvar))
+    if prior is None:
+      return 0.5 * (jnp.square(mean) + (jnp.expm1(logvar) - logvar))
+    prior_mean, prior_logvar = (prior.mean.astype(jnp.float32),
+                                prior.logvar.astype(jnp.float32))
+    d = logvar - prior_logvar
+    return 0.5 * (jnp.square(mean - prior_mean) * jnp.exp(-prior_logvar) + (jnp.expm1(d) - d))
 
   def kl_standard_normal(self):
     """KL(q || N(0, I)) in nats, float32 [B]."""
@@ -282,14 +291,18 @@ def vmd_loss(denoise_fn: DenoiseFn, encode_fn: Callable, x0, key, schedule, *,
 
 
 def with_latent_kl(terms: dict, posterior: DiagonalGaussian, beta: float,
-                   free_bits: float) -> dict:
+                   free_bits: float, prior: DiagonalGaussian | None = None) -> dict:
   """Adds VMD's latent terms to a z-conditioned NELBO's ``terms``:
 
-    kl = KL(q(z | .) || N(0, I)) summed over every latent (and block), [B];
+    kl = KL(q(z | .) || p(z | c)) summed over every latent (and block), [B];
     loss = nelbo + beta * free_bits_kl;  bound = nelbo + kl.
+
+  ``prior``: p(z | c) of the posterior's shape, a Gaussian of what is visible at
+  generation time c (block VMD: the blocks before each latent's block); None:
+  N(0, I). With an encoder of x_0 alone, nelbo + kl bounds -log p(x_0 | c).
   """
   batch_size = terms["nelbo"].shape[0]
-  kl_dims = posterior.kl_per_dim().reshape(batch_size, -1)
+  kl_dims = posterior.kl_per_dim(prior).reshape(batch_size, -1)
   kl = jnp.sum(kl_dims, axis=-1)
   return {**terms, "loss": terms["nelbo"] + beta * free_bits_kl(kl_dims, free_bits),
           "kl": kl, "bound": terms["nelbo"] + kl}

@@ -28,6 +28,10 @@ from vmd_jax.networks.transformer import Dtype, Transformer, timestep_embedding
 from vmd_jax.prime import digit_base
 
 LATENT_MODES = ("adaln", "add", "prefix")
+# How the latent projection Dense(z) starts: "zeros" makes a VMD denoiser at
+# initialisation exactly its MD4 twin (z has no effect until the gradient, which
+# is non-zero, grows the projection).
+LATENT_INITS = {"lecun_normal": nn.initializers.lecun_normal(), "zeros": nn.initializers.zeros}
 
 
 def _per_token(x):
@@ -112,6 +116,8 @@ class Denoiser(nn.Module):
       that drives adaLN), "add" (Dense(z) added to every token embedding) or
       "prefix" (Dense(z) as one extra token in front, attending to itself only,
       attended to by all, position 0, dropped from the output).
+    latent_init: the initialiser of that Dense's kernel, a key of
+      ``LATENT_INITS``: "zeros" starts the model as exactly the model without z.
   """
 
   vocab_size: int
@@ -138,6 +144,7 @@ class Denoiser(nn.Module):
   prime_digits: int = 1
   latent_dim: int = 0
   latent_mode: str = "adaln"
+  latent_init: str = "lecun_normal"
 
   @nn.compact
   def __call__(self, xt, t, z=None, *, train: bool = False, positions=None,
@@ -165,6 +172,9 @@ class Denoiser(nn.Module):
     if self.latent_mode not in LATENT_MODES:
       raise ValueError(f"unknown latent_mode {self.latent_mode!r}; "
                        f"accepted: {list(LATENT_MODES)}")
+    if self.latent_init not in LATENT_INITS:
+      raise ValueError(f"unknown latent_init {self.latent_init!r}; "
+                       f"accepted: {list(LATENT_INITS)}")
     if (z is not None) != (self.latent_dim > 0):
       raise ValueError(f"z must be given iff latent_dim > 0; latent_dim="
                        f"{self.latent_dim}, z is {'given' if z is not None else 'None'}")
@@ -208,7 +218,8 @@ class Denoiser(nn.Module):
         raise ValueError(f"z must be [B, latent_dim={self.latent_dim}] or "
                          f"[B, N, latent_dim], got shape {z.shape}")
       zp = nn.Dense(cond_dim if self.latent_mode == "adaln" else self.width,
-                    param_dtype=self.param_dtype, name="latent_proj")(z.astype(jnp.float32))
+                    kernel_init=LATENT_INITS[self.latent_init], param_dtype=self.param_dtype,
+                    name="latent_proj")(z.astype(jnp.float32))
       if self.latent_mode == "adaln":
         c = c + _per_token(zp)
       elif self.latent_mode == "add":

@@ -19,6 +19,14 @@ block NELBO in training and evaluation, blocks generated left to right with a KV
 cache, and for VMD one latent per block (the encoder built with the same
 ``block_size``).
 
+Block VMD with ``prior_encoder``: the latent's prior is conditional,
+p(z_b | x^{<b}) = N(mean_b, diag(exp(logvar_b))), read by a block-causal
+``LatentEncoder`` over V + 1 tokens (the mask id V meaning "not visible") from
+``block.previous_blocks(x)``, so that block b's prior sees the blocks < b only.
+It is trained with the model (the KL of ``block.block_vmd_loss`` is to it), kept
+in ``params["prior"]``, and ``sample`` draws each z_b from it once the blocks
+before b are generated.
+
 With a denoiser of ``prime_digits`` l > 1 the model is MDM-Prime
 (``vmd_jax.prime``): the denoiser reads digits, the NELBO is
 ``prime.prime_nelbo_terms`` (blocks: ``prime.block_nelbo_terms``; VMD adds the
@@ -63,8 +71,13 @@ class MaskedDiffusion:
   block_size: int | None = None   # None: one block (plain masked diffusion)
   train_mask_rate: tuple[float, float] = (0.0, 1.0)  # block training's clipped rate
   learn_schedule: bool = False    # GenMD4: per-token exponents in params["schedule"]
+  prior_encoder: LatentEncoder | None = None  # block VMD: p(z_b | x^{<b}); None: N(0, I)
 
   def __post_init__(self):
+    if self.prior_encoder is not None and (self.encoder is None or not self.block_size
+                                           or self.prime_code):
+      raise ValueError("prior_encoder (the conditional prior p(z_b | x^{<b})) needs block "
+                       "VMD: an encoder and block_size, without prime digits")
     if self.block_size and self.prime_code:
       self.prime_code.check_packable()  # the block sampler's KV cache packs digits
     if self.learn_schedule:
@@ -99,6 +112,8 @@ class MaskedDiffusion:
     params = {"denoiser": self.denoiser.init(k_den, x_in, t, z)}
     if self.encoder is not None:
       params["encoder"] = self.encoder.init(k_enc, x0, x0)
+    if self.prior_encoder is not None:
+      params["prior"] = self.prior_encoder.init(jax.random.fold_in(key, 2), x0)
     if self.learn_schedule:
       power_init = getattr(self.schedule, "k", 1.0)  # LinearSchedule: k = 1
       params["schedule"] = {"raw_w": genmd4.init_params(self.vocab_size, power_init).raw_w}
@@ -122,6 +137,15 @@ class MaskedDiffusion:
   def encode_fn(self, params, *, train: bool = False, rng=None):
     """``(x_0, x_t, t) -> (mean, logvar)``."""
     return adapters.encode_fn(self.encoder, params["encoder"], train=train, rng=rng)
+
+  def prior_fn(self, params, *, train: bool = False, rng=None):
+    """``x [B, L] -> (mean, logvar)`` [B, K, D] of p(z_b | x^{<b}) (``prior_encoder``
+    on ``block.previous_blocks(x)``); None without a conditional prior."""
+    if self.prior_encoder is None:
+      return None
+    encode = adapters.encode_fn(self.prior_encoder, params["prior"], train=train, rng=rng)
+    return lambda x: encode(block.previous_blocks(x, self.block_size, self.vocab_size),
+                            None, None)
 
   def loss(self, params, x0, key, *, train: bool = False, t=None, noise=None):
     """Per-sequence terms in nats, each float32 [B]; ``loss`` is what to minimise.
@@ -166,8 +190,10 @@ class MaskedDiffusion:
                                       clip=clip, **common)
       return {**terms, "loss": terms["nelbo"]}
     encode = lambda x: self.encode_fn(params, train=train, rng=enc_key)(x, x, None)
+    prior_fn = self.prior_fn(params, train=train, rng=jax.random.fold_in(enc_key, 1))
     return block.block_vmd_loss(denoise, encode, x0, key, self.schedule, self.block_size,
-                                beta=self.beta, free_bits=self.free_bits, clip=clip, **common)
+                                beta=self.beta, free_bits=self.free_bits, clip=clip,
+                                prior_fn=prior_fn, **common)
 
   def _prime_loss(self, params, x0, key, dropout_key, enc_key, train, t, noise):
     """MDM-Prime's NELBO (``prime``), with VMD's latent KL and/or blocks."""
@@ -203,8 +229,9 @@ class MaskedDiffusion:
 
     ``num_steps`` is the NFE in total: with K blocks each block gets
     num_steps / K steps (the KV-cache prefill calls are not counted). VMD draws
-    one z per sequence (per block with blocks) from ``prior`` (default N(0, I))
-    and keeps it for every step. ``use_cache``: blocks read the clean earlier
+    one z per sequence (per block with blocks) from ``prior`` (default N(0, I),
+    or with a ``prior_encoder`` p(z_b | x^{<b}) once the blocks < b are
+    generated) and keeps it for every step. ``use_cache``: blocks read the clean earlier
     blocks from a KV cache (else they are recomputed; same samples).
     """
     if self.learn_schedule:
@@ -215,8 +242,10 @@ class MaskedDiffusion:
                            self.schedule_params(params), eps=self.schedule.eps,
                            return_nfe=True, **sampler_kwargs)
     blocks = self.num_blocks(x_init.shape[1])
-    z = None
-    if self.encoder is not None:
+    z, prior_fn = None, None
+    if self.prior_encoder is not None and prior is None:
+      prior_fn = self.prior_fn(params)
+    elif self.encoder is not None:
       z_key, key = jax.random.split(key)
       prior = prior or standard_normal_prior(self.latent_dim)
       z = prior(z_key, x_init.shape[0] * blocks)
@@ -232,7 +261,7 @@ class MaskedDiffusion:
       return block.block_sample(denoise, prefill, key, x_init, self.block_size,
                                 num_steps // blocks, self.schedule, order,
                                 vocab_size=self.vocab_size, use_cache=use_cache, z=z,
-                                return_nfe=True, **sampler_kwargs)
+                                prior_fn=prior_fn, return_nfe=True, **sampler_kwargs)
     denoise = self.denoise_fn(params)
     fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
     return sampling.sample(fn, key, x_init, num_steps, self.schedule, order=order,

@@ -19,7 +19,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DENOISER_FIELDS = {
     "width": "width", "depth": "depth", "num_heads": "num_heads", "mlp_ratio": "mlp_ratio",
     "dropout": "dropout_rate", "time_conditioning": "time_conditioning",
-    "cond_dim": "cond_dim", "latent_mode": "latent_mode",
+    "cond_dim": "cond_dim", "latent_mode": "latent_mode", "latent_init": "latent_init",
     "mlp_multiple_of": "mlp_multiple_of", "mlp_type": "mlp_type", "use_bias": "use_bias",
     "depth_scaled_init": "depth_scaled_init", "embed_dim": "embed_dim",
     "time_features": "time_features", "time_hidden": "time_hidden",
@@ -72,6 +72,14 @@ def build_encoder(config, vocab_size: int) -> LatentEncoder | None:
                        block_size=config.diffusion.block_size, **kwargs)
 
 
+def build_prior_encoder(config, vocab_size: int) -> LatentEncoder | None:
+  """The conditional prior p(z_b | x^{<b}) (``prior.kind = "conditional"``): a
+  network of the encoder's size over V + 1 tokens (the mask id V: not visible)."""
+  if config.prior.kind != "conditional":
+    return None
+  return build_encoder(config, vocab_size + 1)
+
+
 def build_model(config, vocab_size: int, seq_len: int) -> MaskedDiffusion:
   """The ``MaskedDiffusion`` of ``config`` for sequences of ``seq_len`` tokens in
   [0, vocab_size) (a dataset's ``vocab_size`` and ``seq_len``)."""
@@ -82,6 +90,7 @@ def build_model(config, vocab_size: int, seq_len: int) -> MaskedDiffusion:
       loss_steps=f.loss_steps or None, antithetic=f.antithetic,
       block_size=f.block_size or None,
       train_mask_rate=(f.train_mask_rate_min, f.train_mask_rate_max),
-      learn_schedule=f.schedule == "genmd4")
+      learn_schedule=f.schedule == "genmd4",
+      prior_encoder=build_prior_encoder(config, vocab_size))
   model.num_blocks(seq_len)  # block_size must divide the length
   return model

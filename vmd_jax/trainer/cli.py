@@ -273,8 +273,9 @@ def _define_sample_flags(argv):
                        lower_bound=0)
   flags.DEFINE_string("order", "ancestral", "Sampling order (vmd_jax.sampling.ORDERS).")
   flags.DEFINE_integer("seed", 0, "PRNG seed.", lower_bound=0)
-  flags.DEFINE_enum("prior", "standard_normal", ["standard_normal", "mixture"],
-                    "VMD: the latent's prior (mixture: the run's fitted prior.npz).")
+  flags.DEFINE_enum("prior", "run", ["run", "standard_normal", "mixture", "conditional"],
+                    "VMD: the latent's prior (run: the one it trained with, conditional "
+                    "p(z_b | x^{<b}) or N(0, I); mixture: the run's fitted prior.npz).")
   flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 is greedy.", lower_bound=0.0)
   flags.DEFINE_string("puzzles", None, "Sudoku: a CSV whose first --num puzzles are solved.")
   return argv

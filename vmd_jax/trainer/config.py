@@ -19,7 +19,8 @@ SCHEDULES = ("linear", "cosine", "polynomial", "loglinear", "genmd4")
 SAMPLING_ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
 MODEL_KINDS = ("md4", "vmd")
 LATENT_MODES = ("adaln", "add", "prefix")
-PRIORS = ("standard_normal", "mixture")
+LATENT_INITS = ("lecun_normal", "zeros")
+PRIORS = ("standard_normal", "mixture", "conditional")
 DTYPES = ("float32", "bfloat16")
 MLP_TYPES = ("swiglu", "geglu", "glu")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "einsum")
@@ -67,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.position_embedding = "sinusoidal"  # absolute positions: "sinusoidal", "learned", "none"
   c.model.latent_dim = 2              # VMD only
   c.model.latent_mode = "adaln"       # how z enters the denoiser, one of LATENT_MODES
+  c.model.latent_init = "lecun_normal"  # Dense(z)'s kernel init, one of LATENT_INITS;
+                                      # "zeros": VMD starts as exactly its MD4 twin
   c.model.encoder_width = 64
   c.model.encoder_depth = 1
   c.model.encoder_heads = 4
@@ -91,7 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.prime_digits = 1        # MDM-Prime: l digits per token (1 = off)
 
   c.prior = ml_collections.ConfigDict()
-  c.prior.kind = "standard_normal"    # one of PRIORS: the z prior used at sampling
+  c.prior.kind = "standard_normal"    # one of PRIORS: the z prior used at sampling;
+                                      # "conditional" (block VMD): p(z_b | x^{<b}), a network
+                                      # of the encoder's size trained with the model
   c.prior.components = 16             # mixture: Gaussian components
   c.prior.fit_samples = 20000         # mixture: encodings of training data it is fitted to
   c.prior.fit_iters = 200             # mixture: EM iterations
@@ -258,6 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                      "config.data.sudoku_eval (CSV paths)")
   _one_of("model.kind", m.kind, MODEL_KINDS)
   _one_of("model.latent_mode", m.latent_mode, LATENT_MODES)
+  _one_of("model.latent_init", m.latent_init, LATENT_INITS)
   _one_of("model.dtype", m.dtype, DTYPES)
   _one_of("model.encoder_pooling", m.encoder_pooling, ("mean", "cls"))
   _one_of("model.position_embedding", m.position_embedding, ("sinusoidal", "learned", "none"))
@@ -318,8 +324,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check_prime(config)
   _check_genmd4(config)
   _one_of("prior.kind", p.kind, PRIORS)
-  if p.kind == "mixture" and m.kind != "vmd":
-    raise ValueError("config.prior.kind = 'mixture' needs config.model.kind = 'vmd'")
+  if p.kind != "standard_normal" and m.kind != "vmd":
+    raise ValueError(f"config.prior.kind = {p.kind!r} needs config.model.kind = 'vmd'")
+  if p.kind == "conditional" and (not f.block_size or f.prime_digits > 1):
+    raise ValueError("config.prior.kind = 'conditional' (p(z_b | x^{<b})) needs block VMD: "
+                     "config.diffusion.block_size > 0 and prime_digits = 1")
   for name in ("components", "fit_samples", "fit_iters"):
     _positive(f"prior.{name}", p[name])
   if p.kind == "mixture" and p.fit_samples < p.components:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmd_jax import data, sampling
+from vmd_jax.networks.diffusion import standard_normal_prior
 from vmd_jax.trainer import evaluate, io
 from vmd_jax.trainer.load import BadInput, Run, open_run, restore_ema
 
@@ -33,6 +34,9 @@ def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior
   if (steps or seq_len) % blocks:
     raise BadInput(f"--steps={steps}: the network calls (0: the length {seq_len}) must be a "
                    f"multiple of the run's {blocks} blocks")
+  if prior == "conditional" and model.prior_encoder is None:
+    raise BadInput(f"--prior=conditional needs a run trained with prior.kind = "
+                   f"'conditional'; {workdir} has prior.kind = {config.prior.kind!r}")
   if prior == "mixture" and model.encoder is None:
     raise BadInput(f"--prior=mixture needs a VMD run; {workdir} is a "
                    f"{config.model.kind!r} run")
@@ -58,16 +62,20 @@ def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior
 
 
 def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ancestral",
-                   seed: int = 0, prior: str = "standard_normal", temperature: float = 1.0,
+                   seed: int = 0, prior: str = "run", temperature: float = 1.0,
                    puzzles: str | None = None) -> str:
   """``num`` samples of the run in ``workdir`` with ``steps`` network calls
-  (0: one per position) in ``order``, one rendered sample per paragraph."""
+  (0: one per position) in ``order``, one rendered sample per paragraph. VMD's
+  ``prior``: "run" (the one it trained with: its conditional prior, else N(0, I)),
+  "standard_normal", "mixture" or "conditional"."""
   run = open_run(workdir)
   x_init = initial_tokens(workdir, run, num=num, steps=steps, order=order, prior=prior,
                           puzzles=puzzles)
   params, step = restore_ema(workdir, run)
   model, config = run.model, run.config
-  sampler_prior = None
+  sampler_prior = None  # the model's own: conditional where it has one, else N(0, I)
+  if prior == "standard_normal" and model.prior_encoder is not None:
+    sampler_prior = standard_normal_prior(model.latent_dim)
   if prior == "mixture":  # the run's prior.npz, or fitted again (not saved) if it is stale
     sampler_prior = evaluate.fit_prior(model, params, None, config, workdir, save=False,
                                        step=step).sample
