@@ -28,7 +28,7 @@ runs=${RUNS:-runs/text8_cpu}
 output=${OUTPUT:-benchmarks/results_text8_cpu.json}
 python=${PYTHON:-.venv/bin/python}
 all="md4 bd3 vmd genmd4 genmd4_frozen prime2 prime4"
-ablations="bd3_sinpos vmd_nopos vmd_zero vmd_nopos_zero"
+ablations="bd3_sinpos vmd_nopos vmd_zero vmd_nopos_zero vmd_nopos_cond"
 rows=("$@")
 [[ ${#rows[@]} -gt 0 ]] || read -ra rows <<< "$all"
 
@@ -52,6 +52,8 @@ for row in "${rows[@]}"; do
     vmd_zero) config=configs/text8_vmd.py; extra=(--config.model.latent_init=zeros) ;;
     vmd_nopos_zero) config=configs/text8_vmd.py
       extra=(--config.model.position_embedding=none --config.model.latent_init=zeros) ;;
+    vmd_nopos_cond) config=configs/text8_vmd.py
+      extra=(--config.model.position_embedding=none --config.prior.kind=conditional) ;;
     *) echo "text8_cpu.sh: unknown row '$row'; rows: $all $ablations" >&2
        exit 2 ;;
   esac
