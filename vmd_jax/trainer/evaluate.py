@@ -344,15 +344,15 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   path = io.as_path(workdir) / output
   check_writable(path)
   run = open_run(workdir)
+  if judge:
+    from vmd_jax.trainer.judge import load_judge, open_judge
+    open_judge(judge, run.config, run.vocab_size, run.seq_len)  # before any data is read
   dataset = evaluation_dataset(run.config, workdir, data, settings, run.vocab_size,
                                run.seq_len)
   try:
     check_settings(run.config, run.model, dataset.seq_len)
   except ValueError as e:
     raise BadInput(str(e)) from None
-  if judge:
-    from vmd_jax.trainer.judge import load_judge, open_judge
-    open_judge(judge, run.config, run.vocab_size, run.seq_len)  # refused before any reading
   params, step = restore_ema(workdir, run)
   judge_run = load_judge(judge, run.config, run.vocab_size, run.seq_len) if judge else None
   result = evaluate_run(run.config, run.model, dataset, params, workdir, output=None,
