@@ -142,7 +142,7 @@ def test_trained_judge_scores_real_text_near_its_bpc_and_shuffled_far_worse(trai
   result = evaluate.evaluate_workdir(str(trained_judge), output="eval_judged.json",
                                      judge=str(trained_judge))
   row, reference = result["samples"]["ancestral:32"], result["judge"]["reference"]
-  assert row["judged_samples"] == reference["judged_samples"] == 4
+  assert row["judged_samples"] == 4 and reference["judged_samples"] == len(windows)  # < 256
   assert result["judge"]["step"] == 300
   for stats in (row, reference):
     assert 0 < stats["judge_bits_per_char"] < 6 and 0 <= stats["repeated_4gram_share"] < 1

@@ -11,7 +11,7 @@
   solved; text8: a few decoded samples. With a judge (``vmd-jax evaluate
   --judge=WORKDIR``, ``trainer.judge``), also the samples' judge bits per
   character, unigram entropy and repeated 4-gram share, and under ``judge`` the
-  same for as many real windows of the evaluation split (the reference row).
+  same for real windows of the evaluation split (the reference row).
 
 Parameters enter every jitted function as an argument, never as a closed-over
 constant, so one compiled program serves any weights, in whatever layout the
@@ -221,8 +221,8 @@ def evaluate_run(config, model, dataset, params, workdir, writer=None,
   ``side_files``: also the figures of 2-token joints and a fitted ``prior.npz``
   (False: nothing else in ``workdir`` is written); ``judge``: a
   ``trainer.judge.Judge`` scoring every setting's samples, and under
-  ``"judge"`` its workdir, step and ``reference``: its score of as many real
-  windows of the evaluation split as the most samples a setting drew."""
+  ``"judge"`` its workdir, step and ``reference``: its score of real windows of
+  the evaluation split (``trainer.judge.reference_windows``: the first 256)."""
   mesh = mesh or sharding.data_parallel_mesh()
   key = jax.random.key(config.seed + 12345)
   k_nelbo, k_samples = jax.random.split(key)
@@ -232,8 +232,7 @@ def evaluate_run(config, model, dataset, params, workdir, writer=None,
                                       mesh, side_files, step, judge)}
   if judge is not None:
     from vmd_jax.trainer.judge import reference_windows
-    num = max(r["judged_samples"] for r in result["samples"].values())
-    real = reference_windows(dataset, num)
+    real = reference_windows(dataset)
     result["judge"] = {"workdir": judge.workdir, "step": judge.step,
                        "reference": {**judge.score(real), "judged_samples": len(real)}}
   schedule = {k: float(v) for k, v in model.schedule_metrics(params).items()}
