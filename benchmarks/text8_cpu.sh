@@ -3,7 +3,7 @@
 # text8's format (no internet here), then their eval.json gathered with the command.
 #
 #   bash benchmarks/text8_cpu.sh [ROW ...]     # rows: md4 bd3 vmd genmd4 genmd4_frozen
-#                                              #       prime2 prime4 (default: all)
+#                                              #       prime2 prime4 judge (default: all)
 #   SEEDS="0 1 2" bash benchmarks/text8_cpu.sh md4 genmd4     # each row at each seed
 #
 # Each row trains configs/<config>.py for 2,000 steps at batch 32 on windows of 64
@@ -15,6 +15,8 @@
 # exponents. genmd4_frozen is GenMD4 with its exponents held at 1
 # (train.schedule_lr = 1e-12): what the learned schedule adds beyond the two masks a
 # GenMD4 step draws. prime2 and prime4 are MDM-Prime with l = 2 and 4 digits.
+# judge is configs/text8_judge.py (block diffusion with L' = 1: an autoregressive
+# model), the judge for `vmd-jax evaluate --judge=RUNS/judge/seed0`.
 # The ablation rows (not run by default) change one thing at a time between
 # block MDM and block VMD: bd3_sinpos (block MDM with VMD's sinusoidal absolute
 # positions), vmd_nopos (VMD with RoPE only, as block MDM), vmd_zero (VMD whose
@@ -27,7 +29,7 @@ cd "$(dirname "$0")/.."
 runs=${RUNS:-runs/text8_cpu}
 output=${OUTPUT:-benchmarks/results_text8_cpu.json}
 python=${PYTHON:-.venv/bin/python}
-all="md4 bd3 vmd genmd4 genmd4_frozen prime2 prime4"
+all="md4 bd3 vmd genmd4 genmd4_frozen prime2 prime4 judge"
 ablations="bd3_sinpos vmd_nopos vmd_zero vmd_nopos_zero vmd_nopos_cond"
 rows=("$@")
 [[ ${#rows[@]} -gt 0 ]] || read -ra rows <<< "$all"
@@ -43,7 +45,7 @@ flags=(--config.data.text8_source=local --config.data.text8_data_dir="$runs/tfds
 
 for row in "${rows[@]}"; do
   case $row in
-    md4|bd3|vmd|genmd4) config=configs/text8_$row.py; extra=() ;;
+    md4|bd3|vmd|genmd4|judge) config=configs/text8_$row.py; extra=() ;;
     genmd4_frozen) config=configs/text8_genmd4.py; extra=(--config.train.schedule_lr=1e-12) ;;
     prime2) config=configs/text8_prime.py; extra=(--config.diffusion.prime_digits=2) ;;
     prime4) config=configs/text8_prime.py; extra=(--config.diffusion.prime_digits=4) ;;

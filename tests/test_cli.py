@@ -148,6 +148,8 @@ def inputs(tmp_path_factory, trained):
      "--puzzles={three} has 3 puzzles, fewer than --num=5"),
     ("sudoku", ["sample", "--puzzles={bad_cell}", "--num=1"],
      "--puzzles: {bad_cell}:2: puzzle cell 1 is 'x'"),
+    ("vmd", ["evaluate", "--judge={md4}"], "--judge={md4} cannot judge this run: "
+                                           "diffusion.block_size = 0, an AR judge needs 1"),
     ("vmd", ["evaluate", "stray_arg"], "unexpected arguments: ['stray_arg']"),
     ("vmd", ["sample", "stray_arg"], "unexpected arguments: ['stray_arg']"),
     ("vmd", ["evaluate", "--output=nosuchdir/x.json"],

@@ -19,8 +19,9 @@ autoregressive loss sum_n -log p(x^n | x^{<n}) (the one-token block is masked
 with probability 1 - alpha(t) and int_0^1 -alpha'(t) dt = 1).
 
 Vectorised training: one network call on the 2L tokens [x_t ; x_0] with RoPE
-positions [0..L-1, 0..L-1] and ``block_diffusion_mask``. Clean tokens carry time
-t = 0 (they are x at time 0), in training as in the sampler's prefill.
+positions [0..L-1, 0..L-1] and ``block_diffusion_mask`` (``vectorised_logits``;
+``vmd_jax.judge`` uses it too, for exact AR likelihoods at L' = 1). Clean tokens
+carry time t = 0 (they are x at time 0), in training as in the sampler's prefill.
 
 The callable interface (``BlockDenoiseFn``), shared by the loss and the sampler:
 
@@ -119,6 +120,53 @@ def previous_blocks(x, block_size: int, fill: int):
   return jnp.concatenate([start, x[:, :-block_size]], axis=1)
 
 
+def vectorised_vocab_size(denoise_fn: BlockDenoiseFn, x0, *, z=None) -> int:
+  """V, from the shape of the logits ``denoise_fn`` would give on the vectorised
+  input of x0 int [B, L] (traced abstractly: no computation)."""
+  batch_size, seq_len = x0.shape
+  args = (jax.ShapeDtypeStruct((batch_size, 2 * seq_len), x0.dtype),
+          jax.ShapeDtypeStruct((batch_size, 2 * seq_len), jnp.float32),
+          jnp.zeros((1, 2 * seq_len), jnp.int32), jnp.zeros((2 * seq_len,) * 2, bool))
+  kw = {} if z is None else {"z": jnp.zeros(z.shape[:1] + (2 * seq_len,) + z.shape[2:])}
+  return jax.eval_shape(lambda *a: denoise_fn(*a, **kw), *args).shape[-1]
+
+
+def vectorised_logits(denoise_fn: BlockDenoiseFn, xt, x0, t_tok, block_size: int, *,
+                      vocab_size: int | None = None, z=None):
+  """The logits of every noisy block given the clean earlier blocks, in ONE call.
+
+  The call is BD3-LM's vectorised pass: the 2L tokens [x_t ; x_0] with times
+  [t_tok ; 0] (clean tokens are x at time 0), RoPE positions [0..L-1, 0..L-1]
+  and ``block_diffusion_mask``, so that noisy position n sees its own noisy block
+  and the clean blocks before it. The x_0 half's logits are dropped.
+
+  Args:
+    denoise_fn: the ``BlockDenoiseFn`` (module docstring).
+    xt: int [B, L] noisy tokens (mask id V where masked); x0: int [B, L] clean.
+    t_tok: float [B, L] the time of each noisy token (its block's).
+    block_size: L', dividing L.
+    vocab_size: V, to check the logits' shape (unchecked when None).
+    z: optional float [B, K, D] latent per block, passed per token to both halves.
+
+  Returns:
+    float logits [B, L, V] of the noisy half.
+  """
+  chex.assert_equal_shape([xt, x0, t_tok])
+  batch_size, seq_len = x0.shape
+  x_in = jnp.concatenate([xt, x0], axis=1)
+  t_in = jnp.concatenate([t_tok, jnp.zeros_like(t_tok)], axis=1)
+  positions = jnp.tile(jnp.arange(seq_len, dtype=jnp.int32), 2)[None]
+  mask = block_diffusion_mask(seq_len, block_size)
+  kw = {}
+  if z is not None:
+    chex.assert_rank(z, 3)
+    z_tok = per_token(z, block_size)
+    kw["z"] = jnp.concatenate([z_tok, z_tok], axis=1)
+  logits = denoise_fn(x_in, t_in, positions, mask, **kw)
+  chex.assert_shape(logits, (batch_size, 2 * seq_len, vocab_size))
+  return logits[:, :seq_len]
+
+
 def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size: int, *,
                       vocab_size: int | None = None, t=None, noise=None,
                       clip=(0.0, 1.0), z=None, num_steps: int | None = None,
@@ -184,29 +232,14 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
     noise = jax.random.uniform(noise_key, x0.shape)
   chex.assert_equal_shape([noise, x0])
   if vocab_size is None:
-    probe = jax.ShapeDtypeStruct((batch_size, 2 * seq_len), x0.dtype)
-    args = (probe, jax.ShapeDtypeStruct((batch_size, 2 * seq_len), jnp.float32),
-            jnp.zeros((1, 2 * seq_len), jnp.int32), jnp.zeros((2 * seq_len,) * 2, bool))
-    kw = {} if z is None else {"z": jnp.zeros(z.shape[:1] + (2 * seq_len,) + z.shape[2:])}
-    vocab_size = jax.eval_shape(lambda *a: denoise_fn(*a, **kw), *args).shape[-1]
+    vocab_size = vectorised_vocab_size(denoise_fn, x0, z=z)
   check_tokens(x0, vocab_size, name="x0")
   # x_t block by block: each block is an MD4 forward draw at its own time.
   xt = mask_tokens(x0.reshape(-1, block_size), t.reshape(-1), schedule, vocab_size,
                    noise=noise.reshape(-1, block_size)).reshape(x0.shape)
 
-  x_in = jnp.concatenate([xt, x0], axis=1)
-  t_tok = per_token(t, block_size)
-  t_in = jnp.concatenate([t_tok, jnp.zeros_like(t_tok)], axis=1)
-  positions = jnp.tile(jnp.arange(seq_len, dtype=jnp.int32), 2)[None]
-  mask = block_diffusion_mask(seq_len, block_size)
-  kw = {}
-  if z is not None:
-    chex.assert_rank(z, 3)
-    z_tok = per_token(z, block_size)
-    kw["z"] = jnp.concatenate([z_tok, z_tok], axis=1)
-  logits = denoise_fn(x_in, t_in, positions, mask, **kw)
-  chex.assert_shape(logits, (batch_size, 2 * seq_len, vocab_size))
-  logits = logits[:, :seq_len]
+  logits = vectorised_logits(denoise_fn, xt, x0, per_token(t, block_size), block_size,
+                             vocab_size=vocab_size, z=z)
 
   terms = nelbo_from_logits(logits, x0, xt, per_token(weight, block_size), schedule,
                             vocab_size)

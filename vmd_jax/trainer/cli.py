@@ -3,6 +3,7 @@
   vmd-jax train --config=configs/synthetic_table.py --workdir=runs/table \
       [--config.train.num_steps=100] [--distributed]
   vmd-jax evaluate --workdir=DIR [--data=FILE] [--settings=top_prob:5,random:4]
+      [--judge=JUDGE_WORKDIR]
   vmd-jax sample --workdir=DIR [--num=16] [--steps=64] [--order=ancestral]
 
 ``python -m vmd_jax.main`` is ``vmd-jax train``; ``python -m vmd_jax CMD`` is
@@ -233,7 +234,8 @@ def _evaluate():
   from vmd_jax.trainer.evaluate import OutputNotWritten, evaluate_workdir
   try:
     result = _reading_a_workdir(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.data,
-                                                         FLAGS.settings, FLAGS.output))
+                                                         FLAGS.settings, FLAGS.output,
+                                                         FLAGS.judge))
   except OutputNotWritten as e:  # the results on stdout, not lost
     print(json.dumps(e.result, indent=2, sort_keys=True), flush=True)
     raise InputError(f"{e} (the results are on stdout)") from None
@@ -263,6 +265,9 @@ def _define_evaluate_flags(argv):
   flags.DEFINE_string("data", None, "Evaluation file: a Sudoku CSV or a .npy table.")
   flags.DEFINE_string("settings", None, "ORDER:NFE pairs, e.g. top_prob:5,top_prob_margin:5.")
   flags.DEFINE_string("output", None, "Output JSON name inside the workdir.")
+  flags.DEFINE_string("judge", None, "Workdir of an AR judge (configs/text8_judge.py): "
+                      "scores every setting's samples (judge bits per character, unigram "
+                      "entropy, repeated 4-grams) and real windows for reference.")
   return argv
 
 

@@ -8,7 +8,10 @@
 - ``samples``: for every ``ORDER:NFE`` in ``eval.settings`` (and every prior, for
   VMD with a learned prior), the dataset's own ``score_samples``: synthetic
   data: accuracy, KL(data || samples) and TV; Sudoku: the fraction of puzzles
-  solved; text8: a few decoded samples.
+  solved; text8: a few decoded samples. With a judge (``vmd-jax evaluate
+  --judge=WORKDIR``, ``trainer.judge``), also the samples' judge bits per
+  character, unigram entropy and repeated 4-gram share, and under ``judge`` the
+  same for real windows of the evaluation split (the reference row).
 
 Parameters enter every jitted function as an argument, never as a closed-over
 constant, so one compiled program serves any weights, in whatever layout the
@@ -25,7 +28,8 @@ runs replicated), each process feeding only its rows; the samples come back
 replicated, the same draws as on one device. The learned prior's fit encodes
 its sequences the same way.
 
-Command line: ``vmd-jax evaluate --workdir=DIR [--data=FILE] [--settings=...]``.
+Command line: ``vmd-jax evaluate --workdir=DIR [--data=FILE] [--settings=...]
+[--judge=JUDGE_WORKDIR]``.
 """
 
 from __future__ import annotations
@@ -171,9 +175,12 @@ def priors(model: MaskedDiffusion, params, dataset, config, workdir, mesh,
 
 
 def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir,
-                   mesh, side_files: bool = True, step: int | None = None) -> dict:
+                   mesh, side_files: bool = True, step: int | None = None,
+                   judge=None) -> dict:
   """The dataset's ``score_samples`` for every ORDER:NFE setting and prior; with
-  ``side_files``, its figures and a fitted prior are written in ``workdir``."""
+  ``side_files``, its figures and a fitted prior are written in ``workdir``. With
+  a ``trainer.judge.Judge``, each setting's samples also get its ``score`` and
+  ``judged_samples`` (their number)."""
   e = config.eval
   top_p = None if e.top_p >= 1.0 else e.top_p
   unit = {"unit": e.prime_unit} if model.prime_code else {}
@@ -188,30 +195,46 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
     for order, nfe in config_lib.parse_eval_settings(e.settings):
       name = f"{order}:{nfe}{suffix}"
       key, sub = jax.random.split(key)
-      bound = lambda k, x: draw(params, k, sharding.split_rows(x, mesh), nfe, order)
+      drawn = []
+
+      def bound(k, x, nfe=nfe, order=order, drawn=drawn):
+        out = draw(params, k, sharding.split_rows(x, mesh), nfe, order)
+        drawn.append(np.asarray(out[0]))
+        return out
       figure = f"joint_{name.replace(':', '_').replace('/', '_')}.png"
       figure_path = (io.as_path(workdir) / figure
                      if side_files and jax.process_index() == 0 else None)
       results[name] = dataset.score_samples(bound, sub, e, figure_path=figure_path)
+      if judge is not None:
+        tokens = np.concatenate(drawn)
+        results[name].update(judge.score(tokens), judged_samples=len(tokens))
       logging.info("eval %s: %s", name, {k: v for k, v in results[name].items() if k != "text"})
   return results
 
 
 def evaluate_run(config, model, dataset, params, workdir, writer=None,
                  output: str | None = "eval.json", mesh=None, step: int | None = None,
-                 side_files: bool = True) -> dict:
+                 side_files: bool = True, judge=None) -> dict:
   """Runs every evaluation, writes ``output`` in ``workdir`` (None: not written)
   and returns it. ``mesh``: the devices to use (default: data parallel over every
   device); ``step``: the training step of ``params``, recorded as ``"step"``;
   ``side_files``: also the figures of 2-token joints and a fitted ``prior.npz``
-  (False: nothing else in ``workdir`` is written)."""
+  (False: nothing else in ``workdir`` is written); ``judge``: a
+  ``trainer.judge.Judge`` scoring every setting's samples, and under
+  ``"judge"`` its workdir, step and ``reference``: its score of real windows of
+  the evaluation split (``trainer.judge.reference_windows``: the first 256)."""
   mesh = mesh or sharding.data_parallel_mesh()
   key = jax.random.key(config.seed + 12345)
   k_nelbo, k_samples = jax.random.split(key)
   result = {"model": config.model.kind, "data": config.data.name, "step": step,
             "nelbo": nelbo_metrics(model, params, dataset, config, k_nelbo, mesh),
             "samples": sample_metrics(model, params, dataset, config, k_samples, workdir,
-                                      mesh, side_files, step)}
+                                      mesh, side_files, step, judge)}
+  if judge is not None:
+    from vmd_jax.trainer.judge import reference_windows
+    real = reference_windows(dataset)
+    result["judge"] = {"workdir": judge.workdir, "step": judge.step,
+                       "reference": {**judge.score(real), "judged_samples": len(real)}}
   schedule = {k: float(v) for k, v in model.schedule_metrics(params).items()}
   if schedule:  # GenMD4: the learned exponent of every token value
     result["schedule"] = schedule
@@ -289,7 +312,7 @@ def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
 
 
 def evaluate_workdir(workdir, data: str | None = None, settings: str | None = None,
-                     output: str | None = None) -> dict:
+                     output: str | None = None, judge: str | None = None) -> dict:
   """Evaluates the EMA weights of the newest intact checkpoint of a trained
   ``workdir`` (``load.load``: a newer step that is unreadable or not finite is
   skipped with one warning line and left in place; nothing in the workdir but
@@ -297,7 +320,9 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   a mixture prior missing from ``prior.npz`` is fitted but not saved).
 
   ``data``: another evaluation file (a Sudoku CSV, or a .npy probability table);
-  ``settings``: ORDER:NFE pairs replacing ``eval.settings``. Writes ``output``
+  ``settings``: ORDER:NFE pairs replacing ``eval.settings``; ``judge``: the
+  workdir of an AR judge (``configs/text8_judge.py``, checked against the run by
+  ``trainer.judge.open_judge``) scoring the samples. Writes ``output``
   (default ``eval.json``, or ``eval_<data file stem>.json`` with ``data``).
 
   Every argument is checked before the checkpoint is read (``BadInput`` names the
@@ -318,6 +343,9 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   path = io.as_path(workdir) / output
   check_writable(path)
   run = open_run(workdir)
+  if judge:
+    from vmd_jax.trainer.judge import load_judge, open_judge
+    open_judge(judge, run.config, run.vocab_size, run.seq_len)  # before any data is read
   dataset = evaluation_dataset(run.config, workdir, data, settings, run.vocab_size,
                                run.seq_len)
   try:
@@ -325,8 +353,9 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   except ValueError as e:
     raise BadInput(str(e)) from None
   params, step = restore_ema(workdir, run)
+  judge_run = load_judge(judge, run.config, run.vocab_size, run.seq_len) if judge else None
   result = evaluate_run(run.config, run.model, dataset, params, workdir, output=None,
-                        step=step, side_files=False)
+                        step=step, side_files=False, judge=judge_run)
   if jax.process_index() == 0:
     try:
       io.write_json(path, result)
