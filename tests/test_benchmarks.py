@@ -129,3 +129,40 @@ def test_text8_cpu_script_trains_a_row_and_archives_it(tmp_path):
   assert json.loads(output.read_text())["genmd4_frozen/seed0"] == row
   bad = script("gpt")
   assert bad.returncode == 2 and "unknown row 'gpt'" in bad.stderr
+
+
+def test_frontier_scores_each_setting_with_the_judge(tmp_path):
+  """benchmarks/frontier.py on two tiny runs of the fixture (an AR judge and block
+  MDM, via text8_cpu.sh): per block run 1, 2 and 4 calls per block, each row's
+  network calls, seconds and judge statistics, the real windows' row, the plot.
+  Barely trained, the judge is near uniform: about log2(27) bits per character."""
+  fixture = os.path.join(REPO, "tests", "data", "text8", "sqlite3_h_comments.txt")
+  tiny = (f"--config.data.text8_path={fixture} --config.data.seq_len=16 "
+          "--config.model.width=16 --config.model.depth=1 --config.model.num_heads=2 "
+          "--config.train.batch_size=8 --config.train.num_steps=2 "
+          "--config.train.warmup_steps=1 --config.eval.batch_size=128 "
+          "--config.eval.settings=ancestral:16")
+  runs = tmp_path / "runs"
+  env = {**os.environ, "RUNS": str(runs), "OUTPUT": str(tmp_path / "rows.json"),
+         "PYTHON": sys.executable, "EXTRA_ARGS": tiny}
+  out = subprocess.run(["bash", "benchmarks/text8_cpu.sh", "judge", "bd3"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  output, plot = tmp_path / "frontier.json", tmp_path / "frontier.png"
+  out = subprocess.run(
+      [sys.executable, "benchmarks/frontier.py", f"--judge={runs}/judge/seed0",
+       f"--run=bd3={runs}/bd3/seed0", "--num=3", "--batch=2", f"--output={output}",
+       f"--plot={plot}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(output.read_text())
+  rows = result["runs"]["bd3"]["settings"]
+  assert list(rows) == ["ancestral:4", "ancestral:8", "ancestral:16"]  # K = 16 / 4 blocks
+  # One call per block is exactly K calls; ancestral skips a step that reveals nothing.
+  assert rows["ancestral:4"]["nfe"] == 4
+  assert all(4 < row["nfe"] <= int(k.split(":")[1]) for k, row in list(rows.items())[1:])
+  for row in [result["reference"], *rows.values()]:
+    assert abs(row["judge_bits_per_char"] - math.log2(27)) < 0.5, row
+    assert 0 < row["unigram_entropy_bits"] <= math.log2(27) + 1e-9
+    assert 0 <= row["repeated_4gram_share"] < 1
+  assert all(row["seconds_per_sample"] > 0 for row in rows.values())
+  assert plot.stat().st_size > 10_000
