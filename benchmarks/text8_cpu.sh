@@ -17,7 +17,8 @@
 # GenMD4 step draws. prime2 and prime4 are MDM-Prime with l = 2 and 4 digits.
 # judge is configs/text8_judge.py (block diffusion with L' = 1: an autoregressive
 # model), the judge for `vmd-jax evaluate --judge=RUNS/judge/seed0`.
-# vmd_cond is block VMD with the conditional prior p(z_b | x^{<b}). The ablation
+# vmd_cond is block VMD with the conditional prior p(z_b | x^{<b}); vmd_b01 and
+# vmd_cond_b01 the two at beta = 0.1 (not run by default), where z is used. The ablation
 # rows (not run by default) change one thing at a time (docs/text8_vmd.md):
 # vmd_sinpos is text8_vmd as it was before it dropped sinusoidal absolute
 # positions, bd3_sinpos block MDM with them, vmd_zero and vmd_sinpos_zero VMD
@@ -31,6 +32,7 @@ output=${OUTPUT:-benchmarks/results_text8_cpu.json}
 python=${PYTHON:-.venv/bin/python}
 all="md4 bd3 vmd vmd_cond genmd4 genmd4_frozen prime2 prime4 judge"
 ablations="vmd_sinpos bd3_sinpos vmd_zero vmd_sinpos_zero"
+low_beta="vmd_b01 vmd_cond_b01"
 rows=("$@")
 [[ ${#rows[@]} -gt 0 ]] || read -ra rows <<< "$all"
 
@@ -50,12 +52,15 @@ for row in "${rows[@]}"; do
     prime2) config=configs/text8_prime.py; extra=(--config.diffusion.prime_digits=2) ;;
     prime4) config=configs/text8_prime.py; extra=(--config.diffusion.prime_digits=4) ;;
     vmd_cond) config=configs/text8_vmd.py; extra=(--config.prior.kind=conditional) ;;
+    vmd_b01) config=configs/text8_vmd.py; extra=(--config.diffusion.beta=0.1) ;;
+    vmd_cond_b01) config=configs/text8_vmd.py
+      extra=(--config.prior.kind=conditional --config.diffusion.beta=0.1) ;;
     vmd_sinpos) config=configs/text8_vmd.py; extra=(--config.model.position_embedding=sinusoidal) ;;
     bd3_sinpos) config=configs/text8_bd3.py; extra=(--config.model.position_embedding=sinusoidal) ;;
     vmd_zero) config=configs/text8_vmd.py; extra=(--config.model.latent_init=zeros) ;;
     vmd_sinpos_zero) config=configs/text8_vmd.py
       extra=(--config.model.position_embedding=sinusoidal --config.model.latent_init=zeros) ;;
-    *) echo "text8_cpu.sh: unknown row '$row'; rows: $all $ablations" >&2
+    *) echo "text8_cpu.sh: unknown row '$row'; rows: $all $ablations $low_beta" >&2
        exit 2 ;;
   esac
   for seed in ${SEEDS:-0}; do
