@@ -19,6 +19,7 @@ import sys
 import time
 
 import jax
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -109,8 +110,15 @@ def straight(runs, tmp_path_factory):
 def assert_same_final_state(workdir, reference):
   a, b = final_params(reference), final_params(workdir)
   assert int(a.step) == int(b.step) == STEPS
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  chex.assert_trees_all_equal(a, b)  # structure too: a missing leaf fails
+
+
+def final_params_of(workdir, step):
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  try:
+    return ckpt.restore(_fresh_state(), step)
+  finally:
+    ckpt.close()
 
 
 def steps_in(workdir):
@@ -300,6 +308,63 @@ def test_corrupt_newest_checkpoints_are_moved_aside_and_the_intact_one_resumed(
   assert (moved.parent / "24" / ocdbt / "d" / largest.name).stat().st_size == size // 2
   assert "Resuming from step 8" in log
   assert steps_in(workdir)[0] == [8, 16, 24]
+  assert_same_final_state(workdir, straight)
+
+
+def _flip_until_silent(step_dir, target):
+  """Flips 64 bytes (XOR 0xFF) inside a data file of ``step_dir``, trying places
+  until orbax alone reads the step back without an error but with other EMA
+  values (a disk that lied: zstd's raw blocks and OCDBT check nothing of the data)."""
+  def ema():  # orbax alone, no checksums; a fresh reader (a failed read breaks its loop)
+    manager = checkpoint.Checkpointer(step_dir.parent, read_only=True)._manager
+    try:
+      return jax.tree.leaves(manager.restore(int(step_dir.name), args=checkpoint.ocp.args.
+                                             StandardRestore(checkpoint.abstract_like(target))
+                                             ).ema_params)
+    finally:
+      manager.close()
+  intact = ema()
+  for path in sorted((step_dir / "default" / "ocdbt.process_0" / "d").iterdir(),
+                     key=lambda f: -f.stat().st_size):
+    blob = path.read_bytes()
+    for offset in range(len(blob) // 3, len(blob) - 64, len(blob) // 12):
+      flipped = blob[:offset] + bytes(b ^ 0xFF for b in blob[offset:offset + 64]) + \
+          blob[offset + 64:]
+      path.write_bytes(flipped)
+      try:
+        if any(np.any(a != b) for a, b in zip(ema(), intact)):
+          return
+      except Exception:  # pylint: disable=broad-except  # orbax noticed: try another place
+        pass
+      path.write_bytes(blob)
+  raise AssertionError("no 64-byte flip changed the EMA parameters silently")
+
+
+def test_silently_corrupt_newest_checkpoint_is_caught_by_its_checksums(runs, straight,
+                                                                      tmp_path, caplog):
+  """64 bytes flipped inside a data file of step 24, read back by orbax without a
+  word: ``vmd_jax.load`` skips the step, naming the checksums, and uses 16; a
+  training run moves it aside and resumes from 16, ending where the reference does."""
+  import vmd_jax
+  workdir = tmp_path / "run"
+  shutil.copytree(straight, workdir)
+  _flip_until_silent(workdir / "checkpoints" / "24", _fresh_state())
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", read_only=True)
+  with pytest.raises(checkpoint.CheckpointError, match="does not match the checksums"):
+    ckpt.restore(_fresh_state(), 24)
+  ckpt.close()
+
+  _, params, _ = vmd_jax.load(workdir)
+  assert (f"ema_params of checkpoint step 24 in {workdir}/checkpoints does not match the "
+          "checksums written with it" in caplog.text), caplog.text
+  chex.assert_trees_all_equal(params, final_params_of(straight, 16).ema_params)
+
+  assert finish(runs(workdir, checkpoint_every=8, keep_checkpoints=3)) == 0
+  log = log_of(workdir)
+  assert (f"Checkpoint step 24 in {workdir}/checkpoints does not match the checksums "
+          f"written with it" in log), log[-3000:]
+  assert f"moved to {workdir}/checkpoints_corrupt/24" in log
+  assert "Resuming from step 16" in log
   assert_same_final_state(workdir, straight)
 
 

@@ -2,10 +2,14 @@
 
 Orbax writes each step into a temporary directory and renames it when complete,
 so a killed run never leaves a half-written step behind (its temporary directory
-is removed at the next start). ``restore_newest_intact`` resumes from the newest
-step that reads back whole and finite: a newer one that does not (truncated or
-missing files, a disk that lied, NaN) is moved to ``<directory>_corrupt/<step>``
-with a one-line warning naming it, never deleted.
+is removed at the next start). Each step carries a checksum of every array it
+holds (``checksums``, in the step's ``_CHECKPOINT_METADATA``), verified on every
+restore, so bytes changed on disk are never loaded as good (orbax's own crc32c
+covers only zarr3's shard index, not the data). ``restore_newest_intact`` resumes
+from the newest step that reads back whole, matching its checksums and finite: a
+newer one that does not (truncated or missing files, a disk that lied, NaN) is
+moved to ``<directory>_corrupt/<step>`` with a one-line warning naming it, never
+deleted.
 
 Readers (``vmd-jax evaluate`` / ``sample``, ``vmd_jax.load``) open the directory
 ``read_only``: they change nothing in it (a training run may hold the workdir
@@ -14,6 +18,8 @@ with a one-line warning instead of moving it; the next training run moves it.
 """
 
 from __future__ import annotations
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +57,44 @@ def _on_every_process(ok: bool) -> bool:
 def _first_line(error: BaseException, limit: int = 200) -> str:
   text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
   return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _path_name(path) -> str:
+  """``ema_params/Dense_0/kernel``: a leaf's path by names, the same for a dict, a
+  dataclass or a named tuple holding it (a subtree restored alone matches)."""
+  def name(key):
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return "/".join(name(k) for k in path)
+
+
+@jax.jit
+def _leaf_sums(leaves):
+  """Two position-weighted sums mod 2^32 of each leaf's bit patterns: a leaf's
+  checksum, computed on the devices whatever the mesh (a sharded leaf gives the
+  same sums as the whole one). One changed word always changes the first sum
+  (its weight 2i + 1 is odd); several collide with odds about 2^-64."""
+  def sums(x):
+    if x.dtype == jnp.bool_:
+      x = x.astype(jnp.uint8)
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    bits = jax.lax.bitcast_convert_type(
+        x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize])
+    bits = bits.reshape(-1).astype(jnp.uint32)
+    i = jnp.arange(bits.size, dtype=jnp.uint32)
+    return jnp.stack([jnp.sum(bits * (2 * i + 1)),
+                      jnp.sum((bits ^ jnp.uint32(0x5bd1e995)) * (i * jnp.uint32(0x9E3779B9) | 1))])
+  return [sums(x) for x in leaves]
+
+
+def checksums(tree) -> dict[str, str]:
+  """{leaf path: checksum} of every array of ``tree`` (see ``_leaf_sums``)."""
+  paths, leaves = zip(*jax.tree_util.tree_flatten_with_path(tree)[0]) or ((), ())
+  sums = jax.device_get(_leaf_sums(list(leaves)))
+  return {_path_name(p): f"{int(a):08x}{int(b):08x}" for p, (a, b) in zip(paths, sums)}
 
 
 def abstract_like(tree):
@@ -91,18 +135,41 @@ class Checkpointer:
     """Saves (asynchronously) if ``step`` is a multiple of ``every`` or ``force``."""
     if not force and step % self.every:
       return False
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=True,
+                              custom_metadata={"checksums": checksums(state)})
 
-  def restore(self, target, step: int | None = None):
-    """Restores ``step`` (default: the latest) into the structure of ``target``."""
+  def checksum_problem(self, step: int, tree) -> str | None:
+    """What is wrong with ``tree`` (step ``step``'s state, or ``{field: value}``)
+    against the checksums saved with the step, or None when every leaf matches. A
+    step without checksums (written before they were) passes; one whose metadata
+    file is missing or unreadable does not."""
+    try:
+      saved = json.loads((self.directory / str(step) / "_CHECKPOINT_METADATA").read_text())
+      saved = (saved.get("custom_metadata") or {}).get("checksums")
+    except Exception as e:  # pylint: disable=broad-except
+      return f"has an unreadable _CHECKPOINT_METADATA ({_first_line(e)})"
+    if saved is None:
+      return None
+    here = checksums(tree)
+    bad = [k for k, v in here.items() if saved.get(k) != v]
+    return (f"does not match the checksums written with it ({len(bad)} of {len(here)} arrays "
+            f"differ, e.g. {bad[0]}): its files changed on disk") if bad else None
+
+  def restore(self, target, step: int | None = None, *, verify: bool = True):
+    """Restores ``step`` (default: the latest) into the structure of ``target``,
+    checked against the step's checksums unless ``verify`` is False."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint found in {self.directory}")
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+      state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
     except Exception as e:  # orbax raises many types for unreadable data
       raise CheckpointError(f"checkpoint step {step} in {self.directory} could not be "
                             f"restored ({_first_line(e)})") from e
+    problem = self.checksum_problem(step, state) if verify else None
+    if problem:
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} {problem}")
+    return state
 
   def restore_newest_intact(self, target):
     """Restores the newest step that reads back whole with finite values into the
@@ -110,7 +177,10 @@ class Checkpointer:
     the module docstring). Returns the state, or None when no step is left."""
     def read(step):
       self.check_layout(target, step)
-      state = self.restore(target, step)
+      state = self.restore(target, step, verify=False)
+      problem = self.checksum_problem(step, state)
+      if problem:
+        raise CheckpointError(problem)
       if not all_finite(state):
         raise CheckpointError("holds non-finite values")
       return state
@@ -214,6 +284,9 @@ class Checkpointer:
     except Exception as e:  # orbax raises many types for unreadable data
       raise CheckpointError(f"{name} of checkpoint step {step} in {self.directory} could not "
                             f"be restored ({_first_line(e)})") from e
+    problem = self.checksum_problem(step, {name: tree})
+    if problem:
+      raise CheckpointError(f"{name} of checkpoint step {step} in {self.directory} {problem}")
     if not all_finite(tree):
       raise CheckpointError(f"{name} of checkpoint step {step} in {self.directory} holds "
                             "non-finite values")
