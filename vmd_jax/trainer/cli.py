@@ -307,7 +307,8 @@ def run_command(command: str, argv: list[str]):
         if code is not None:
           prefix = "" if code > 128 else "error: "
           print(f"{argv[0]}: {prefix}{e}", file=sys.stderr, flush=True)
-          sys.exit(code)
+          _exit_now(code)  # not sys.exit: the interpreter's shutdown with TensorFlow's,
+          # orbax's or XLA's threads still running can crash (exit 139) or hang
         traceback.print_exc()
         _exit_now(130 if isinstance(e, KeyboardInterrupt) else 1)
     app.run(guarded, argv=argv, flags_parser=_flags_parser)
