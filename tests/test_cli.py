@@ -121,7 +121,8 @@ def inputs(tmp_path_factory, trained):
   (d / "header_only.csv").write_text(header)
   (d / "three.csv").write_text(header + "".join(rows))
   (d / "bad_cell.csv").write_text(header + "x" + rows[0][1:])
-  for name in ("v3.npy", "half.npy", "n3.npy", "header_only.csv", "three.csv", "bad_cell.csv"):
+  (d / "not_npy.npy").write_bytes(b"\x80\x04not a numpy file")  # a pickle's first bytes
+  for name in ("v3.npy", "half.npy", "n3.npy", "not_npy.npy", "header_only.csv", "three.csv", "bad_cell.csv"):
     paths[name.split(".")[0]] = d / name
   return paths
 
@@ -152,6 +153,11 @@ def inputs(tmp_path_factory, trained):
     ("vmd", ["sample", "stray_arg"], "unexpected arguments: ['stray_arg']"),
     ("vmd", ["evaluate", "--output=nosuchdir/x.json"],
      "cannot write the output {vmd}/nosuchdir/x.json: no directory {vmd}/nosuchdir"),
+    ("vmd", ["evaluate", "--output=../../escape.json"],
+     "--output=../../escape.json leaves the workdir {vmd}; name a file inside it"),
+    ("vmd", ["evaluate", "--data={not_npy}"], "{not_npy}: not a .npy table (no numpy header"),
+    ("vmd", ["sample", "--temperature=nan"],
+     "--temperature=nan: temperature must be a finite number >= 0"),
     ("file", ["evaluate"], "--workdir={file} is a file, not a directory"),
     ("file", ["sample"], "--workdir={file} is a file, not a directory"),
 ])

@@ -62,6 +62,10 @@ def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ance
                    puzzles: str | None = None) -> str:
   """``num`` samples of the run in ``workdir`` with ``steps`` network calls
   (0: one per position) in ``order``, one rendered sample per paragraph."""
+  try:
+    sampling.check_temperature(temperature)
+  except ValueError as e:
+    raise BadInput(f"--temperature={temperature}: {e}") from None
   run = open_run(workdir)
   x_init = initial_tokens(workdir, run, num=num, steps=steps, order=order, prior=prior,
                           puzzles=puzzles)
