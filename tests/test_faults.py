@@ -11,6 +11,7 @@ runs (test_train.py covers it): the faults are all in training.
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -468,3 +469,36 @@ def test_sigterm_while_setting_up_exits_143_every_time(tmp_path):
   message = ("vmd-jax train: stopped by SIGTERM while setting up; run the same command again "
              "to resume\n")
   assert out.stderr.count(message) == 20, out.stderr[-2000:]
+
+
+def run_training_disk_full(workdir, log, cache_dir):
+  """``run_training`` whose disk fills up at the save of step 16 (orbax's save
+  raising ENOSPC, as its writing threads do)."""
+  import errno
+  save = checkpoint.ocp.CheckpointManager.save
+
+  def full(self, step, *args, **kwargs):
+    if step >= 16:
+      raise OSError(errno.ENOSPC, "No space left on device", f"{workdir}/checkpoints/16")
+    return save(self, step, *args, **kwargs)
+  checkpoint.ocp.CheckpointManager.save = full
+  run_training(workdir, log, cache_dir, {"checkpoint_every": 8})
+
+
+def test_a_full_disk_is_one_line_naming_the_space_left_and_the_intact_steps(runs, tmp_path):
+  workdir = tmp_path / "run"
+  os.makedirs(workdir)
+  p = runs.ctx.Process(target=run_training_disk_full,
+                       args=(str(workdir), str(workdir) + ".log", runs.cache))
+  p.start()
+  assert finish(p) == 1, log_of(workdir)[-3000:]
+  log = log_of(workdir)
+  assert "Traceback" not in log, log[-3000:]
+  last = log.strip().splitlines()[-1]
+  free = shutil.disk_usage(workdir).free / 2**20
+  assert re.fullmatch(
+      rf"vmd-jax train: no space left on the device of {workdir}/checkpoints while saving "
+      r"step 16 \((\d+) MiB free\); intact steps: 8; free some space and run the same "
+      "command again to resume", last), last
+  assert abs(int(re.search(r"\((\d+) MiB", last).group(1)) - free) < 1024
+  assert steps_in(workdir)[0] == [8]

@@ -19,7 +19,10 @@ with a one-line warning instead of moving it; the next training run moves it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +34,24 @@ from etils import epath
 
 class CheckpointError(RuntimeError):
   pass
+
+
+class DiskFull(RuntimeError):
+  """A save ran out of space: one line naming the directory, the space left and
+  the intact steps; the run ends with exit 1 (``exit_code``)."""
+  exit_code = 1
+
+
+def _no_space(error: BaseException | None) -> bool:
+  """Whether ``error`` or an exception it was raised from is ENOSPC (orbax wraps
+  the errors of its writing threads)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 class LayoutMismatch(ValueError):
@@ -118,6 +139,7 @@ class Checkpointer:
   def __init__(self, directory, *, keep: int = 2, every: int = 1000, read_only: bool = False):
     self.directory = epath.Path(directory)
     self.every = every
+    self._saving = None  # the step of the save in progress, if any
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
                                              create=False)
@@ -135,8 +157,34 @@ class Checkpointer:
     """Saves (asynchronously) if ``step`` is a multiple of ``every`` or ``force``."""
     if not force and step % self.every:
       return False
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=True,
-                              custom_metadata={"checksums": checksums(state)})
+    self._saving = step
+    with self._disk_full_is_one_line():
+      return self._manager.save(step, args=ocp.args.StandardSave(state), force=True,
+                                custom_metadata={"checksums": checksums(state)})
+
+  @contextlib.contextmanager
+  def _disk_full_is_one_line(self):
+    """Turns ENOSPC from a save (or from waiting for one) into ``DiskFull``."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if not _no_space(e):
+        raise
+      raise self._disk_full() from None
+
+  def _disk_full(self) -> DiskFull:
+    where = self.directory
+    while not where.exists() and where != where.parent:
+      where = where.parent
+    free = ("unknown" if "://" in str(where) else
+            f"{shutil.disk_usage(where).free / 2**20:.0f} MiB")
+    with contextlib.suppress(Exception):  # an earlier save still finishing counts
+      self._manager.wait_until_finished()
+    self._manager.reload()
+    steps = ", ".join(map(str, sorted(self._manager.all_steps()))) or "none"
+    return DiskFull(f"no space left on the device of {self.directory} while saving step "
+                    f"{self._saving} ({free} free); intact steps: {steps}; free some space "
+                    "and run the same command again to resume")
 
   def checksum_problem(self, step: int, tree) -> str | None:
     """What is wrong with ``tree`` (step ``step``'s state, or ``{field: value}``)
@@ -314,8 +362,11 @@ class Checkpointer:
                           f"{', '.join(map(str, skipped))} are unreadable or not finite")
 
   def wait(self):
-    self._manager.wait_until_finished()
+    with self._disk_full_is_one_line():
+      self._manager.wait_until_finished()
 
   def close(self):
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()

@@ -99,9 +99,9 @@ def check_overrides(argv: list[str]) -> list[str]:
 def _run_ended(e: BaseException) -> int | None:
   """The exit code of a run's own ending (workdir held, diverged, stopped by a
   signal), or None for any other exception."""
-  from vmd_jax.trainer import guard, lock, preemption, sweep, train
+  from vmd_jax.trainer import checkpoint, guard, lock, preemption, sweep, train
   if isinstance(e, (train.BadSetup, guard.TrainingDiverged, lock.WorkdirLocked,
-                    preemption.RunStopped, sweep.SweepFailed)):
+                    preemption.RunStopped, sweep.SweepFailed, checkpoint.DiskFull)):
     return e.exit_code
   return None
 
