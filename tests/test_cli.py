@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import vmd_jax
-from vmd_jax.trainer import config as config_lib, train
+from vmd_jax.trainer import checkpoint, config as config_lib, train
 from test_train import REPO, tiny_config
 
 
@@ -327,7 +327,7 @@ def _traceback_of(source: str, filename: str, name: str, exc_type=Exception):
 def test_only_reports_of_abandoned_checkpoint_reads_are_dropped(source, filename, name,
                                                                  dropped):
   from vmd_jax.trainer import cli
-  assert cli._is_abandoned_read(*_traceback_of(source, filename, name)) is dropped
+  assert checkpoint._is_abandoned_read(*_traceback_of(source, filename, name)) is dropped
 
 
 def test_asyncio_logs_of_abandoned_reads_are_dropped_and_others_kept():
@@ -338,7 +338,7 @@ def test_asyncio_logs_of_abandoned_reads_are_dropped_and_others_kept():
   record = lambda filename: logging.LogRecord(
       "asyncio", logging.ERROR, "base_events.py", 1, "Task exception was never retrieved",
       None, _traceback_of(source, filename, "_read_array_index_and_device_put"))
-  keep = cli._AbandonedReadRecords().filter
+  keep = checkpoint._AbandonedReadRecords().filter
   assert not keep(record("/site-packages/orbax/checkpoint/_src/serialization/serialization.py"))
   assert keep(record("/home/me/my_reader.py"))
   assert keep(logging.LogRecord("x", logging.INFO, "f.py", 1, "no exception", None, None))

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -75,8 +76,16 @@ def _on_every_process(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def _first_line(error: BaseException, limit: int = 200) -> str:
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  """``Type: message``'s first line. Orbax's read errors end in a dump of the
+  TensorStore spec (``See full TensorStore details: <bound method ...>``); the
+  error they were raised from names the file and the reason, so that is used."""
   text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+  if " See full TensorStore details" in text:
+    text = text.split(" See full TensorStore details")[0]
+    cause = error.__cause__ or error.__context__
+    if cause is not None:
+      text = f"{text.rstrip('.')}: {_first_line(cause, limit)}"
   return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -118,6 +127,57 @@ def checksums(tree) -> dict[str, str]:
   return {_path_name(p): f"{int(a):08x}{int(b):08x}" for p, (a, b) in zip(paths, sums)}
 
 
+_DROPPING = False
+ORBAX_READS = ("_read_array_index_and_device_put", "async_deserialize")
+
+
+def _is_abandoned_read(exc_type, exc, tb) -> bool:
+  """True for the reports of reads that orbax had already given up on (a
+  truncated checkpoint file) finishing after orbax closed its event loop:
+  ``RuntimeError("Event loop is closed")`` raised in ``call_soon_threadsafe``,
+  called straight from one of tensorstore's threads, or one of orbax's read
+  coroutines (``_read_array_index_and_device_put``, finalised on Python 3.12;
+  ``async_deserialize``, whose task asyncio logs as never retrieved) ending with
+  its read's error. The reader has already skipped that step; nothing is lost."""
+  codes = []
+  while tb is not None:  # outermost frame first
+    codes.append(tb.tb_frame.f_code)
+    tb = tb.tb_next
+  if exc_type is RuntimeError and str(exc) == "Event loop is closed":
+    return bool(codes) and codes[0].co_name == "call_soon_threadsafe"
+  return any(c.co_name in ORBAX_READS and "/orbax/" in c.co_filename for c in codes)
+
+
+class _AbandonedReadRecords:
+  """Drops log records whose exception is an ``_is_abandoned_read`` one: asyncio's
+  "Task exception was never retrieved" for a read task collected after orbax gave
+  up on it."""
+
+  def filter(self, record):
+    return not (record.exc_info and _is_abandoned_read(*record.exc_info))
+
+
+def drop_abandoned_reads():
+  """Keeps ``_is_abandoned_read`` reports (made through ``sys.unraisablehook``, at
+  any moment, even mid-line, or logged by asyncio) out of stderr. Installed once, by
+  the command line and by the first restore (``vmd_jax.load`` alike)."""
+  global _DROPPING
+  if _DROPPING:
+    return
+  _DROPPING = True
+  import logging as std_logging
+  records = _AbandonedReadRecords()
+  logging.get_absl_handler().addFilter(records)
+  std_logging.getLogger("asyncio").addFilter(records)
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_abandoned_read(unraisable.exc_type, unraisable.exc_value,
+                              unraisable.exc_traceback):
+      previous(unraisable)
+  sys.unraisablehook = hook
+
+
 def abstract_like(tree):
   """ShapeDtypeStructs (with shardings) describing ``tree``, for restoring into. A
   leaf without a sharding (``jax.eval_shape``'s) is restored replicated on every
@@ -137,6 +197,7 @@ class Checkpointer:
   the temporary directory of a save in progress)."""
 
   def __init__(self, directory, *, keep: int = 2, every: int = 1000, read_only: bool = False):
+    drop_abandoned_reads()  # a read given up on reports when it is collected
     self.directory = epath.Path(directory)
     self.every = every
     self._saving = None  # the step of the save in progress, if any
