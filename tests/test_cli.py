@@ -27,6 +27,9 @@ def run_cli(*args, timeout=120):
     (["--config.train.lr=nan"], "config.train.lr = nan; must be a finite number"),
     (["--config.train.lr=inf"], "config.train.lr = inf; must be a finite number"),
     (["--config.seed=-1"], "config.seed = -1; must be an int in [0, 2^31)"),
+    (["--config.diffusion.prime_digits=100"],
+     "config.diffusion.prime_digits = 100; must be at most 30: 100 digits make at least "
+     "2^100 codes"),
     (["--config=nowhere/missing.py"], "config file 'nowhere/missing.py' not found (packaged "
                                       "configs: sudoku_md4"),
     (["--config.model.attention=cudnn"], "config.model.attention = 'cudnn' needs "
