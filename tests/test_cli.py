@@ -125,7 +125,8 @@ def inputs(tmp_path_factory, trained):
   (d / "three.csv").write_text(header + "".join(rows))
   (d / "bad_cell.csv").write_text(header + "x" + rows[0][1:])
   (d / "not_npy.npy").write_bytes(b"\x80\x04not a numpy file")  # a pickle's first bytes
-  for name in ("v3.npy", "half.npy", "n3.npy", "not_npy.npy", "header_only.csv", "three.csv", "bad_cell.csv"):
+  for name in ("v3.npy", "half.npy", "n3.npy", "not_npy.npy", "header_only.csv", "three.csv",
+               "bad_cell.csv"):
     paths[name.split(".")[0]] = d / name
   return paths
 

@@ -115,8 +115,8 @@ def _leaf_sums(leaves):
         x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize])
     bits = bits.reshape(-1).astype(jnp.uint32)
     i = jnp.arange(bits.size, dtype=jnp.uint32)
-    return jnp.stack([jnp.sum(bits * (2 * i + 1)),
-                      jnp.sum((bits ^ jnp.uint32(0x5bd1e995)) * (i * jnp.uint32(0x9E3779B9) | 1))])
+    mixed = (bits ^ jnp.uint32(0x5bd1e995)) * (i * jnp.uint32(0x9E3779B9) | 1)
+    return jnp.stack([jnp.sum(bits * (2 * i + 1)), jnp.sum(mixed)])
   return [sums(x) for x in leaves]
 
 
@@ -160,7 +160,7 @@ class _AbandonedReadRecords:
 def drop_abandoned_reads():
   """Keeps ``_is_abandoned_read`` reports (made through ``sys.unraisablehook``, at
   any moment, even mid-line, or logged by asyncio) out of stderr. Installed once, by
-  the command line and by the first restore (``vmd_jax.load`` alike)."""
+  the command line and by the first ``Checkpointer`` (``vmd_jax.load`` alike)."""
   global _DROPPING
   if _DROPPING:
     return
