@@ -502,3 +502,30 @@ def test_a_full_disk_is_one_line_naming_the_space_left_and_the_intact_steps(runs
       "command again to resume", last), last
   assert abs(int(re.search(r"\((\d+) MiB", last).group(1)) - free) < 1024
   assert steps_in(workdir)[0] == [8]
+
+
+def test_two_sigints_20_ms_apart_save_the_step_or_say_plainly_they_did_not(runs, tmp_path):
+  """Ctrl-C twice, 20 ms apart, mid-run: exit 130 without a traceback; either the
+  second waited for the stop's checkpoint (the step is saved) or it stopped before
+  that save began and says so. It used to interrupt orbax's save with a traceback,
+  losing the step."""
+  workdir = tmp_path / "run"
+  p = runs(workdir, checkpoint_every=1000, log_every=1)
+  wait_for(lambda: f"step 2/{STEPS}" in log_of(workdir), p)
+  os.kill(p.pid, signal.SIGINT)
+  time.sleep(0.02)
+  os.kill(p.pid, signal.SIGINT)
+  assert finish(p) == 128 + signal.SIGINT, log_of(workdir)[-3000:]
+  log = log_of(workdir)
+  assert "Traceback" not in log, log[-3000:]
+  last = log.strip().splitlines()[-1]
+  saved, tmp = steps_in(workdir)
+  if "without saving" in last:
+    assert last == ("vmd-jax train: stopped at once by a second SIGINT, without saving the "
+                    "current step; run the same command again to resume from the last "
+                    "checkpoint"), last
+  else:
+    assert len(saved) == 1 and last == (
+        f"vmd-jax train: stopped by SIGINT after step {saved[0]} of {STEPS}; saved "
+        f"{workdir}/checkpoints/{saved[0]}; run the same command again to resume"), last
+  assert not tmp
