@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import vmd_jax
-from vmd_jax.trainer import config as config_lib, train
+from vmd_jax.trainer import checkpoint, config as config_lib, train
 from test_train import REPO, tiny_config
 
 
@@ -27,6 +27,9 @@ def run_cli(*args, timeout=120):
     (["--config.train.lr=nan"], "config.train.lr = nan; must be a finite number"),
     (["--config.train.lr=inf"], "config.train.lr = inf; must be a finite number"),
     (["--config.seed=-1"], "config.seed = -1; must be an int in [0, 2^31)"),
+    (["--config.diffusion.prime_digits=100"],
+     "config.diffusion.prime_digits = 100; must be at most 30: 100 digits make at least "
+     "2^100 codes"),
     (["--config=nowhere/missing.py"], "config file 'nowhere/missing.py' not found (packaged "
                                       "configs: sudoku_md4"),
     (["--config.model.attention=cudnn"], "config.model.attention = 'cudnn' needs "
@@ -121,7 +124,9 @@ def inputs(tmp_path_factory, trained):
   (d / "header_only.csv").write_text(header)
   (d / "three.csv").write_text(header + "".join(rows))
   (d / "bad_cell.csv").write_text(header + "x" + rows[0][1:])
-  for name in ("v3.npy", "half.npy", "n3.npy", "header_only.csv", "three.csv", "bad_cell.csv"):
+  (d / "not_npy.npy").write_bytes(b"\x80\x04not a numpy file")  # a pickle's first bytes
+  for name in ("v3.npy", "half.npy", "n3.npy", "not_npy.npy", "header_only.csv", "three.csv",
+               "bad_cell.csv"):
     paths[name.split(".")[0]] = d / name
   return paths
 
@@ -154,6 +159,11 @@ def inputs(tmp_path_factory, trained):
     ("vmd", ["sample", "stray_arg"], "unexpected arguments: ['stray_arg']"),
     ("vmd", ["evaluate", "--output=nosuchdir/x.json"],
      "cannot write the output {vmd}/nosuchdir/x.json: no directory {vmd}/nosuchdir"),
+    ("vmd", ["evaluate", "--output=../../escape.json"],
+     "--output=../../escape.json leaves the workdir {vmd}; name a file inside it"),
+    ("vmd", ["evaluate", "--data={not_npy}"], "{not_npy}: not a .npy table (no numpy header"),
+    ("vmd", ["sample", "--temperature=nan"],
+     "--temperature=nan: temperature must be a finite number >= 0"),
     ("file", ["evaluate"], "--workdir={file} is a file, not a directory"),
     ("file", ["sample"], "--workdir={file} is a file, not a directory"),
 ])
@@ -323,7 +333,7 @@ def _traceback_of(source: str, filename: str, name: str, exc_type=Exception):
 def test_only_reports_of_abandoned_checkpoint_reads_are_dropped(source, filename, name,
                                                                  dropped):
   from vmd_jax.trainer import cli
-  assert cli._is_abandoned_read(*_traceback_of(source, filename, name)) is dropped
+  assert checkpoint._is_abandoned_read(*_traceback_of(source, filename, name)) is dropped
 
 
 def test_asyncio_logs_of_abandoned_reads_are_dropped_and_others_kept():
@@ -334,7 +344,7 @@ def test_asyncio_logs_of_abandoned_reads_are_dropped_and_others_kept():
   record = lambda filename: logging.LogRecord(
       "asyncio", logging.ERROR, "base_events.py", 1, "Task exception was never retrieved",
       None, _traceback_of(source, filename, "_read_array_index_and_device_put"))
-  keep = cli._AbandonedReadRecords().filter
+  keep = checkpoint._AbandonedReadRecords().filter
   assert not keep(record("/site-packages/orbax/checkpoint/_src/serialization/serialization.py"))
   assert keep(record("/home/me/my_reader.py"))
   assert keep(logging.LogRecord("x", logging.INFO, "f.py", 1, "no exception", None, None))

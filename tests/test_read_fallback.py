@@ -177,3 +177,20 @@ def test_evaluate_without_an_intact_step_is_one_line_and_exit_2(trained, tmp_pat
   assert "Traceback" not in out.stderr and "Event loop is closed" not in out.stderr, \
       out.stderr[-3000:]
   assert snapshot(workdir) == before
+
+
+def test_load_in_a_script_prints_one_warning_per_bad_step_and_no_traceback(trained, tmp_path):
+  """``vmd_jax.load`` outside the CLI, step 15 also with an empty manifest.ocdbt:
+  the reports of reads orbax gave up on ("Event loop is closed", dozens of
+  tracebacks) are dropped as the CLI drops them, and each warning names the file
+  and the reason, not pybind11's ``<bound method ...>``."""
+  workdir = corrupt_copy(trained, tmp_path / "run")
+  (workdir / "checkpoints" / "15" / "default" / "manifest.ocdbt").write_bytes(b"")
+  code = f"import gc, vmd_jax; vmd_jax.load({str(workdir)!r}); gc.collect(); print('loaded')"
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0 and out.stdout.strip() == "loaded", out.stderr[-3000:]
+  assert "Traceback" not in out.stderr and "Event loop is closed" not in out.stderr, \
+      out.stderr[-3000:]
+  warned = [l for l in out.stderr.splitlines() if "skipped, left in place" in l]
+  assert len(warned) == 3 and not any("bound method" in l for l in warned), warned

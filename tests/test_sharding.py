@@ -90,6 +90,7 @@ _, one, one_losses, _ = run((1, 1), jax.devices()[:1])
 mesh, fsdp, fsdp_losses, flops = run((2, 4), jax.devices())
 print("losses 1 device", one_losses, "2x4", fsdp_losses, "flops/step/device", flops)
 np.testing.assert_allclose(one_losses, fsdp_losses, rtol=1e-5)
+assert jax.tree.structure(one) == jax.tree.structure(fsdp)  # zip alone misses a missing leaf
 for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(fsdp)):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
 assert flops and flops > 0
@@ -116,6 +117,7 @@ for shape, devices in (((1, 1), jax.devices()[:1]), ((4, 2), jax.devices())):
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         shapes, sharding.tree_shardings(shapes, other, 64))
   restored = ckpt.restore(target)
+  assert jax.tree.structure(restored) == jax.tree.structure(fsdp)
   for r, t, s in zip(jax.tree.leaves(restored), jax.tree.leaves(target), jax.tree.leaves(fsdp)):
     assert r.sharding == t.sharding, (r.sharding, t.sharding)
     np.testing.assert_array_equal(np.asarray(r), np.asarray(s))

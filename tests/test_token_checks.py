@@ -113,3 +113,62 @@ def test_checked_samplers_check_a_traced_temperature_and_top_p(sampler):
   for temp in (0.0, 1.0):
     err, out = fn(x, temp, 1.0)
     assert err.get() is None and int(out.max()) < V and int(out[1, 4]) == 1
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("t", [1.5, -0.1, np.nan])
+def test_losses_reject_times_outside_zero_one(name, t):
+  """A given t outside [0, 1] or NaN is an error naming it, not a finite NELBO;
+  under jit, ``forward.checked`` raises the same."""
+  loss = {"md4_nelbo": lambda x, t: losses.md4_nelbo(denoise, x, KEY, SCHEDULE, t=t),
+          "vmd_loss": lambda x, t: losses.vmd_loss(denoise, encode, x, KEY, SCHEDULE,
+                                                   t=t)["loss"],
+          "block_nelbo": lambda x, t: block.block_nelbo(block_denoise, x, KEY, SCHEDULE, 2,
+                                                        t=jnp.tile(t[:, None], (1, N // 2))),
+          "block_vmd_loss": lambda x, t: block.block_vmd_loss(
+              block_denoise, block_encode, x, KEY, SCHEDULE, 2,
+              t=jnp.tile(t[:, None], (1, N // 2)))["loss"]}[name]
+  times = jnp.array([0.5, t], jnp.float32)
+  with pytest.raises(ValueError, match=r"t holds (nan|1\.5|-0\.1).* at \(1,( 0)?\); times "
+                                       r"must be finite and in \[0, 1\]"):
+    loss(_with(2), times)
+  err, _ = jax.jit(forward.checked(loss))(_with(2), times)
+  with pytest.raises(checkify.JaxRuntimeError, match=r"times must be finite and in \[0, 1\]"):
+    err.throw()
+  assert np.all(np.isfinite(loss(_with(2), jnp.array([0.5, 1.0]))))  # in range: fine
+
+
+def nan_denoise(x, t, z=None):
+  return jnp.full(x.shape + (V,), jnp.nan)
+
+
+@pytest.mark.parametrize("order", ["ancestral", "top_prob"])
+def test_sample_refuses_nan_logits_instead_of_returning_token_0_or_masks(order):
+  """NaN logits: a ``ValueError`` naming the denoiser (it used to give all-zero
+  tokens, or mask ids with top_prob); under jit, ``forward.checked`` says the same."""
+  x = _with(1, fill=V)
+  draw = lambda x: sampling.sample(nan_denoise, KEY, x, 3, SCHEDULE, order)
+  with pytest.raises(ValueError, match=r"denoise_fn returned NaN or \+inf logits .*at a "
+                                       "masked position"):
+    draw(x)
+  err, _ = jax.jit(forward.checked(draw))(x)
+  with pytest.raises(checkify.JaxRuntimeError, match=r"denoise_fn returned NaN"):
+    err.throw()
+  minus_inf_but_one = lambda x, t: jnp.full(x.shape + (V,), -jnp.inf).at[..., 2].set(0.0)
+  out = sampling.sample(minus_inf_but_one, KEY, x, 3, SCHEDULE, order)
+  assert np.all(np.asarray(out)[x != V] == 1) and np.all(np.asarray(out)[x == V] == 2)
+
+
+def test_sample_refuses_a_length_of_zero_and_more_steps_than_its_limit():
+  with pytest.raises(ValueError, match=r"x_init has shape \(2, 0\): sequences of length 0"):
+    sampling.sample(denoise, KEY, jnp.zeros((2, 0), jnp.int32), 3, SCHEDULE)
+  for order in ("ancestral", "top_prob"):  # refused before any plan is made
+    with pytest.raises(ValueError, match=r"num_steps must be in \[1, 65536\] "
+                                         r"\(schedules.MAX_SAMPLING_STEPS\), got 1000000000"):
+      sampling.sample(denoise, KEY, _with(V, fill=V), 10**9, SCHEDULE, order)
+
+
+def test_bits_per_token_refuses_zero_tokens():
+  with pytest.raises(ValueError, match="num_tokens must be >= 1"):
+    losses.bits_per_token(1.0, 0)
+  assert losses.bits_per_token(np.log(2.0) * 3, 3) == pytest.approx(1.0)

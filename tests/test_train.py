@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -98,8 +99,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch)
 
   a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
   assert int(a.step) == int(b.step) == 20
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  chex.assert_trees_all_equal(a, b)  # structure too: a missing leaf fails
 
 
 def test_corrupt_only_checkpoint_is_moved_aside_and_the_run_starts_over(tmp_path, caplog):
@@ -126,8 +126,7 @@ def test_corrupt_only_checkpoint_is_moved_aside_and_the_run_starts_over(tmp_path
   for name in damaged:
     assert (tmp_path / "checkpoints_corrupt" / "10" / name).read_bytes() == b"garbage"
   after = final_params(tmp_path)
-  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
-    np.testing.assert_array_equal(x, y)
+  chex.assert_trees_all_equal(before, after)  # structure too: a missing leaf fails
 
 
 EIGHT_DEVICES = r"""

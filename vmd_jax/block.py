@@ -46,7 +46,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from vmd_jax.forward import check_logits, check_tokens, mask_tokens
+from vmd_jax.forward import check_logits, check_times, check_tokens, mask_tokens
 from vmd_jax.losses import (DiagonalGaussian, diffusion_weight, nelbo_from_logits,
                             stratified_times, uniform_times, with_latent_kl)
 from vmd_jax.sampling import sample
@@ -222,7 +222,7 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
       t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(keys)
     else:
       t = uniform_times(t_key, (batch_size, blocks))
-  t = jnp.asarray(t, jnp.float32)
+  t = check_times(t)
   chex.assert_shape(t, (batch_size, blocks))
   if (beta, omega) != (0.0, 1.0):
     t = clipped_rate_times(schedule, t, clip)

@@ -78,6 +78,51 @@ def check_tokens(x, vocab_size: int, *, allow_mask: bool = False, name: str = "x
                      f"{_allowed(vocab_size, allow_mask)}")
 
 
+def check_times(t, name: str = "t"):
+  """``t`` as float32 when every time is finite and in [0, 1]; else ``ValueError``
+  naming the first bad one and where (NaN and times outside [0, 1] would give a
+  finite, meaningless NELBO). The one check of every caller-given time (the
+  losses' ``t``). Traced: a ``checkify`` check under ``checked``, else nothing."""
+  t = jnp.asarray(t, jnp.float32)
+  if is_traced(t):
+    if checking():
+      bad = ~((t >= 0.0) & (t <= 1.0)).ravel()
+      flat = jnp.argmax(bad)
+      checkify.check(~jnp.any(bad), f"{name} holds {{v}} at flat index {{i}}; times must be "
+                     "finite and in [0, 1]", v=t.ravel()[flat], i=flat)
+    return t
+  values = np.asarray(t)
+  bad = ~((values >= 0.0) & (values <= 1.0))
+  if bad.any():
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{name} holds {float(values[index])} at {index}; times must be finite "
+                     "and in [0, 1]")
+  return t
+
+
+def check_drawable(ok, name: str = "denoise_fn"):
+  """Raises ``ValueError`` unless ``ok``: a sampler's flag that every logit it drew
+  a masked position from was usable (no NaN or +inf, not all -inf). A sampler never
+  returns a mask id or turns NaN into token 0. Traced: a ``checkify`` check under
+  ``checked``, else nothing."""
+  message = (f"{name} returned NaN or +inf logits (or only -inf) at a masked position: no "
+             "token can be drawn there")
+  if is_traced(ok):
+    if checking():
+      checkify.check(ok, message)
+    return
+  if not bool(ok):
+    raise ValueError(message)
+
+
+def drawable(logits, masked):
+  """bool scalar: the logits [..., V] of every ``masked`` position [...] hold no
+  NaN or +inf and at least one value above -inf (``check_drawable``)."""
+  good = (jnp.all(~jnp.isnan(logits) & (logits < jnp.inf), axis=-1)
+          & jnp.any(logits > -jnp.inf, axis=-1))
+  return jnp.all(good | ~masked)
+
+
 def checking() -> bool:
   """Whether traced values are being checked: inside a ``checked`` call."""
   return _CHECKING.get()

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmd_jax.forward import check_tokens, infer_vocab_size, mask_tokens
+from vmd_jax.forward import check_times, check_tokens, infer_vocab_size, is_traced, mask_tokens
 
 DenoiseFn = Callable[..., jax.Array]
 
@@ -87,7 +87,10 @@ def masked_cross_entropy(logits, x0, xt, mask_id: int):
 
 
 def bits_per_token(nats, num_tokens):
-  """Converts a NELBO in nats per sequence into bits per token: nats / (N ln 2)."""
+  """Converts a NELBO in nats per sequence into bits per token: nats / (N ln 2),
+  N = ``num_tokens`` >= 1."""
+  if not is_traced(num_tokens) and not num_tokens >= 1:
+    raise ValueError(f"num_tokens must be >= 1 (tokens per sequence), got {num_tokens!r}")
   return nats / (num_tokens * math.log(2.0))
 
 
@@ -95,7 +98,7 @@ def draw_times(key, batch_size, t, antithetic):
   """(key left for the masking noise, times [B]): ``t`` as given, else stratified
   (``antithetic``) or i.i.d. uniform times drawn from ``key``."""
   if t is not None:
-    return key, jnp.asarray(t, jnp.float32)
+    return key, check_times(t)
   key, t_key = jax.random.split(key)
   if antithetic:
     return key, stratified_times(t_key, batch_size)

@@ -93,7 +93,7 @@ from jax.experimental import checkify
 
 from vmd_jax import block, exact, forward
 from vmd_jax.exact import all_sequences
-from vmd_jax.forward import check_tokens, mask_where
+from vmd_jax.forward import check_times, check_tokens, mask_where
 from vmd_jax.losses import discretize_times, stratified_times, uniform_times
 from vmd_jax.sampling import ORDERS, check_temperature, check_top_p, draw_tokens, kept_masks
 from vmd_jax.schedules import time_grid
@@ -468,7 +468,7 @@ def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, 
     key, t_key = jax.random.split(key)
     t = (stratified_times(t_key, batch_size) if antithetic
          else uniform_times(t_key, (batch_size,)))
-  t = jnp.asarray(t, jnp.float32)
+  t = check_times(t)
   if num_steps is not None:
     t, _ = discretize_times(t, num_steps)
   d0 = code.to_digits(x0)

@@ -71,7 +71,8 @@ import jax.numpy as jnp
 
 from jax.experimental import checkify
 
-from vmd_jax.forward import check_logits, check_tokens, checking, infer_vocab_size, is_traced
+from vmd_jax.forward import (check_drawable, check_logits, check_tokens, checking, drawable,
+                             infer_vocab_size, is_traced)
 from vmd_jax.schedules import time_grid
 
 ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
@@ -266,6 +267,9 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   check_top_p(top_p)
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
+  if length == 0:
+    raise ValueError(f"x_init has shape {tuple(x_init.shape)}: sequences of length 0; sample "
+                     "needs at least one position")
   if vocab_size is None:
     vocab_size = infer_vocab_size(denoise_fn, x_init,
                                   jax.ShapeDtypeStruct((batch_size,), jnp.float32))
@@ -324,18 +328,20 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
       return step, times[jnp.minimum(step, num_steps - 1)], active
 
   def body(carry):
-    x, cursor, nfe = carry
+    x, cursor, nfe, ok = carry
     event, t, active = next_event(x, cursor)
     logits = check_logits(denoise_fn(x, t), (batch_size, length, vocab_size)).astype(jnp.float32)
+    ok = ok & drawable(logits, (x == mask_id) & active[:, None])
     keys = jax.vmap(lambda k, e: jax.random.split(jax.random.fold_in(k, e)))(row_keys, event)
     values = jax.vmap(lambda k, l: draw_tokens(k, l, temperature, top_p))(keys[:, 0], logits)
     reveal = choose(x == mask_id, logits, event, keys[:, 1]) & active[:, None]
-    return jnp.where(reveal, values.astype(x.dtype), x), event + 1, nfe + 1
+    return jnp.where(reveal, values.astype(x.dtype), x), event + 1, nfe + 1, ok
 
   def cond(carry):
-    x, cursor, _ = carry
-    return jnp.any(next_event(x, cursor)[2])
+    x, cursor, _, ok = carry
+    return jnp.any(next_event(x, cursor)[2]) & ok  # a bad logit: stop, nothing more to learn
 
-  init = (x_init, jnp.zeros((batch_size,), jnp.int32), jnp.int32(0))
-  x, _, nfe = jax.lax.while_loop(cond, body, init)
+  init = (x_init, jnp.zeros((batch_size,), jnp.int32), jnp.int32(0), jnp.bool_(True))
+  x, _, nfe, ok = jax.lax.while_loop(cond, body, init)
+  check_drawable(ok)
   return (x, nfe) if return_nfe else x

@@ -172,14 +172,21 @@ def get_schedule(name: str, **params) -> Schedule:
   return cls(**params)
 
 
+MAX_SAMPLING_STEPS = 2 ** 16
+
+
 def time_grid(num_steps: int, kind: str = "linear"):
-  """Sampling times t_0 = 1 > t_1 > ... > t_T = 0, shape [T + 1].
+  """Sampling times t_0 = 1 > t_1 > ... > t_T = 0, shape [T + 1], for 1 <= T <=
+  ``MAX_SAMPLING_STEPS`` (65536): the samplers' per-step plans are [B, T], and a
+  sequence of L tokens is revealed in at most L steps, so more steps only cost
+  memory (T = 10^9 would need gigabytes before the first network call).
 
   linear:  t_i = 1 - i / T  (md4's default grid);
   cosine:  t_i = cos(pi/2 * i / T)  (small steps near t = 1, large near t = 0).
   """
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  if not 1 <= num_steps <= MAX_SAMPLING_STEPS:
+    raise ValueError(f"num_steps must be in [1, {MAX_SAMPLING_STEPS}] "
+                     f"(schedules.MAX_SAMPLING_STEPS), got {num_steps}")
   i = jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps
   if kind == "linear":
     return 1.0 - i

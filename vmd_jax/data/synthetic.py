@@ -150,11 +150,16 @@ def from_npy(path: str | os.PathLike, vocab_size: int = 0, seq_len: int = 0, see
   path = epath.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"probability table not found: {path}")
-  try:
-    with path.open("rb") as f:
+  with path.open("rb") as f:
+    if f.read(6) != b"\x93NUMPY":  # numpy's own message suggests unpickling it
+      raise ValueError(f"{path}: not a .npy table (no numpy header; write one with "
+                       "numpy.save)")
+    f.seek(0)
+    try:
       probs = np.load(f, allow_pickle=False)
-  except ValueError as e:
-    raise ValueError(f"{path}: not a numeric .npy array ({e})") from e
+    except ValueError:
+      raise ValueError(f"{path}: not a .npy table of numbers (it holds Python "
+                       "objects)") from None
   if not (vocab_size and seq_len):
     if probs.ndim < 2 or len(set(probs.shape)) != 1:
       raise ValueError(f"{path}: a table of shape {probs.shape} needs config.data.vocab_size "

@@ -100,9 +100,9 @@ def check_overrides(argv: list[str]) -> list[str]:
 def _run_ended(e: BaseException) -> int | None:
   """The exit code of a run's own ending (workdir held, diverged, stopped by a
   signal), or None for any other exception."""
-  from vmd_jax.trainer import guard, lock, preemption, sweep, train
+  from vmd_jax.trainer import checkpoint, guard, lock, preemption, sweep, train
   if isinstance(e, (train.BadSetup, guard.TrainingDiverged, lock.WorkdirLocked,
-                    preemption.RunStopped, sweep.SweepFailed)):
+                    preemption.RunStopped, sweep.SweepFailed, checkpoint.DiskFull)):
     return e.exit_code
   return None
 
@@ -113,48 +113,6 @@ def _exit_now(code: int):
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(code)
-
-
-ORBAX_READS = ("_read_array_index_and_device_put", "async_deserialize")
-
-
-def _is_abandoned_read(exc_type, exc, tb) -> bool:
-  """True for the reports of reads that orbax had already given up on (a
-  truncated checkpoint file) finishing after orbax closed its event loop:
-  ``RuntimeError("Event loop is closed")`` raised in ``call_soon_threadsafe``,
-  called straight from one of tensorstore's threads, or one of orbax's read
-  coroutines (``_read_array_index_and_device_put``, finalised on Python 3.12;
-  ``async_deserialize``, whose task asyncio logs as never retrieved) ending with
-  its read's error. The reader has already skipped that step; nothing is lost."""
-  codes = []
-  while tb is not None:  # outermost frame first
-    codes.append(tb.tb_frame.f_code)
-    tb = tb.tb_next
-  if exc_type is RuntimeError and str(exc) == "Event loop is closed":
-    return bool(codes) and codes[0].co_name == "call_soon_threadsafe"
-  return any(c.co_name in ORBAX_READS and "/orbax/" in c.co_filename for c in codes)
-
-
-class _AbandonedReadRecords:
-  """Drops log records whose exception is an ``_is_abandoned_read`` one: asyncio's
-  "Task exception was never retrieved" for a read task collected after orbax gave
-  up on it."""
-
-  def filter(self, record):
-    return not (record.exc_info and _is_abandoned_read(*record.exc_info))
-
-
-def _drop_abandoned_reads():
-  """Keeps ``_is_abandoned_read`` reports (made through ``sys.unraisablehook``, at
-  any moment, even mid-line, or logged by asyncio) out of stderr."""
-  logging.get_absl_handler().addFilter(_AbandonedReadRecords())
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if not _is_abandoned_read(unraisable.exc_type, unraisable.exc_value,
-                              unraisable.exc_traceback):
-      previous(unraisable)
-  sys.unraisablehook = hook
 
 
 def _flags_parser(argv):
@@ -298,7 +256,8 @@ def run_command(command: str, argv: list[str]):
     argv = define(argv)
 
     def guarded(args):
-      _drop_abandoned_reads()
+      from vmd_jax.trainer import checkpoint
+      checkpoint.drop_abandoned_reads()
       try:  # every command takes flags only, and a --workdir
         if len(args) > 1:
           raise InputError(f"unexpected arguments: {args[1:]}")
@@ -313,7 +272,8 @@ def run_command(command: str, argv: list[str]):
         if code is not None:
           prefix = "" if code > 128 else "error: "
           print(f"{argv[0]}: {prefix}{e}", file=sys.stderr, flush=True)
-          sys.exit(code)
+          _exit_now(code)  # not sys.exit: the interpreter's shutdown with TensorFlow's,
+          # orbax's or XLA's threads still running can crash (exit 139) or hang
         traceback.print_exc()
         _exit_now(130 if isinstance(e, KeyboardInterrupt) else 1)
     app.run(guarded, argv=argv, flags_parser=_flags_parser)

@@ -196,6 +196,9 @@ def _check_prime(config):
   l = config.diffusion.prime_digits
   if not isinstance(l, int) or isinstance(l, bool) or l < 1:
     raise ValueError(f"config.diffusion.prime_digits = {l!r}; must be an int >= 1 (1 = off)")
+  if 2 ** l > 2 ** 31 - 1:  # digits of base >= 2: at least 2^l codes, int32 tokens
+    raise ValueError(f"config.diffusion.prime_digits = {l}; must be at most 30: {l} digits "
+                     f"make at least 2^{l} codes, more than int32 tokens hold")
   if l > 1 and config.model.kind == "vmd" and config.model.encoder_sees_xt:
     raise ValueError("config.diffusion.prime_digits > 1 needs config.model.encoder_sees_xt "
                      "= False (the encoder sees x_0 alone)")

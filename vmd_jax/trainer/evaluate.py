@@ -340,6 +340,9 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
       raise BadInput(f"--settings={settings}: {e}") from None
   if output is None:
     output = f"eval_{epath.Path(data).stem}.json" if data else "eval.json"
+  inside = os.path.normpath(output)
+  if os.path.isabs(output) or "://" in output or inside == ".." or inside.startswith("../"):
+    raise BadInput(f"--output={output} leaves the workdir {workdir}; name a file inside it")
   path = io.as_path(workdir) / output
   check_writable(path)
   run = open_run(workdir)

@@ -12,7 +12,10 @@ saves a checkpoint at that step and raises ``RunStopped``.
   step on all of them, so all save that step. SIGINT is passed on as SIGTERM to
   join that protocol. Python's handler must not replace JAX's SIGTERM one.
 
-A second SIGINT stops at once (``KeyboardInterrupt``), for an impatient Ctrl-C.
+A second SIGINT stops at once, for an impatient Ctrl-C, saying plainly that the
+current step is not saved (``RunStopped``, exit 130) -- unless the stop's
+checkpoint is being written (``stop.saving``): then it waits for that save, so
+the progress is not lost half-way inside orbax.
 
 Outside the steps (set-up, compilation, the final evaluation), inside
 ``with StopOutsideSteps() as outside:``, a signal stops the run at once with
@@ -77,6 +80,7 @@ class StopSignals(_Handling):
     self.signum = None
     self._reached_preemption = reached_preemption
     self._synced = False
+    self._saving = False
 
   def _signals(self) -> tuple:
     self._synced = _jax_handles_sigterm() and self._reached_preemption is not None
@@ -85,12 +89,27 @@ class StopSignals(_Handling):
   def _handle(self, signum, frame):
     del frame
     if signum == signal.SIGINT and self.signum == signal.SIGINT:
-      raise KeyboardInterrupt
+      if self._saving:
+        logging.warning("Received SIGINT again: the checkpoint of this stop is being written; "
+                        "stopping once it is (SIGKILL stops at once, without it)")
+        return
+      raise RunStopped("stopped at once by a second SIGINT, without saving the current step; "
+                       "run the same command again to resume from the last checkpoint",
+                       signal.SIGINT)
     self.signum = signum
     logging.warning("Received %s: stopping after the current step, with a checkpoint "
                     "(Ctrl-C again stops at once)", signal.Signals(signum).name)
     if self._synced and signum == signal.SIGINT:
       os.kill(os.getpid(), signal.SIGTERM)  # let JAX's listener sync every process
+
+  @contextlib.contextmanager
+  def saving(self, saving: bool = True):
+    """Inside, while ``saving``, a second SIGINT waits for the save (see above)."""
+    self._saving = saving
+    try:
+      yield
+    finally:
+      self._saving = False
 
   def requested(self, step: int) -> bool:
     """True when the run should save ``step`` and stop (the same step on every process)."""

@@ -68,6 +68,10 @@ def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ance
   (0: one per position) in ``order``, one rendered sample per paragraph. VMD's
   ``prior``: "run" (the one it trained with: its conditional prior, else N(0, I)),
   "standard_normal", "mixture" or "conditional"."""
+  try:
+    sampling.check_temperature(temperature)
+  except ValueError as e:
+    raise BadInput(f"--temperature={temperature}: {e}") from None
   run = open_run(workdir)
   x_init = initial_tokens(workdir, run, num=num, steps=steps, order=order, prior=prior,
                           puzzles=puzzles)

@@ -280,12 +280,14 @@ def _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt
                    scalars["loss"], steps_per_s, _flops_text(scalars), eta)
       sums, count, t_last, step_last = None, 0, now, done
     stopping = stop.requested(done)
-    if stopping or done % tc.checkpoint_every == 0 or done == tc.num_steps:
-      check(*pending)  # never save a non-finite state
-      ckpt.save(done, state_box[0], force=True)
+    with stop.saving(stopping):  # a second Ctrl-C waits for the stop's checkpoint
+      if stopping or done % tc.checkpoint_every == 0 or done == tc.num_steps:
+        check(*pending)  # never save a non-finite state
+        ckpt.save(done, state_box[0], force=True)
+      if stopping:
+        ckpt.wait()
+        writer.flush()
     if stopping:
-      ckpt.wait()
-      writer.flush()
       raise stop.stopped(done, tc.num_steps, f"{ckpt.directory}/{done}")
   if tc.num_steps > start:
     logging.info("Trained steps %d..%d", start, tc.num_steps)
