@@ -264,6 +264,7 @@ def _define_train_flags(argv):
 
 def _compile():
   import json
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   from vmd_jax.trainer import compile as compile_lib
   try:
     config = config_lib.validate(FLAGS.config)
