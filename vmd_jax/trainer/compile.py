@@ -42,7 +42,7 @@ ALIASES = {"v5litepod": "v5e", "v6": "v6e"}
 SLICE_SHAPES = {  # chips -> the slice's shape (Cloud TPU's documented slices)
     3: {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
         256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"},
-    2: {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+    2: {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
         256: "16x16"},
 }
 TOPOLOGY_FORMS = ("KIND:AxB (v5e, v6e) or KIND:AxBxC (v4, v5p), e.g. v5p:2x4x4, v5e:4x4; "
@@ -99,12 +99,14 @@ def topology_devices(name: str) -> list:
 
 
 def _describe_host_without_tpu() -> None:
-  """On a host with no TPU attached, tells libtpu (unless already told) that it is
-  one host of a TPU slice, which it otherwise reports on stderr at length while it
-  loads. Only where nothing has loaded libtpu yet; the topology compiled for is
-  ``topology_devices``' argument either way."""
+  """On a host with no TPU attached, lets libtpu load in several processes at once
+  (its lockfile guards a TPU, and there is none: compiles may run side by side), and
+  tells it (unless already told) that this is one host of a TPU slice, which it
+  otherwise reports on stderr at length while it loads. Effective before anything
+  loads libtpu; the topology compiled for is ``topology_devices``' argument either way."""
   from jax._src import hardware_utils
   if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 
@@ -189,26 +191,26 @@ def _compiling(function: str, config, mesh, lower):
   except Exception as e:  # XLA's TPU compiler: "RESOURCE_EXHAUSTED: ... hbm"
     if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
       raise
-    used = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", str(e))
-    need = f"{used[1]}B of the {used[2]}B" if used else "more than the"
-    raise DoesNotFit(f"{function} does not fit: XLA's TPU compiler needs {need} HBM of a "
-                     f"{mesh.devices.flat[0].device_kind} chip; "
-                     f"{_remedies(config, mesh.shape['fsdp'], mesh.size)}"
-                     ) from None
+    said = str(e).splitlines()[0].replace("RESOURCE_EXHAUSTED: ", "")
+    raise DoesNotFit(f"the {function} does not fit: XLA's TPU compiler says: {said} (a "
+                     f"{mesh.devices.flat[0].device_kind} chip); "
+                     f"{_remedies(function, config, mesh.shape['fsdp'], mesh.size)}") from None
   return compiled, time.time() - start
 
 
-def _remedies(config, fsdp: int, chips: int) -> str:
-  """What would lower the per-chip bytes of ``config`` on a mesh of ``chips`` with
-  an fsdp axis of ``fsdp``."""
+def _remedies(function: str, config, fsdp: int, chips: int) -> str:
+  """What would lower the per-chip bytes of ``function`` ("train step" or a
+  sampler) of ``config`` on ``chips`` chips with an fsdp axis of ``fsdp``."""
+  if function.startswith("sampler"):
+    return f"try a smaller --config.eval.batch_size (now {config.eval.batch_size})"
   helps = []
   if fsdp < chips:
-    helps.append(f"shard the state over more chips (--config.mesh.fsdp={chips} "
-                 f"--config.mesh.data=1, now fsdp {fsdp})")
+    helps.append(f"sharding the state over more chips (--config.mesh.data=1 "
+                 f"--config.mesh.fsdp={chips}; now fsdp {fsdp})")
   if not config.model.remat:
-    helps.append("recompute activations in the backward pass (--config.model.remat=True)")
+    helps.append("recomputing activations in the backward pass (--config.model.remat=True)")
   helps.append(f"a smaller --config.train.batch_size (now {config.train.batch_size})")
-  return "try " + ", or ".join(helps)
+  return "try " + (", ".join(helps[:-1]) + " or " if len(helps) > 1 else "") + helps[-1]
 
 
 def compile_train_step(config, devices) -> tuple[Row, object]:
@@ -265,9 +267,7 @@ def check_fits(row: Row, config) -> None:
   per-chip peak exceeds the chip's HBM; nothing for an unlisted chip."""
   if row.hbm_bytes is None or row.peak_bytes <= row.hbm_bytes:
     return
-  helps = (f"try a smaller --config.eval.batch_size (now {config.eval.batch_size})"
-           if row.function.startswith("sampler") else
-           _remedies(config, row.mesh.get("fsdp", 1), row.chips))
+  helps = _remedies(row.function, config, row.mesh.get("fsdp", 1), row.chips)
   raise DoesNotFit(f"the {row.function} does not fit: it needs {row.peak_bytes / GiB:.1f} "
                    f"GiB per chip, a {row.device_kind} chip has {row.hbm_bytes / GiB:.0f} GiB; "
                    f"{helps}")
