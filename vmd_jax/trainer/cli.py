@@ -263,9 +263,8 @@ def _define_train_flags(argv):
 
 
 def _compile():
-  import json
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from vmd_jax.trainer import compile as compile_lib
+  from vmd_jax.trainer import compile as compile_lib, io
   try:
     config = config_lib.validate(FLAGS.config)
     rows = compile_lib.compile_config(config, FLAGS.topology, FLAGS.sampler)
@@ -275,9 +274,8 @@ def _compile():
         "per chip per call; seconds and MFU are XLA's estimates", flush=True)
   print(compile_lib.format_table(rows), flush=True)
   if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump({"topology": FLAGS.topology, "rows": [r.to_dict() for r in rows]}, f,
-                indent=2)
+    io.write_json(io.as_path(FLAGS.json),
+                  {"topology": FLAGS.topology, "rows": [r.to_dict() for r in rows]})
   for row in rows:
     try:
       compile_lib.check_fits(row, config)

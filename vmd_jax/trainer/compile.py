@@ -241,7 +241,8 @@ def compile_sampler(config, devices) -> tuple[Row, object]:
   """The sampler of ``config.eval.settings``' first ORDER:NFE as evaluation runs it
   (``evaluate.jit_sampler``: parameters replicated, ``eval.batch_size`` rows split
   over every chip), compiled; (its ``Row``, the compiled sampler). A row is one
-  call: all NFE network calls of a batch."""
+  call, all NFE network calls of a batch: its bytes are the call's, its FLOPs and
+  estimated seconds a lower bound (XLA's cost model counts a loop's body once)."""
   mesh = sharding.data_parallel_mesh(devices)
   vocab_size, seq_len = data_shape(config)
   model = build.build_model(config, vocab_size, seq_len)
