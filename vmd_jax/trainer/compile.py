@@ -191,7 +191,7 @@ def _compiling(function: str, config, mesh, lower):
   except Exception as e:  # XLA's TPU compiler: "RESOURCE_EXHAUSTED: ... hbm"
     if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
       raise
-    said = str(e).splitlines()[0].replace("RESOURCE_EXHAUSTED: ", "")
+    said = str(e).splitlines()[0].replace("RESOURCE_EXHAUSTED: ", "").rstrip(".")
     raise DoesNotFit(f"the {function} does not fit: XLA's TPU compiler says: {said} (a "
                      f"{mesh.devices.flat[0].device_kind} chip); "
                      f"{_remedies(function, config, mesh.shape['fsdp'], mesh.size)}") from None
@@ -225,7 +225,7 @@ def compile_train_step(config, devices) -> tuple[Row, object]:
   state, shardings = train.abstract_state(model, tx, config.seed, seq_len, mesh,
                                           config.mesh.fsdp_min_size)
   step = train.jit_train_step(model, tx, config, shardings, mesh)
-  compiled, seconds = _compiling("the train step", config, mesh, lambda: step.lower(
+  compiled, seconds = _compiling("train step", config, mesh, lambda: step.lower(
       state, *train.step_inputs(config, seq_len, mesh)))
   flops = None
   if config.model.attention == "cudnn" or config.model.remat:
