@@ -72,7 +72,7 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
 
 def test_unknown_command():
   out = run_cli("fly")
-  assert out.returncode == 2 and "usage: vmd-jax {train|evaluate|sample}" in out.stderr
+  assert out.returncode == 2 and "usage: vmd-jax {train|evaluate|sample|compile}" in out.stderr
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
-"""The command line: ``vmd-jax train | evaluate | sample`` (needs ``vmd_jax[train]``).
+"""The command line: ``vmd-jax train | evaluate | sample | compile`` (needs ``vmd_jax[train]``).
 
   vmd-jax train --config=configs/synthetic_table.py --workdir=runs/table \
       [--config.train.num_steps=100] [--distributed]
   vmd-jax evaluate --workdir=DIR [--data=FILE] [--settings=top_prob:5,random:4]
       [--judge=JUDGE_WORKDIR]
   vmd-jax sample --workdir=DIR [--num=16] [--steps=64] [--order=ancestral]
+  vmd-jax compile --config=text8_vmd --topology=v5p-64 [--config.mesh.fsdp=8] \
+      [--nosampler] [--json=FILE]   (needs vmd_jax[tpu]; ``trainer/compile.py``)
 
 ``python -m vmd_jax.main`` is ``vmd-jax train``; ``python -m vmd_jax CMD`` is
 ``vmd-jax CMD``. ``--config`` takes a config file's path or the name of one
@@ -14,7 +16,9 @@ command with one line on stderr naming the culprit and exit code 2; so does a
 workdir that ``evaluate`` or ``sample`` cannot read (no config.json, no intact
 checkpoint: a newer corrupt step is skipped with a warning), and an argument or
 input file the run cannot use (``load.BadInput``, checked before the checkpoint
-is read); ``evaluate`` checks its output can be written before evaluating. A run that ends
+is read); ``evaluate`` checks its output can be written before evaluating;
+``compile`` refuses an unknown topology, a missing libtpu and a step that does not
+fit the chips' memory (after printing its table). A run that ends
 early says why in its last line: a workdir held by another run or a diverged
 run exit 1, SIGTERM / SIGINT after saving exit 128 + the signal (143 / 130). Any
 other uncaught exception prints its traceback and ends the process at once
@@ -218,6 +222,39 @@ def _define_train_flags(argv):
   return argv
 
 
+def _compile():
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from vmd_jax.trainer import compile as compile_lib, io
+  try:
+    config = config_lib.validate(FLAGS.config)
+    rows = compile_lib.compile_config(config, FLAGS.topology, FLAGS.sampler)
+  except ValueError as e:  # BadTopology, DoesNotFit from XLA, a bad config or mesh
+    raise InputError(str(e)) from None
+  print(f"{FLAGS.topology} ({compile_lib.topology_name(FLAGS.topology)}): bytes and FLOPs "
+        "per chip per call; seconds and MFU are XLA's estimates", flush=True)
+  print(compile_lib.format_table(rows), flush=True)
+  if FLAGS.json:
+    io.write_json(io.as_path(FLAGS.json),
+                  {"topology": FLAGS.topology, "rows": [r.to_dict() for r in rows]})
+  for row in rows:
+    try:
+      compile_lib.check_fits(row, config)
+    except compile_lib.DoesNotFit as e:
+      raise InputError(str(e)) from None
+
+
+def _define_compile_flags(argv):
+  from ml_collections import config_flags
+  argv = check_overrides(argv)
+  config_flags.DEFINE_config_file("config", None, "Experiment config file or name.",
+                                  lock_config=True)
+  flags.DEFINE_string("topology", None, "TPU topology: v5p:2x4x4, v5e:4x4, or a slice name "
+                      "such as v5p-64, v4-8, v5e-16.", required=True)
+  flags.DEFINE_bool("sampler", True, "Also compile the sampler of the first eval setting.")
+  flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
+  return argv
+
+
 def _define_evaluate_flags(argv):
   flags.DEFINE_string("workdir", None, "A trained vmd_jax workdir.", required=True)
   flags.DEFINE_string("data", None, "Evaluation file: a Sudoku CSV or a .npy table.")
@@ -246,7 +283,8 @@ def _define_sample_flags(argv):
 
 COMMANDS = {"train": (_define_train_flags, _train),
             "evaluate": (_define_evaluate_flags, _evaluate),
-            "sample": (_define_sample_flags, _sample)}
+            "sample": (_define_sample_flags, _sample),
+            "compile": (_define_compile_flags, _compile)}
 
 
 def run_command(command: str, argv: list[str]):
@@ -258,10 +296,11 @@ def run_command(command: str, argv: list[str]):
     def guarded(args):
       from vmd_jax.trainer import checkpoint
       checkpoint.drop_abandoned_reads()
-      try:  # every command takes flags only, and a --workdir
+      try:  # every command takes flags only, and all but compile a --workdir
         if len(args) > 1:
           raise InputError(f"unexpected arguments: {args[1:]}")
-        _check_workdir(FLAGS.workdir)
+        if "workdir" in FLAGS:
+          _check_workdir(FLAGS.workdir)
         return main()
       except InputError as e:
         fail(str(e), argv[0])

@@ -174,6 +174,23 @@ def priors(model: MaskedDiffusion, params, dataset, config, workdir, mesh,
                                           save, step).sample}
 
 
+def jit_sampler(model: MaskedDiffusion, config, mesh, prior=None):
+  """The jitted sampler of the sample metrics, ``(params, key, x_init, nfe, order)
+  -> (samples, network calls)`` (``nfe`` and ``order`` static) with
+  ``config.eval``'s temperature, top-p, grid and Prime unit; samples replicated
+  on ``mesh``. ``prior``: VMD's latent prior (None: N(0, I))."""
+  e = config.eval
+  top_p = None if e.top_p >= 1.0 else e.top_p
+  unit = {"unit": e.prime_unit} if model.prime_code else {}
+
+  @functools.partial(jax.jit, static_argnums=(3, 4), out_shardings=sharding.replicated(mesh))
+  def draw(params, key, x_init, nfe, order):
+    return model.sample(params, key, x_init, nfe, order, prior=prior,
+                        temperature=e.temperature, top_p=top_p, grid=e.grid, **unit)
+
+  return draw
+
+
 def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir,
                    mesh, side_files: bool = True, step: int | None = None,
                    judge=None) -> dict:
@@ -182,16 +199,10 @@ def sample_metrics(model: MaskedDiffusion, params, dataset, config, key, workdir
   a ``trainer.judge.Judge``, each setting's samples also get its ``score`` and
   ``judged_samples`` (their number)."""
   e = config.eval
-  top_p = None if e.top_p >= 1.0 else e.top_p
-  unit = {"unit": e.prime_unit} if model.prime_code else {}
   results = {}
   for suffix, prior in priors(model, params, dataset, config, workdir, mesh,
                               side_files, step).items():
-    @functools.partial(jax.jit, static_argnums=(3, 4), out_shardings=sharding.replicated(mesh))
-    def draw(params, key, x_init, nfe, order, prior=prior):
-      return model.sample(params, key, x_init, nfe, order, prior=prior,
-                          temperature=e.temperature, top_p=top_p, grid=e.grid, **unit)
-
+    draw = jit_sampler(model, config, mesh, prior)
     for order, nfe in config_lib.parse_eval_settings(e.settings):
       name = f"{order}:{nfe}{suffix}"
       key, sub = jax.random.split(key)

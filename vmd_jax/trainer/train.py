@@ -57,42 +57,71 @@ def train_batch(dataset, step: int, batch_size: int, data_sharding) -> jax.Array
   return sharding.global_batch(make_rows, batch_size, data_sharding)["x0"]
 
 
+def abstract_state(model, tx, seed: int, seq_len: int, mesh, min_size: int):
+  """A fresh ``TrainState``'s shapes, dtypes and ``sharding.tree_shardings`` layout,
+  computing nothing: (state of ``jax.ShapeDtypeStruct`` leaves with their
+  shardings, shardings)."""
+  shapes = jax.eval_shape(_init_fn(model, tx, seq_len), jax.random.key(seed))
+  shardings = sharding.tree_shardings(shapes, mesh, min_size)
+  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       shapes, shardings)
+  return state, shardings
+
+
 def init_sharded_state(model, tx, seed: int, seq_len: int, mesh, min_size: int):
   """A fresh ``TrainState`` laid out by ``sharding.tree_shardings``; (state, shardings)."""
-  example = np.zeros((1, seq_len), np.int32)
-  init = lambda key: init_state(model, tx, key, example)
-  shardings = sharding.tree_shardings(jax.eval_shape(init, jax.random.key(seed)), mesh,
-                                      min_size)
+  _, shardings = abstract_state(model, tx, seed, seq_len, mesh, min_size)
+  init = _init_fn(model, tx, seq_len)
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed)), shardings
+
+
+def _init_fn(model, tx, seq_len: int):
+  example = np.zeros((1, seq_len), np.int32)
+  return lambda key: init_state(model, tx, key, example)
+
+
+def jit_train_step(model, tx, config, shardings, mesh):
+  """The train step as ``train`` runs it: ``guard.guard_step`` of ``make_train_step``,
+  jitted ``(state, x0, ok) -> (state, metrics, ok)`` with the state in ``shardings``
+  (donated), x0's rows split over every device and ``ok`` and the metrics replicated."""
+  data, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  step = guard.guard_step(make_train_step(model, tx, config.seed, config.train.ema_decay))
+  return jax.jit(step, in_shardings=(shardings, data, rep),
+                 out_shardings=(shardings, rep, rep), donate_argnums=(0,))
+
+
+def step_inputs(config, seq_len: int, mesh):
+  """(x0, ok): the step's batch [batch_size, seq_len] int32 and its bool flag as
+  ``jax.ShapeDtypeStruct`` with their shardings."""
+  x0 = jax.ShapeDtypeStruct((config.train.batch_size, seq_len), jnp.int32,
+                            sharding=sharding.batch_sharding(mesh))
+  return x0, jax.ShapeDtypeStruct((), jnp.bool_, sharding=sharding.replicated(mesh))
 
 
 def compile_step(model, tx, config, state, shardings, mesh, seq_len: int):
   """The jitted, guarded train step ``(state, x0, ok) -> (state, metrics, ok)``
-  (``guard.guard_step``), compiled for ``state``'s layout; (step_fn, FLOPs per step
-  per device or None)."""
-  data, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  step = guard.guard_step(make_train_step(model, tx, config.seed, config.train.ema_decay))
-  step_fn = jax.jit(step, in_shardings=(shardings, data, rep),
-                    out_shardings=(shardings, rep, rep), donate_argnums=(0,))
-  x0 = jax.ShapeDtypeStruct((config.train.batch_size, seq_len), jnp.int32, sharding=data)
-  ok = jax.ShapeDtypeStruct((), jnp.bool_, sharding=rep)
-  compiled = step_fn.lower(state, x0, ok).compile()
+  (``jit_train_step``), compiled for ``state``'s layout (arrays or abstract);
+  (step_fn, FLOPs per step per device or None)."""
+  step_fn = jit_train_step(model, tx, config, shardings, mesh)
+  compiled = step_fn.lower(state, *step_inputs(config, seq_len, mesh)).compile()
   return compiled, mfu.compiled_flops(compiled)
 
 
-def model_flops_per_device(config, vocab_size: int, seq_len: int, tx, state) -> float | None:
+def model_flops_per_device(config, vocab_size: int, seq_len: int, tx, state,
+                           num_devices: int | None = None) -> float | None:
   """Model FLOPs of one train step, per device: XLA's count of the step built with
   ``model.attention = "xla"`` and ``model.remat = False``, lowered (not compiled)
   at the global batch, over the device count. The same math as any attention or
   remat setting, but XLA does not count inside cuDNN's attention kernel (a custom
-  call), and recomputed work is not model work. None if XLA has no count."""
+  call), and recomputed work is not model work. ``num_devices``: the step's
+  devices (default: all of this machine's). None if XLA has no count."""
   c = config.copy_and_resolve_references()
   c.model.attention, c.model.remat = "xla", False
   step = jax.jit(make_train_step(build.build_model(c, vocab_size, seq_len), tx, c.seed,
                                  c.train.ema_decay))
   x0 = jax.ShapeDtypeStruct((c.train.batch_size, seq_len), jnp.int32)
   flops = mfu.compiled_flops(step.lower(state, x0))
-  return None if flops is None else flops / jax.device_count()
+  return None if flops is None else flops / (num_devices or jax.device_count())
 
 
 class BadSetup(ValueError):
