@@ -211,11 +211,17 @@ def _sample():
       prior=FLAGS.prior, temperature=FLAGS.temperature, puzzles=FLAGS.puzzles)))
 
 
-def _define_train_flags(argv):
+def _define_config_flag(argv):
+  """--config (a file or a packaged config's name) and its --config.x=y overrides."""
   from ml_collections import config_flags
   argv = check_overrides(argv)
   config_flags.DEFINE_config_file("config", None, "Experiment config file or name.",
                                   lock_config=True)
+  return argv
+
+
+def _define_train_flags(argv):
+  argv = _define_config_flag(argv)
   flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, metrics "
                       "and eval.json.", required=True)
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first.")
@@ -244,10 +250,7 @@ def _compile():
 
 
 def _define_compile_flags(argv):
-  from ml_collections import config_flags
-  argv = check_overrides(argv)
-  config_flags.DEFINE_config_file("config", None, "Experiment config file or name.",
-                                  lock_config=True)
+  argv = _define_config_flag(argv)
   flags.DEFINE_string("topology", None, "TPU topology: v5p:2x4x4, v5e:4x4, or a slice name "
                       "such as v5p-64, v4-8, v5e-16.", required=True)
   flags.DEFINE_bool("sampler", True, "Also compile the sampler of the first eval setting.")
