@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import posixpath
 
 import jax
 import jax.numpy as jnp
@@ -351,8 +352,8 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
       raise BadInput(f"--settings={settings}: {e}") from None
   if output is None:
     output = f"eval_{epath.Path(data).stem}.json" if data else "eval.json"
-  inside = os.path.normpath(output)
-  if os.path.isabs(output) or "://" in output or inside == ".." or inside.startswith("../"):
+  inside = posixpath.normpath(output)  # a name relative to the workdir (local or gs://)
+  if posixpath.isabs(output) or "://" in output or inside == ".." or inside.startswith("../"):
     raise BadInput(f"--output={output} leaves the workdir {workdir}; name a file inside it")
   path = io.as_path(workdir) / output
   check_writable(path)
