@@ -41,6 +41,10 @@ def _xla_knows(flag):
                         capture_output=True).returncode == 0
 
 
+# The tests run on the CPU: with libtpu installed (the tpu extra, for tests/test_compile.py,
+# which compiles for TPU topologies without a TPU) JAX would otherwise probe for a TPU at
+# start and print libtpu's warnings on the stderr that the CLI tests read.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # xdist workers inherit the controller's
   _CACHE = tempfile.mkdtemp(prefix="vmd_jax_tests_xla_cache_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
