@@ -17,7 +17,7 @@
 # so a run cut short keeps what it measured, and a failing script does not stop the
 # next one (the part exits 1 at the end). ACCELERATOR_ARGS and SAMPLER_ARGS are
 # appended to the two scripts' flags (a later flag wins: tests/test_benchmarks.py
-# runs the parts on a tiny model). Then: benchmarks/results_gpu.json and the README.
+# runs the parts on a tiny model). Then: benchmarks/results_gpu.json and docs/results.md.
 set -uo pipefail
 part=${1:?usage: gpu_rows.sh wheels|train|sample|tests|blocks [OUT]}
 out=${2:-benchmarks/gpu_out}

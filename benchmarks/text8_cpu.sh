@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's offline text8 rows: small runs on Python's own documentation in
+# The offline text8 rows of docs/results.md: small runs on Python's own documentation in
 # text8's format (no internet here), then their eval.json gathered with the command.
 #
 #   bash benchmarks/text8_cpu.sh [ROW ...]     # rows: md4 bd3 vmd genmd4 genmd4_frozen

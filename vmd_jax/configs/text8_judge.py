@@ -6,7 +6,7 @@ model: each block is one character, generated given the clean prefix
 character under such a model is the field's sample metric (MDLM, BD3-LM and MD4
 score samples with an autoregressive model); ``vmd-jax evaluate --judge=WORKDIR``
 scores every sampling setting of another text8 run with this one
-(``vmd_jax.judge``, README "text8").
+(``vmd_jax.judge``, docs/results.md "text8").
 
 The recipe is ``configs/text8_bd3.py``'s (``configs/text8_md4.py``'s data,
 model and optimiser) with two changes that make the one-token block an AR model:

@@ -9,7 +9,7 @@ comparable with MD4's.
   python -m vmd_jax.main --config=configs/text8_prime.py --workdir=runs/text8_prime \
       --config.data.text8_path=/data/text8.zip
 
-The README's offline stand-in ("MDM-Prime") runs it with the overrides of its
+docs/results.md's offline stand-in ("MDM-Prime") runs it with the overrides of its
 text8 section.
 """
 
