@@ -99,17 +99,22 @@ def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
   assert {r["order"] for r in one} == {"ancestral", "first_hitting"}
 
 
+def tiny_text8_flags(seq_len: int, steps: int, nfe: int) -> str:
+  """EXTRA_ARGS for benchmarks/text8_cpu.sh: a tiny model on the text8-format fixture."""
+  fixture = os.path.join(REPO, "tests", "data", "text8", "sqlite3_h_comments.txt")
+  return (f"--config.data.text8_path={fixture} --config.data.seq_len={seq_len} "
+          "--config.model.width=16 --config.model.depth=1 --config.model.num_heads=2 "
+          f"--config.train.batch_size=8 --config.train.num_steps={steps} "
+          f"--config.train.warmup_steps={steps // 2} --config.eval.batch_size=128 "
+          f"--config.eval.settings=ancestral:{nfe}")
+
+
 def test_text8_cpu_script_trains_a_row_and_archives_it(tmp_path):
   """benchmarks/text8_cpu.sh on the text8-format fixture, tiny: the frozen GenMD4
   row's 27 exponents stay at 1 (train.schedule_lr = 1e-12), its BPC is near
   log2(27) untrained, and the JSON keeps the command; a finished row is not run
   again, and an unknown row is named."""
-  fixture = os.path.join(REPO, "tests", "data", "text8", "sqlite3_h_comments.txt")
-  tiny = (f"--config.data.text8_path={fixture} --config.data.seq_len=32 "
-          "--config.model.width=16 --config.model.depth=1 --config.model.num_heads=2 "
-          "--config.train.batch_size=8 --config.train.num_steps=4 "
-          "--config.train.warmup_steps=2 --config.eval.batch_size=128 "
-          "--config.eval.settings=ancestral:8")
+  tiny = tiny_text8_flags(seq_len=32, steps=4, nfe=8)
   output = tmp_path / "rows.json"
   env = {**os.environ, "RUNS": str(tmp_path / "runs"), "OUTPUT": str(output),
          "PYTHON": sys.executable, "EXTRA_ARGS": tiny}
@@ -136,12 +141,7 @@ def test_frontier_scores_each_setting_with_the_judge(tmp_path):
   MDM, via text8_cpu.sh): per block run 1, 2 and 4 calls per block, each row's
   network calls, seconds and judge statistics, the real windows' row, the plot.
   Barely trained, the judge is near uniform: about log2(27) bits per character."""
-  fixture = os.path.join(REPO, "tests", "data", "text8", "sqlite3_h_comments.txt")
-  tiny = (f"--config.data.text8_path={fixture} --config.data.seq_len=16 "
-          "--config.model.width=16 --config.model.depth=1 --config.model.num_heads=2 "
-          "--config.train.batch_size=8 --config.train.num_steps=2 "
-          "--config.train.warmup_steps=1 --config.eval.batch_size=128 "
-          "--config.eval.settings=ancestral:16")
+  tiny = tiny_text8_flags(seq_len=16, steps=2, nfe=16)
   runs = tmp_path / "runs"
   env = {**os.environ, "RUNS": str(runs), "OUTPUT": str(tmp_path / "rows.json"),
          "PYTHON": sys.executable, "EXTRA_ARGS": tiny}

@@ -487,7 +487,8 @@ def blockwise(sample_block: Callable, denoise_fn: BlockDenoiseFn, prefill_fn: Pr
   along axis 1; ``pack`` maps it to the int [B, L] tokens the cache machinery
   and the denoiser take (identity when None; Prime packs its digits). With
   ``prior_fn`` (``block_sample``), first z_b ~ N(mean_b, exp(logvar_b)) from
-  prior_fn(pack(x)), with key fold_in(z_key, b), z_key split from ``key``.
+  prior_fn(pack(x)), with key fold_in(z_key, b), z_key split from ``key``: one
+  prior call on the whole sequence per block (no cache of its own).
 
   Returns:
     (x, nfe): x like x_init, nfe the sum of sample_block's call counts (int32).
