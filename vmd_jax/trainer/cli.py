@@ -51,8 +51,20 @@ class InputError(Exception):
   """Bad input from the command line: reported in one line, exit code 2."""
 
 
+def say(line: str):
+  """Writes ``line`` to stderr in one write, so that lines of processes that share
+  the stream never interleave (``print`` writes the text and its newline apart)."""
+  sys.stderr.flush()
+  try:
+    fd = sys.stderr.fileno()
+  except (AttributeError, OSError):  # a stream in memory (io.UnsupportedOperation)
+    sys.stderr.write(line + "\n")
+  else:
+    os.write(fd, (line + "\n").encode())
+
+
 def fail(message: str, prog: str = "vmd-jax"):
-  print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+  say(f"{prog}: error: {message}")
   sys.exit(2)
 
 
@@ -313,7 +325,7 @@ def run_command(command: str, argv: list[str]):
         code = _run_ended(e)
         if code is not None:
           prefix = "" if code > 128 else "error: "
-          print(f"{argv[0]}: {prefix}{e}", file=sys.stderr, flush=True)
+          say(f"{argv[0]}: {prefix}{e}")
           _exit_now(code)  # not sys.exit: the interpreter's shutdown with TensorFlow's,
           # orbax's or XLA's threads still running can crash (exit 139) or hang
         traceback.print_exc()
