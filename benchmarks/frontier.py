@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmd_jax.trainer import build, evaluate, judge as judge_lib
+from vmd_jax.trainer import build, evaluate, judge as judge_lib, sharding
 from vmd_jax.trainer.load import open_run, restore_ema
 
 ORDERS = ("ancestral", "first_hitting")
@@ -61,15 +61,16 @@ def priors(run, params, workdir, step, mixture: bool) -> dict:
   return out
 
 
-def time_setting(model, params, prior, order: str, nfe: int, x_init, num: int, seed: int):
+def time_setting(run, params, prior, order: str, nfe: int, x_init, num: int, seed: int):
   """(samples int [num, L], seconds per sample, network calls) of one setting:
-  the batch's sampler compiled once (untimed), then ``num`` rows timed."""
-  draw = jax.jit(lambda params, key, x: model.sample(params, key, x, nfe, order, prior=prior))
-  jax.block_until_ready(draw(params, jax.random.key(seed + 10**6), x_init))  # compile
+  the run's own sampler (``evaluate.jit_sampler``: its ``eval`` grid, temperature,
+  top-p) compiled once (untimed), then ``num`` rows timed."""
+  draw = evaluate.jit_sampler(run.model, run.config, sharding.data_parallel_mesh(), prior)
+  jax.block_until_ready(draw(params, jax.random.key(seed + 10**6), x_init, nfe, order))
   batch = x_init.shape[0]
   rows, calls, start = [], 0, time.perf_counter()
   for i in range(-(-num // batch)):
-    samples, nfe_used = draw(params, jax.random.key(seed + i), x_init)
+    samples, nfe_used = draw(params, jax.random.key(seed + i), x_init, nfe, order)
     rows.append(np.asarray(samples))
     calls = int(nfe_used)
   seconds = (time.perf_counter() - start) / (len(rows) * batch)
@@ -98,7 +99,7 @@ def frontier(args) -> dict:
     rows = {}
     for suffix, prior in priors(run, params, workdir, step, args.mixture).items():
       for order, nfe in settings:
-        samples, seconds, calls = time_setting(run.model, params, prior, order, nfe, x_init,
+        samples, seconds, calls = time_setting(run, params, prior, order, nfe, x_init,
                                                args.num, args.seed)
         rows[f"{order}:{nfe}{suffix}"] = {"nfe": calls, "seconds_per_sample": seconds,
                                           **judge.score(samples)}
@@ -106,7 +107,8 @@ def frontier(args) -> dict:
               flush=True)
     result["runs"][name] = {"workdir": workdir, "step": step, "model": run.config.model.kind,
                             "block_size": run.config.diffusion.block_size,
-                            "prior": run.config.prior.kind, "settings": rows}
+                            "prior": run.config.prior.kind, "grid": run.config.eval.grid,
+                            "settings": rows}
   return result
 
 
