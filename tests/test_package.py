@@ -53,8 +53,9 @@ def test_core_runs_without_flax_or_tensorflow():
 
 
 def test_trainer_imports_no_tensorflow():
-  """TensorFlow (about 0.5 GB resident) loads only where a run writes summaries or
-  builds text8, not when a program imports the train step, ``load`` or the CLI."""
+  """TensorFlow (about 0.5 GB resident) loads only where a run builds text8, not
+  when a program imports the train step, ``load`` or the CLI (summaries:
+  tests/test_summaries.py)."""
   code = ("import sys\n"
           "from vmd_jax.trainer import cli, evaluate, load, train\n"
           "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))")
@@ -72,6 +73,10 @@ def test_core_dependencies_and_extras():
   assert {"models", "train", "text8", "test"} <= set(extras)
   assert any(d.startswith("flax") for d in extras["models"])
   assert any(d.startswith("tensorflow-datasets") for d in extras["text8"])
+  # TensorFlow only where a TensorFlow dataset needs it: [train] installs where it has
+  # no wheel (macOS arm64, aarch64 Linux).
+  assert not [d for d in extras["train"] if d.startswith(("tensorflow", "clu", "tensorboard>"))]
+  assert any(d.startswith("tensorflow-cpu") for d in extras["text8"])
   assert project["scripts"]["vmd-jax"] == "vmd_jax.trainer.cli:run"
   assert "version" in project["dynamic"]  # one source: vmd_jax.__version__
   assert (REPO / "LICENSE").is_file() and (REPO / "vmd_jax" / "py.typed").is_file()

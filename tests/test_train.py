@@ -62,7 +62,10 @@ def test_main_runs_end_to_end(tmp_path):
   assert (workdir / "joint_random_1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert (workdir / "prior.npz").exists()
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
-  assert "steps_per_sec" in out.stderr and "ETA" in out.stderr
+  # One line per logged step (steps 6 and 12), with its rate and ETA.
+  assert [line.split("step ", 1)[1].split()[0] for line in out.stderr.splitlines()
+          if " steps/s " in line] == ["6/12", "12/12"], out.stderr[-3000:]
+  assert "ETA" in out.stderr
 
 
 class Interrupt(Exception):

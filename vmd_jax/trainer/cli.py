@@ -167,9 +167,9 @@ def _train():
   except ValueError as e:
     raise InputError(str(e)) from None
   try:
-    from clu import metric_writers  # noqa: F401  (imported by the run for its summaries)
+    import tensorboardX  # noqa: F401  (the run's summaries: trainer/summaries.py)
   except ImportError as e:
-    raise InputError(f"training writes its metrics through clu.metric_writers, which needs "
+    raise InputError(f"training writes TensorBoard summaries through tensorboardX, which needs "
                      f"{e.name}: pip install 'vmd_jax[train]'") from None
   logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)

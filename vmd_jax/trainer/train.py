@@ -23,7 +23,7 @@ from flax import traverse_util
 
 from vmd_jax.networks import MaskedDiffusion
 from vmd_jax.trainer import (build, checkpoint, config as config_lib, evaluate, guard, io, load,
-                             lock, mfu, preemption, sharding)
+                             lock, mfu, preemption, sharding, summaries)
 from vmd_jax.trainer.state import TrainState, ema_update, init_state, make_optimizer
 
 
@@ -214,9 +214,7 @@ def _train_and_evaluate(config, workdir, mesh, dataset, model, outside) -> dict:
                                         config.mesh.fsdp_min_size)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints",
                                  keep=tc.keep_checkpoints, every=tc.checkpoint_every)
-  from clu import metric_writers  # imports TensorFlow (0.5 GB): only where a run writes summaries
-  writer = metric_writers.create_default_writer(str(workdir),
-                                                just_logging=jax.process_index() > 0)
+  writer = summaries.SummaryWriter(workdir, active=jax.process_index() == 0)
   try:  # however this ends, the last save completes and the metrics reach the disk
     with outside.deferred():  # a signal must not read as an unreadable step
       state = _resume(ckpt, state)
