@@ -1,5 +1,6 @@
-"""Training learns: a tiny MD4 run reaches the data's entropy, and the same check
-fails for an untrained model and for an update with its sign flipped.
+"""Training learns: a tiny MD4 run reaches the data's entropy and samples its
+support, and the same checks fail for an untrained model and for an update with its
+sign flipped.
 
 Every other end-to-end test accepts an untrained model (its bound near log V), and
 the resume and multi-device tests compare the trainer with itself; this one holds
@@ -25,8 +26,10 @@ def entropy_per_token(name: str) -> float:
   return float(-(p * np.log(p)).sum()) / table.seq_len
 
 
-def learned_nelbo(workdir, lr: float = 3e-3, steps: int = 300) -> float:
-  """NELBO nats per token on 2,000 held-out sequences after ``steps`` of MD4."""
+def learned(workdir, lr: float = 3e-3, steps: int = 300) -> tuple[float, float]:
+  """(NELBO nats per token on 2,000 held-out sequences, the share of 1,000
+  samples drawn one token per call that lie in the data's support) after
+  ``steps`` of MD4."""
   c = config_lib.base_config()
   c.data.name, c.data.synthetic, c.data.num_eval = "synthetic", DATA, 2000
   c.model.kind = "md4"
@@ -34,10 +37,11 @@ def learned_nelbo(workdir, lr: float = 3e-3, steps: int = 300) -> float:
   c.train.batch_size, c.train.num_steps, c.train.lr = 64, steps, lr
   c.train.warmup_steps, c.train.ema_decay = 10, 0.0
   c.train.log_every = c.train.checkpoint_every = steps
-  c.eval.settings, c.eval.num_samples, c.eval.batch_size = "random:2", 100, 1000
+  c.eval.settings, c.eval.num_samples, c.eval.batch_size = "random:2", 1000, 1000
   c.eval.nelbo_samples = 8
   config_lib.validate(c)
-  return train.train_and_evaluate(c, str(workdir))["nelbo"]["nelbo_nats_per_token"]
+  result = train.train_and_evaluate(c, str(workdir))
+  return result["nelbo"]["nelbo_nats_per_token"], result["samples"]["random:2"]["accuracy"]
 
 
 def reaches_entropy(nelbo: float, entropy: float) -> bool:
@@ -54,16 +58,19 @@ def test_entropy_of_the_table():
 
 def test_training_reaches_the_entropy(tmp_path):
   entropy = entropy_per_token(DATA)
-  nelbo = learned_nelbo(tmp_path / "trained")
+  nelbo, accuracy = learned(tmp_path / "trained")
   assert reaches_entropy(nelbo, entropy), (nelbo, entropy)
+  # x^1 given x^0 is determined: the learned sampler's pairs are (k, k+1).
+  assert accuracy > 0.95, accuracy
 
 
 def test_untrained_model_fails_the_check(tmp_path):
   """lr = 1e-12: the model at initialisation, its bound near log V per token."""
   entropy = entropy_per_token(DATA)
-  nelbo = learned_nelbo(tmp_path / "untrained", lr=1e-12, steps=20)
+  nelbo, accuracy = learned(tmp_path / "untrained", lr=1e-12, steps=20)
   assert not reaches_entropy(nelbo, entropy), (nelbo, entropy)
   assert nelbo > np.log(10) - 0.2
+  assert accuracy < 0.3, accuracy  # 10 of the 100 pairs: about 0.1 when uniform
 
 
 def test_sign_flipped_update_fails_the_check(tmp_path, monkeypatch):
@@ -72,5 +79,5 @@ def test_sign_flipped_update_fails_the_check(tmp_path, monkeypatch):
   monkeypatch.setattr(train, "make_optimizer",
                       lambda tc: optax.chain(make(tc), optax.scale(-1.0)))
   entropy = entropy_per_token(DATA)
-  nelbo = learned_nelbo(tmp_path / "ascent")
+  nelbo, _ = learned(tmp_path / "ascent")
   assert not reaches_entropy(nelbo, entropy), (nelbo, entropy)
