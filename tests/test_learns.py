@@ -26,7 +26,8 @@ def entropy_per_token(name: str) -> float:
   return float(-(p * np.log(p)).sum()) / table.seq_len
 
 
-def learned(workdir, lr: float = 3e-3, steps: int = 300) -> tuple[float, float]:
+def learned(workdir, lr: float = 3e-3, steps: int = 300,
+            dtype: str = "float32") -> tuple[float, float]:
   """(NELBO nats per token on 2,000 held-out sequences, the share of 1,000
   samples drawn one token per call that lie in the data's support) after
   ``steps`` of MD4."""
@@ -34,6 +35,7 @@ def learned(workdir, lr: float = 3e-3, steps: int = 300) -> tuple[float, float]:
   c.data.name, c.data.synthetic, c.data.num_eval = "synthetic", DATA, 2000
   c.model.kind = "md4"
   c.model.width, c.model.depth, c.model.num_heads = 32, 1, 2
+  c.model.dtype = dtype
   c.train.batch_size, c.train.num_steps, c.train.lr = 64, steps, lr
   c.train.warmup_steps, c.train.ema_decay = 10, 0.0
   c.train.log_every = c.train.checkpoint_every = steps
@@ -56,9 +58,11 @@ def test_entropy_of_the_table():
   assert entropy_per_token(DATA) < np.log(10) - 0.1  # the uniform bound is far off
 
 
-def test_training_reaches_the_entropy(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_training_reaches_the_entropy(tmp_path, dtype):
+  """float32, and bfloat16 compute with float32 parameters (the TPU setting)."""
   entropy = entropy_per_token(DATA)
-  nelbo, accuracy = learned(tmp_path / "trained")
+  nelbo, accuracy = learned(tmp_path / "trained", dtype=dtype)
   assert reaches_entropy(nelbo, entropy), (nelbo, entropy)
   # x^1 given x^0 is determined: the learned sampler's pairs are (k, k+1).
   assert accuracy > 0.95, accuracy
