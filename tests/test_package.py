@@ -1,6 +1,7 @@
 """The package as a user installs it: a core without Flax or TensorFlow, extras,
 one version, configs that resolve from the installed package."""
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -85,8 +86,14 @@ def test_core_dependencies_and_extras():
 
 
 def test_version_has_one_source():
+  """The installed metadata, the constraints file and the CHANGELOG's newest
+  release all name vmd_jax.__version__."""
   from importlib.metadata import version
   assert version("vmd_jax") == vmd_jax.__version__
+  pins = (REPO / "launch" / "constraints.txt").read_text()
+  assert re.findall(r"vmd_jax\D*?(\d+\.\d+\.\d+)", pins) == [vmd_jax.__version__]
+  releases = re.findall(r"^## (\d+\.\d+\.\d+)", (REPO / "CHANGELOG.md").read_text(), re.M)
+  assert releases[0] == vmd_jax.__version__
 
 
 def test_configs_are_packaged_and_resolve_by_name():
