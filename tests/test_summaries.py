@@ -84,4 +84,8 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu"))
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
-  assert read_events(tmp_path / "run").Scalars("loss")[-1].step == 2
+  events = read_events(tmp_path / "run")
+  assert events.Scalars("loss")[-1].step == 2
+  # The rate of each logged step's update: 0, then 1e-3 x 1/100 of the warmup.
+  assert [(e.step, e.value) for e in events.Scalars("learning_rate")] == [
+      (1, 0.0), (2, pytest.approx(1e-5, rel=1e-5))]  # float32

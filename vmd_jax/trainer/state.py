@@ -27,10 +27,18 @@ class TrainState:
   ema_params: Any
 
 
-def _adamw(tc, peak_lr: float) -> optax.GradientTransformation:
-  lr = optax.warmup_cosine_decay_schedule(
+def learning_rate(tc, peak_lr: float | None = None) -> optax.Schedule:
+  """The rate of update ``count`` (0, 1, ...): 0 -> ``peak_lr`` (default
+  ``tc.lr``) linearly over ``tc.warmup_steps``, then a cosine decay to
+  ``peak_lr * tc.end_lr_factor`` at ``tc.num_steps``."""
+  peak_lr = tc.lr if peak_lr is None else peak_lr
+  return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak_lr, warmup_steps=tc.warmup_steps,
       decay_steps=max(tc.num_steps, tc.warmup_steps + 1), end_value=peak_lr * tc.end_lr_factor)
+
+
+def _adamw(tc, peak_lr: float) -> optax.GradientTransformation:
+  lr = learning_rate(tc, peak_lr)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   return optax.adamw(lr, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask)
 

@@ -25,6 +25,7 @@ from vmd_jax.networks import MaskedDiffusion
 from vmd_jax.trainer import (build, checkpoint, config as config_lib, evaluate, guard, io, load,
                              lock, mfu, preemption, sharding, summaries)
 from vmd_jax.trainer.state import TrainState, ema_update, init_state, make_optimizer
+from vmd_jax.trainer.state import learning_rate as learning_rate_of
 
 
 def make_train_step(model: MaskedDiffusion, tx, seed: int, ema_decay: float):
@@ -274,6 +275,7 @@ def _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt
   done and raise ``preemption.RunStopped``.
   """
   sums, count, t_last, step_last = None, 0, time.time(), start
+  learning_rate = learning_rate_of(tc)
   ok = jax.device_put(np.bool_(True), state_box[0].step.sharding)
   pending = None  # (step, ok, metrics) of the step before, not yet checked
 
@@ -301,6 +303,7 @@ def _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt
       scalars["steps_per_sec"] = steps_per_s
       scalars["tokens_per_sec"] = steps_per_s * tc.batch_size * dataset.seq_len
       scalars.update(rate(steps_per_s))
+      scalars["learning_rate"] = float(learning_rate(done - 1))  # of the last update
       writer.write_scalars(done, scalars)
       eta = (tc.num_steps - done) / max(steps_per_s, 1e-9)
       logging.info("step %d/%d  loss %.4f  %.1f steps/s  %s  ETA %.0fs", done, tc.num_steps,
