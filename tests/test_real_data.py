@@ -136,6 +136,13 @@ def test_text8_local_train_and_bpc(tmp_path):
   texts = result["samples"]["ancestral:4"]["text"]
   assert len(texts) == 4 and all(len(t) == 64 for t in texts)
   assert all(set(t) <= set("abcdefghijklmnopqrstuvwxyz ") for t in texts)
+  # The same samples reach TensorBoard as text, at the evaluated step.
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+  events.Reload()
+  [logged] = events.Tensors("eval/ancestral:4/text/text_summary")
+  assert logged.step == result["step"]
+  assert logged.tensor_proto.string_val == [evaluate.samples_markdown(texts).encode()]
 
 
 @pytest.mark.parametrize("name", ["text8_bd3", "text8_vmd"])

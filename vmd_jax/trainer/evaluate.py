@@ -255,11 +255,22 @@ def evaluate_run(config, model, dataset, params, workdir, writer=None,
       io.write_json(io.as_path(workdir) / output, result)
     if writer is not None:
       scalars = {f"eval/{k}": v for k, v in result["nelbo"].items()}
+      texts = {}
       for name, metrics in result["samples"].items():
         scalars.update({f"eval/{name}/{k}": v for k, v in metrics.items()
                         if isinstance(v, (int, float))})
-      writer.write_scalars(config.train.num_steps if step is None else step, scalars)
+        texts.update({f"eval/{name}/{k}": samples_markdown(v) for k, v in metrics.items()
+                      if isinstance(v, list) and v and isinstance(v[0], str)})
+      at = config.train.num_steps if step is None else step
+      writer.write_scalars(at, scalars)
+      writer.write_texts(at, texts)
   return result
+
+
+def samples_markdown(samples: list[str]) -> str:
+  """Decoded samples as one Markdown code block (TensorBoard's text plugin renders
+  Markdown; a code block keeps every space)."""
+  return "\n".join("    " + line for line in samples)
 
 
 def check_writable(path) -> None:
