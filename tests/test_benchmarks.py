@@ -156,7 +156,7 @@ def test_frontier_scores_each_setting_with_the_judge(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(output.read_text())
   rows = result["runs"]["bd3"]["settings"]
-  assert result["runs"]["bd3"]["grid"] == "linear"  # the run's eval.grid, as evaluate samples
+  assert result["runs"]["bd3"]["grid"] == "cosine"  # text8_md4's eval.grid, which text8_bd3 keeps
   assert list(rows) == ["ancestral:4", "ancestral:8", "ancestral:16"]  # K = 16 / 4 blocks
   # One call per block is exactly K calls; ancestral skips a step that reveals nothing.
   assert rows["ancestral:4"]["nfe"] == 4
