@@ -1,8 +1,10 @@
 """MDM-Prime (partial masking): the code, the NELBO against exact answers, the sampler."""
 
 import functools
+import importlib.util
 import itertools
 import math
+import pathlib
 
 import chex
 import jax
@@ -640,23 +642,33 @@ def test_skipping_steps_is_exact_for_a_time_conditioned_denoiser(given):
     assert len(np.unique(np.asarray(CODE.from_digits(skipped)))) > 2  # draws depend on t
 
 
+def _idle_benchmark():
+  """benchmarks/prime_idle_steps.py, which holds the idle-step analysis."""
+  path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "prime_idle_steps.py"
+  spec = importlib.util.spec_from_file_location("prime_idle_steps", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def test_idle_steps_match_the_closed_form():
+  bench = _idle_benchmark()
   sched = get_schedule("linear")
   code = prime.DigitCode(27, 2)
   steps, length, batch = 100, 40, 32
-  want = prime.expected_idle_ratio(length * 2, steps, sched)
+  want = bench.expected_idle_ratio(length * 2, steps, sched)
   assert abs(want - (1 - 1 / steps) ** 80) < 0.01  # ~ exp(-N l / T)
   zero = lambda x_t, t: jnp.zeros(x_t.shape[:2] + (27,))
   x_init = jnp.full((batch, length, 2), code.mask_id, jnp.int32)
   _, idle = jit(lambda k: prime.sample(zero, k, x_init, steps, sched, code,
                                            return_idle=True))(jax.random.key(3))
-  sim = jit(lambda k: prime.ancestral_idle_steps(k, 4 * batch, length * 2, steps, sched))(
+  sim = jit(lambda k: bench.ancestral_idle_steps(k, 4 * batch, length * 2, steps, sched))(
       jax.random.key(4))
   for counts in (np.asarray(idle), np.asarray(sim)):
     ratio = counts / steps
     assert abs(ratio.mean() - want) < 4 * ratio.std() / math.sqrt(len(ratio)) + 1e-3
   # More digits per token, fewer idle steps.
-  assert prime.expected_idle_ratio(length * 4, steps, sched) < want
+  assert bench.expected_idle_ratio(length * 4, steps, sched) < want
 
 
 def test_temperature_zero_and_bad_arguments(joint):

@@ -142,7 +142,8 @@ def vectorised_logits(denoise_fn: BlockDenoiseFn, xt, x0, t_tok, block_size: int
 
   Args:
     denoise_fn: the ``BlockDenoiseFn`` (module docstring).
-    xt: int [B, L] noisy tokens (mask id V where masked); x0: int [B, L] clean.
+    xt: int [B, L] noisy tokens (mask id V where masked); x0: int [B, L] clean
+      (Prime: digits [B, L, l], ``prime.block_nelbo_terms``).
     t_tok: float [B, L] the time of each noisy token (its block's).
     block_size: L', dividing L.
     vocab_size: V, to check the logits' shape (unchecked when None).
@@ -151,8 +152,9 @@ def vectorised_logits(denoise_fn: BlockDenoiseFn, xt, x0, t_tok, block_size: int
   Returns:
     float logits [B, L, V] of the noisy half.
   """
-  chex.assert_equal_shape([xt, x0, t_tok])
-  batch_size, seq_len = x0.shape
+  chex.assert_equal_shape([xt, x0])
+  batch_size, seq_len = x0.shape[:2]
+  chex.assert_shape(t_tok, (batch_size, seq_len))
   x_in = jnp.concatenate([xt, x0], axis=1)
   t_in = jnp.concatenate([t_tok, jnp.zeros_like(t_tok)], axis=1)
   positions = jnp.tile(jnp.arange(seq_len, dtype=jnp.int32), 2)[None]
@@ -208,29 +210,8 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
     of each block's x_t, and ``xt`` [B, L].
   """
   chex.assert_rank(x0, 2)
-  batch_size, seq_len = x0.shape
-  blocks = num_blocks(seq_len, block_size)
-  beta, omega = clip
-  if not 0.0 <= beta < omega <= 1.0:
-    raise ValueError(f"clip must be (beta, omega) with 0 <= beta < omega <= 1, got {clip}")
-  if key is None and (t is None or noise is None):
-    raise ValueError("block_nelbo_terms needs a key unless both t and noise are given")
-  t_key, noise_key = jax.random.split(key) if key is not None else (None, None)
-  if t is None:
-    keys = jax.random.split(t_key, blocks)
-    if antithetic:
-      t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(keys)
-    else:
-      t = uniform_times(t_key, (batch_size, blocks))
-  t = check_times(t)
-  chex.assert_shape(t, (batch_size, blocks))
-  if (beta, omega) != (0.0, 1.0):
-    t = clipped_rate_times(schedule, t, clip)
-  t, weight = diffusion_weight(schedule, t, num_steps)  # [B, K] each
-
-  if noise is None:
-    noise = jax.random.uniform(noise_key, x0.shape)
-  chex.assert_equal_shape([noise, x0])
+  t, weight, noise = block_draws(key, schedule, x0.shape, block_size, t=t, noise=noise,
+                                 clip=clip, num_steps=num_steps, antithetic=antithetic)
   if vocab_size is None:
     vocab_size = vectorised_vocab_size(denoise_fn, x0, z=z)
   check_tokens(x0, vocab_size, name="x0")
@@ -243,8 +224,49 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
 
   terms = nelbo_from_logits(logits, x0, xt, per_token(weight, block_size), schedule,
                             vocab_size)
-  per_block = terms["per_token"].reshape(batch_size, blocks, block_size).sum(-1)
-  return {**terms, "per_block": per_block, "t": t, "xt": xt}
+  return {**terms, "per_block": sum_per_block(terms["per_token"], block_size), "t": t,
+          "xt": xt}
+
+
+def block_draws(key, schedule, noise_shape, block_size: int, *, t=None, noise=None,
+                clip=(0.0, 1.0), num_steps: int | None = None, antithetic: bool = True):
+  """The random inputs of a block NELBO (``block_nelbo_terms``, Prime's
+  ``prime.block_nelbo_terms``): (t, weight, noise).
+
+  t [B, K]: each block's time, as given or drawn from ``key`` (stratified over
+  the batch with an independent offset per block, or i.i.d.), mapped through
+  BD3-LM's clipped mask rate when ``clip`` is not (0, 1) and put on the T-step
+  grid for ``num_steps``; weight [B, K] its diffusion weight
+  (``losses.diffusion_weight``); noise float ``noise_shape`` = [B, L, ...] the
+  masking uniforms, as given or drawn from ``key``."""
+  batch_size, seq_len = noise_shape[:2]
+  blocks = num_blocks(seq_len, block_size)
+  beta, omega = clip
+  if not 0.0 <= beta < omega <= 1.0:
+    raise ValueError(f"clip must be (beta, omega) with 0 <= beta < omega <= 1, got {clip}")
+  if key is None and (t is None or noise is None):
+    raise ValueError("a block NELBO needs a key unless both t and noise are given")
+  t_key, noise_key = jax.random.split(key) if key is not None else (None, None)
+  if t is None:
+    keys = jax.random.split(t_key, blocks)
+    if antithetic:
+      t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(keys)
+    else:
+      t = uniform_times(t_key, (batch_size, blocks))
+  t = check_times(t)
+  chex.assert_shape(t, (batch_size, blocks))
+  if (beta, omega) != (0.0, 1.0):
+    t = clipped_rate_times(schedule, t, clip)
+  t, weight = diffusion_weight(schedule, t, num_steps)  # [B, K] each
+  if noise is None:
+    noise = jax.random.uniform(noise_key, noise_shape)
+  chex.assert_shape(noise, tuple(noise_shape))
+  return t, weight, noise
+
+
+def sum_per_block(values, block_size: int):
+  """Per-token values [B, L] summed within each block, [B, K]."""
+  return values.reshape(values.shape[0], -1, block_size).sum(-1)
 
 
 def block_nelbo(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size: int, **kwargs):

@@ -89,13 +89,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax.experimental import checkify
-
 from vmd_jax import block, exact, forward
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_times, check_tokens, mask_where
-from vmd_jax.losses import discretize_times, stratified_times, uniform_times
-from vmd_jax.sampling import ORDERS, check_temperature, check_top_p, draw_tokens, kept_masks
+from vmd_jax.losses import discretize_times, draw_times
+from vmd_jax.sampling import (ORDERS, check_temperature, check_top_p, confidence, draw_tokens,
+                              kept_masks, reveal_top)
 from vmd_jax.schedules import time_grid
 
 # Log-probability of a token that is excluded (invalid code or conflict with a
@@ -107,7 +106,6 @@ NEG = -1e9
 # at 1e4; at 1e9 it is 64, more than log V).
 LOG_FLOOR = -1e4
 UNITS = ("token", "digit")
-CONFIDENCE_ORDERS = ("top_prob", "top_prob_margin", "random")
 
 
 def digit_base(vocab_size: int, num_digits: int) -> int:
@@ -238,40 +236,16 @@ def check_digits(x, code: DigitCode, *, name: str = "x_init"):
   b, l = code.base, code.num_digits
   if x.shape[-1] != l:
     raise ValueError(f"{name} must hold {l} digits per token (last axis), got shape {x.shape}")
-  range_msg = f"outside [0, {b}] (base b = {b}, digit mask id {b})"
-  if forward.is_traced(x):
-    if forward.checking():
-      for bad, what in ((x < 0) | (x > b), "digit"), (None, "code"):
-        if bad is None:
-          bad = jnp.broadcast_to(code.count_consistent(x, x != b)[..., None] < 1, x.shape)
-        flat = jnp.argmax(bad.ravel())
-        index = jnp.unravel_index(flat, x.shape)
-        args = {f"i{k}": i for k, i in enumerate(index)}
-        if what == "digit":
-          where = ", ".join("{i%d}" % k for k in range(x.ndim))
-          checkify.check(~jnp.any(bad), f"{name} holds digit {{v}} at ({where}), {range_msg}",
-                         v=x.ravel()[flat], **args)
-        else:
-          where = ", ".join("{i%d}" % k for k in range(x.ndim - 1))
-          row = x[tuple(index[:-1])]
-          digits = ", ".join("{d%d}" % k for k in range(l))
-          checkify.check(~jnp.any(bad), f"{name} position ({where}) has digits [{digits}] "
-                         f"(mask {b}), which code no token < V = {code.vocab_size}",
-                         **{k: v for k, v in args.items() if k != f"i{x.ndim - 1}"},
-                         **{f"d{k}": row[k] for k in range(l)})
-    return
-  x = np.asarray(x)
-  if not np.issubdtype(x.dtype, np.integer):
-    raise ValueError(f"{name} must hold integer digits, got dtype {x.dtype}")
-  bad = (x < 0) | (x > b)
-  if bad.any():
-    index = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f"{name} holds digit {int(x[index])} at {index}, {range_msg}")
-  bad = code.count_consistent(x, x != b, xp=np) < 1
-  if bad.any():
-    index = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f"{name} position {index} has digits {x[index].tolist()} (mask {b}), "
-                     f"which code no token < V = {code.vocab_size}")
+  xp = jnp
+  if not forward.is_traced(x):
+    x, xp = np.asarray(x), np
+    if not np.issubdtype(x.dtype, np.integer):
+      raise ValueError(f"{name} must hold integer digits, got dtype {x.dtype}")
+  forward.check_entries((x < 0) | (x > b), f"{name} holds digit {{value}} at {{where}}, "
+                        f"outside [0, {b}] (base b = {b}, digit mask id {b})", value=x)
+  forward.check_entries(code.count_consistent(x, x != b, xp=xp) < 1,
+                        f"{name} position {{where}} has digits {{digits}} (mask {b}), which "
+                        f"code no token < V = {code.vocab_size}", digits=x)
 
 
 # ----------------------------------------------------------------------------
@@ -463,12 +437,7 @@ def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, 
   """
   chex.assert_rank(x0, 2)
   check_tokens(x0, code.vocab_size, name="x0")
-  batch_size = x0.shape[0]
-  if t is None:
-    key, t_key = jax.random.split(key)
-    t = (stratified_times(t_key, batch_size) if antithetic
-         else uniform_times(t_key, (batch_size,)))
-  t = check_times(t)
+  key, t = draw_times(key, x0.shape[0], t, antithetic)
   if num_steps is not None:
     t, _ = discretize_times(t, num_steps)
   d0 = code.to_digits(x0)
@@ -484,24 +453,6 @@ def prime_nelbo(denoise_fn: Callable, x0, key, schedule, code: DigitCode, **kwar
 
 # ----------------------------------------------------------------------------
 # Sampling with partial reveals.
-
-
-def _reveal_top(scores, candidates, num_reveal):
-  """Boolean [B, K]: per row the ``num_reveal[b]`` candidates of highest score."""
-  scores = jnp.where(candidates, scores, -jnp.inf)
-  rank = jnp.argsort(jnp.argsort(-scores, axis=-1), axis=-1)
-  return candidates & (rank < num_reveal[:, None])
-
-
-def _confidence(log_probs, order, key):
-  """Confidence of each distribution [..., K] (log-probabilities)."""
-  if order == "random":
-    return jax.random.uniform(key, log_probs.shape[:-1])
-  probs = jnp.exp(log_probs)
-  if order == "top_prob":
-    return jnp.max(probs, axis=-1)
-  top2 = jax.lax.top_k(probs, 2)[0]
-  return top2[..., 0] - top2[..., 1]
 
 
 def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, alpha_s=None,
@@ -540,18 +491,16 @@ def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, al
   values = code.to_digits(tokens).astype(x.dtype)
   if order == "first_hitting":
     scores = jax.random.uniform(reveal_key, (batch_size, length * num_digits))
-    reveal = _reveal_top(scores, masked.reshape(batch_size, -1),
-                         jnp.ones((batch_size,), jnp.int32)).reshape(x.shape)
+    reveal = reveal_top(scores, masked.reshape(batch_size, -1),
+                        jnp.ones((batch_size,), jnp.int32)).reshape(x.shape)
   elif order == "ancestral":
     reveal = _ancestral_reveal(reveal_key, masked, alpha_t, alpha_s, last)
   else:
     candidates = _candidates(masked, unit)
-    if unit == "token":
-      scores = _confidence(log_probs, order, reveal_key)
-    else:
-      scores = _confidence(digit_log_probs(logits, x, code), order, reveal_key)
-      scores = scores.reshape(batch_size, -1)
-    chosen = _reveal_top(scores, candidates,
+    unit_log_probs = log_probs if unit == "token" else digit_log_probs(logits, x, code)
+    noise = jax.random.uniform(reveal_key, unit_log_probs.shape[:-1])
+    scores = confidence(jnp.exp(unit_log_probs), order, noise).reshape(candidates.shape)
+    chosen = reveal_top(scores, candidates,
                          _confidence_count(candidates, alpha_t, alpha_s, last))
     reveal = masked & (chosen[..., None] if unit == "token" else chosen.reshape(x.shape))
   return jnp.where(reveal, values, x)
@@ -696,45 +645,6 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
   return out[0] if len(out) == 1 else out
 
 
-def ancestral_idle_steps(key, batch_size: int, num_units: int, num_steps: int, schedule,
-                         grid: str = "linear"):
-  """Idle steps of the ancestral sampler from a fully masked start, int32 [B].
-
-  Which digits the ancestral sampler reveals at each step does not depend on the
-  network, so this simulates only that: ``num_units`` = N l digits, each revealed
-  at step i with probability (alpha(t_{i+1}) - alpha(t_i)) / (1 - alpha(t_i)) if
-  still masked (all at the last step); a step is idle when none is revealed.
-  """
-  times = time_grid(num_steps, grid)
-
-  def body(i, carry):
-    masked, idle = carry
-    alpha_t, alpha_s = schedule.alpha(times[i]), schedule.alpha(times[i + 1])
-    p = jnp.where(i == num_steps - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
-    u = jax.random.uniform(jax.random.fold_in(key, i), masked.shape)
-    reveal = masked & (u < p)
-    return masked & ~reveal, idle + (~jnp.any(reveal, axis=-1)).astype(jnp.int32)
-
-  init = (jnp.ones((batch_size, num_units), bool), jnp.zeros((batch_size,), jnp.int32))
-  return jax.lax.fori_loop(0, num_steps, body, init)[1]
-
-
-def expected_idle_ratio(num_units: int, num_steps: int, schedule, grid: str = "linear") -> float:
-  """E[idle steps] / T of the ancestral sampler from a fully masked start, exactly.
-
-  A digit's reveal step is independent of the others': it is revealed at step
-  i < T-1 with probability q_i = (alpha(t_{i+1}) - alpha(t_i)) / (1 - alpha(1)),
-  so P(step i idle) = (1 - q_i)^(N l) (the last step is idle iff every digit was
-  revealed before it).
-  """
-  a = np.asarray(schedule.alpha(time_grid(num_steps, grid)), np.float64)
-  q = (a[1:] - a[:-1]) / (1.0 - a[0])
-  idle = (1.0 - q[:-1]) ** num_units
-  before_last = np.sum(q[:-1])
-  last = before_last**num_units
-  return float((np.sum(idle) + last) / num_steps)
-
-
 # ----------------------------------------------------------------------------
 # Block diffusion with partial masking (BD3-LM's blocks, Prime within each block).
 
@@ -767,40 +677,17 @@ def block_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode,
   """
   chex.assert_rank(x0, 2)
   check_tokens(x0, code.vocab_size, name="x0")
-  batch_size, seq_len = x0.shape
-  blocks = block.num_blocks(seq_len, block_size)
-  lo, hi = clip
-  if not 0.0 <= lo < hi <= 1.0:
-    raise ValueError(f"clip must be (beta, omega) with 0 <= beta < omega <= 1, got {clip}")
-  t_key, noise_key = jax.random.split(key) if key is not None else (None, None)
-  if t is None:
-    if antithetic:
-      t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(
-          jax.random.split(t_key, blocks))
-    else:
-      t = uniform_times(t_key, (batch_size, blocks))
-  t = jnp.asarray(t, jnp.float32)
-  chex.assert_shape(t, (batch_size, blocks))
-  if (lo, hi) != (0.0, 1.0):
-    t = block.clipped_rate_times(schedule, t, clip)
-  if num_steps is not None:
-    t, _ = discretize_times(t, num_steps)
+  t, _, noise = block.block_draws(key, schedule, x0.shape + (code.num_digits,), block_size,
+                                  t=t, noise=noise, clip=clip, num_steps=num_steps,
+                                  antithetic=antithetic)
   t_tok = block.per_token(t, block_size)  # [B, L]
   d0 = code.to_digits(x0)
-  x_t = mask_digits(d0, t_tok, schedule, code, key=noise_key, noise=noise)
-  kw = {}
-  if z is not None:
-    chex.assert_rank(z, 3)
-    z_tok = block.per_token(z, block_size)
-    kw["z"] = jnp.concatenate([z_tok, z_tok], axis=1)
-  logits = denoise_fn(jnp.concatenate([x_t, d0], axis=1),
-                      jnp.concatenate([t_tok, jnp.zeros_like(t_tok)], axis=1),
-                      jnp.tile(jnp.arange(seq_len, dtype=jnp.int32), 2)[None],
-                      block.block_diffusion_mask(seq_len, block_size), **kw)
-  chex.assert_shape(logits, (batch_size, 2 * seq_len, code.vocab_size))
-  terms = _nelbo_at(logits[:, :seq_len], d0, x_t, t_tok, schedule, code, num_steps)
-  per_block = terms["per_token"].reshape(batch_size, blocks, block_size).sum(-1)
-  return {**terms, "t": t, "per_block": per_block, "xt": x_t}
+  x_t = mask_digits(d0, t_tok, schedule, code, noise=noise)
+  logits = block.vectorised_logits(denoise_fn, x_t, d0, t_tok, block_size,
+                                   vocab_size=code.vocab_size, z=z)
+  terms = _nelbo_at(logits, d0, x_t, t_tok, schedule, code, num_steps)
+  return {**terms, "t": t, "per_block": block.sum_per_block(terms["per_token"], block_size),
+          "xt": x_t}
 
 
 def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,

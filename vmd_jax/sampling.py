@@ -76,7 +76,6 @@ from vmd_jax.forward import (check_drawable, check_logits, check_tokens, checkin
 from vmd_jax.schedules import time_grid
 
 ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
-CONFIDENCE_ORDERS = ("top_prob", "top_prob_margin", "random")
 
 
 def check_top_p(top_p):
@@ -212,24 +211,25 @@ def confidence_reveal_counts(num_masked, num_steps: int, schedule, grid: str = "
   return counts.T
 
 
-def _confidence(logits, order, keys):
-  """Scores [B, N]; ``keys`` [B] (one per sequence) for the random order."""
+def confidence(probs, order: str, random_scores):
+  """Each distribution's confidence, [...] from probs [..., V]: its largest
+  probability (``top_prob``), the gap between its two largest (``top_prob_margin``,
+  Kim et al. 2025), or ``random_scores`` [...] (``random``; uniforms the caller
+  drew). Shared by this module's and ``prime``'s confidence orders."""
   if order == "random":
-    return jax.vmap(lambda k: jax.random.uniform(k, logits.shape[1:-1]))(keys)
-  probs = jax.nn.softmax(logits, axis=-1)
+    return random_scores
   if order == "top_prob":
     return jnp.max(probs, axis=-1)
   top2 = jax.lax.top_k(probs, 2)[0]
   return top2[..., 0] - top2[..., 1]
 
 
-def _reveal_top(scores, masked, num_reveal):
-  """Boolean [B, N]: for each row the ``num_reveal[b]`` masked positions of
-  highest score."""
-  scores = jnp.where(masked, scores, -jnp.inf)
-  order = jnp.argsort(-scores, axis=-1)
-  rank = jnp.argsort(order, axis=-1)
-  return masked & (rank < num_reveal[:, None])
+def reveal_top(scores, candidates, num_reveal):
+  """bool [B, K]: for each row the ``num_reveal[b]`` candidates (bool [B, K]) of
+  highest score (scores [B, K]). Shared with ``prime``'s samplers."""
+  scores = jnp.where(candidates, scores, -jnp.inf)
+  rank = jnp.argsort(jnp.argsort(-scores, axis=-1), axis=-1)
+  return candidates & (rank < num_reveal[:, None])
 
 
 def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
@@ -319,7 +319,9 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
 
       def choose(masked, logits, event, keys):
         count = jnp.take_along_axis(counts, jnp.minimum(event, num_steps - 1)[:, None], 1)[:, 0]
-        return _reveal_top(_confidence(logits, order, keys), masked, count)
+        noise = jax.vmap(lambda k: jax.random.uniform(k, logits.shape[1:-1]))(keys)
+        scores = confidence(jax.nn.softmax(logits, axis=-1), order, noise)
+        return reveal_top(scores, masked, count)
 
     def next_event(x, cursor):
       """(step [B], its time t_step [B], active [B])."""
