@@ -14,7 +14,7 @@ on the clean earlier blocks:
                  * sum_{n in b: x_t^n = m} -log p_theta(x_0^n | x_t^b, x_0^{<b}, t_b) ]
             + L (1 - alpha(0)) log V + L alpha(1) log V.
 
-L' = L is MD4's NELBO (``losses.md4_nelbo_terms``); L' = 1 with eps = 0 is the
+L' = L is MD4's NELBO (``md4.nelbo_terms``); L' = 1 with eps = 0 is the
 autoregressive loss sum_n -log p(x^n | x^{<n}) (the one-token block is masked
 with probability 1 - alpha(t) and int_0^1 -alpha'(t) dt = 1).
 
@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from vmd_jax.forward import check_logits, check_times, check_tokens, mask_tokens
 from vmd_jax.losses import (DiagonalGaussian, diffusion_weight, nelbo_from_logits,
-                            stratified_times, uniform_times, with_latent_kl)
+                            stratified_times, uniform_times, vmd_terms)
 from vmd_jax.sampling import sample
 
 BlockDenoiseFn = Callable[..., jax.Array]
@@ -199,7 +199,7 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
     clip: (beta, omega), the range of the mask rate; see above.
     z: optional float [B, K, D] latent per block (VMD), passed per token.
     num_steps: None for continuous time, else the T-step discrete NELBO per block
-      (as in ``losses.md4_nelbo_terms``).
+      (as in ``md4.nelbo_terms``).
     antithetic: draw each block's times stratified over the batch
       (``losses.stratified_times``, an independent offset per block), else i.i.d.
 
@@ -278,7 +278,9 @@ def block_vmd_loss(denoise_fn: BlockDenoiseFn, encode_fn: Callable, x0, key, sch
                    block_size: int, *, beta: float = 0.1, free_bits: float = 0.0,
                    prior_fn: Callable | None = None, **kwargs):
   """Block VMD: one latent per block, z_b ~ q(z_b | x_0) reparameterised, each
-  with its prior p(z_b | x^{<b}) (``prior_fn``) or N(0, I):
+  with its prior p(z_b | x^{<b}) (``prior_fn``) or N(0, I); ``losses.vmd_terms``
+  over ``block_nelbo_terms``, for users of the core (``MaskedDiffusion.loss``
+  composes the same way):
 
     loss = L_block(x_0 | z_1..z_K) + beta * sum_b KL(q(z_b | x_0) || p(z_b | x^{<b})).
 
@@ -301,14 +303,13 @@ def block_vmd_loss(denoise_fn: BlockDenoiseFn, encode_fn: Callable, x0, key, sch
     ``kl`` [B] (summed over blocks and dimensions) and ``bound`` = nelbo + kl.
   """
   chex.assert_rank(x0, 2)
-  z_key, key = jax.random.split(key)
   posterior = DiagonalGaussian(*encode_fn(x0))
   chex.assert_rank(posterior.mean, 3)
   chex.assert_axis_dimension(posterior.mean, 1, num_blocks(x0.shape[1], block_size))
-  z = posterior.sample(z_key)
-  terms = block_nelbo_terms(denoise_fn, x0, key, schedule, block_size, z=z, **kwargs)
   prior = None if prior_fn is None else DiagonalGaussian(*prior_fn(x0))
-  return with_latent_kl(terms, posterior, beta, free_bits, prior)
+  objective = lambda k, z: block_nelbo_terms(denoise_fn, x0, k, schedule, block_size, z=z,
+                                             **kwargs)
+  return vmd_terms(objective, posterior, key, beta, free_bits, prior)
 
 
 # ----------------------------------------------------------------------------

@@ -6,9 +6,10 @@ independently for every position n, where the mask id m is the vocabulary size V
 u^n >= alpha(t), so the caller can pass the noise explicitly and get an exact,
 reproducible x_t.
 
-Token checks. Every entry point of the library (``md4_nelbo``, ``vmd_loss``,
+Token checks. Every entry point of the library (``md4.nelbo``, ``vmd_loss``,
 ``block_nelbo``, ``block_vmd_loss``, ``sample``, ``block_sample``, the Prime and
-GenMD4 functions) calls ``check_tokens`` on its token arguments. On concrete
+GenMD4 functions) calls ``check_tokens`` on its token arguments once; the functions
+they call assume checked tokens (their docstrings say so). On concrete
 arrays (no ``jax.jit``) a bad token raises ``ValueError`` naming the argument, the
 value and its position. Inside ``jax.jit`` values cannot be inspected; wrap the
 function with ``checked`` to get the same error from compiled code:

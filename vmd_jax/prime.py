@@ -54,7 +54,7 @@ Bernoulli(r) subsets R of the masked digits, the joint marginal of R; written
 with Z(S) = sum_{v agrees with x_0^n on S} p(v) it is log Z(U) - log Z(U u R),
 summed exactly over the 2^l subsets, with weight T. As T -> oo only |R| = 1
 survives at first order and the continuous form is recovered. For l = 1 both
-forms equal ``losses.md4_nelbo_terms``.
+forms equal ``md4.nelbo_terms``.
 
 Boundary terms (eps > 0). With |C_S(x)| the number of valid tokens that agree
 with x on the digit set S, and S ~ Bernoulli(alpha)^l the revealed set:
@@ -80,7 +80,6 @@ enumerated, t by quadrature). Token and digit arguments are checked
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from typing import Callable
 
@@ -93,7 +92,7 @@ from vmd_jax import block, exact, forward
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_times, check_tokens, mask_where
 from vmd_jax.losses import discretize_times, draw_times
-from vmd_jax.sampling import (ORDERS, check_temperature, check_top_p, confidence, draw_tokens,
+from vmd_jax.sampling import (check_order, check_settings, confidence, draw_tokens,
                               kept_masks, reveal_top)
 from vmd_jax.schedules import time_grid
 
@@ -349,7 +348,8 @@ def mask_digits(d0, t, schedule, code: DigitCode, *, key=None, noise=None):
 
 
 def _subsets(num_digits: int):
-  return [np.array(s, bool) for s in itertools.product([False, True], repeat=num_digits)]
+  """The 2^l subsets of the digits, as bool [l] masks, the empty one first."""
+  return list(all_sequences(2, num_digits).astype(bool))
 
 
 def _subset_prob(s, alpha):
@@ -376,9 +376,11 @@ def _per_digit(values):
   return values[:, None, None] if values.ndim == 1 else values[..., None]
 
 
-def _nelbo_at(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
-  """The NELBO's terms given the draw x_t at time t (the time on the T-grid);
-  t is [B] or [B, N] (a time per position, e.g. per block)."""
+def nelbo_from_logits(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
+  """The NELBO's terms (module docstring) given one draw x_t at time t (on the
+  T-step grid for ``num_steps``) and the denoiser's logits [B, N, V] on it; t is
+  [B] or [B, N] (a time per position, e.g. per block). Prime's
+  ``losses.nelbo_from_logits``; d0, x_t: digits [B, N, l], checked by the caller."""
   chex.assert_shape(logits, d0.shape[:2] + (code.vocab_size,))
   masked = x_t == code.mask_id  # [B, N, l]
   tensor = _log_tensor(logits, x_t, code)  # log p_theta(v | x_t), [B, N, b..b]
@@ -411,9 +413,9 @@ def _nelbo_at(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
           "prior": sum_n(prior), "nelbo": sum_n(per_token), "per_token": per_token, "t": t}
 
 
-def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, *,
-                      t=None, noise=None, num_steps: int | None = None,
-                      antithetic: bool = True):
+def nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, *,
+                t=None, noise=None, z=None, num_steps: int | None = None,
+                antithetic: bool = True):
   """Prime's NELBO and its terms, one Monte Carlo sample of (t, digit mask) per sequence.
 
   Args:
@@ -425,6 +427,8 @@ def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, 
     code: the ``DigitCode`` (V, l).
     t: optional float [B] times in [0, 1].
     noise: optional float [B, N, l] masking uniforms (see ``mask_digits``).
+    z: optional float [B, D] latent (VMD, ``losses.vmd_terms``), passed as
+      ``denoise_fn(x_t, t, z)``.
     num_steps: None for continuous time, else T for the T-step NELBO of the
       joint-reveal ancestral sampler (module docstring).
     antithetic: draw t stratified over the batch (``losses.stratified_times``).
@@ -442,17 +446,22 @@ def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, 
     t, _ = discretize_times(t, num_steps)
   d0 = code.to_digits(x0)
   x_t = mask_digits(d0, t, schedule, code, key=key, noise=noise)
-  logits = denoise_fn(x_t, t)
-  return _nelbo_at(logits, d0, x_t, t, schedule, code, num_steps)
+  logits = denoise_fn(x_t, t) if z is None else denoise_fn(x_t, t, z)
+  return nelbo_from_logits(logits, d0, x_t, t, schedule, code, num_steps)
 
 
-def prime_nelbo(denoise_fn: Callable, x0, key, schedule, code: DigitCode, **kwargs):
-  """Per-sequence Prime NELBO in nats, float32 [B]; see ``prime_nelbo_terms``."""
-  return prime_nelbo_terms(denoise_fn, x0, key, schedule, code, **kwargs)["nelbo"]
+def nelbo(denoise_fn: Callable, x0, key, schedule, code: DigitCode, **kwargs):
+  """Per-sequence Prime NELBO in nats, float32 [B]; see ``nelbo_terms``."""
+  return nelbo_terms(denoise_fn, x0, key, schedule, code, **kwargs)["nelbo"]
 
 
 # ----------------------------------------------------------------------------
 # Sampling with partial reveals.
+
+
+def _check_unit(unit: str):
+  if unit not in UNITS:
+    raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
 
 
 def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, alpha_s=None,
@@ -479,10 +488,8 @@ def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, al
   x: int digits [B, N, l]; logits: [B, N, V]; alpha_t, alpha_s: scalars or [B].
   Returns int [B, N, l].
   """
-  if order not in ORDERS:
-    raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
-  if unit not in UNITS:
-    raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
+  check_order(order)
+  _check_unit(unit)
   batch_size, length, num_digits = x.shape
   masked = x == code.mask_id
   value_key, reveal_key = jax.random.split(key)
@@ -558,7 +565,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
                  digit revealed with probability (alpha_s - alpha_t)/(1 - alpha_t),
                  all remaining ones at the last step.
   first_hitting  exact continuous-time sampling of the process whose NELBO is
-                 ``prime_nelbo_terms``: with m masked digits at time t, the next
+                 ``nelbo_terms``: with m masked digits at time t, the next
                  reveal time s solves 1 - alpha(s) = (1 - alpha(t)) u^(1/m) and one
                  masked digit, uniform, is revealed from its marginal. N l
                  iterations, one call per masked digit; ``num_steps`` is ignored.
@@ -592,12 +599,8 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     int [B, N, l] digits (``code.from_digits`` gives tokens), then ``nfe`` and/or
     ``idle`` if asked for, in that order.
   """
-  if order not in ORDERS:
-    raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
-  if unit not in UNITS:
-    raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
-  check_temperature(temperature)
-  check_top_p(top_p)
+  check_settings(order, temperature, top_p)
+  _check_unit(unit)
   chex.assert_rank(x_init, 3)
   batch_size, length, num_digits = x_init.shape
   check_digits(x_init, code, name="x_init")
@@ -665,14 +668,14 @@ def block_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode,
     denoise_fn: ``(x digits [B, 2L, l], t [B, 2L], positions [1, 2L],
       mask [2L, 2L][, z=[B, 2L, D]]) -> logits [B, 2L, V]``.
     x0: int [B, L] tokens in [0, V); key: PRNG key (may be None when t and noise
-      are given); schedule, code: as in ``prime_nelbo_terms``; block_size: L'.
+      are given); schedule, code: as in ``nelbo_terms``; block_size: L'.
     t: optional float [B, K] uniforms (block times for clip = (0, 1)).
     noise: optional float [B, L, l] digit masking uniforms.
     z: optional float [B, K, D], a latent per block (VMD).
-    num_steps, antithetic: as in ``prime_nelbo_terms``, per block.
+    num_steps, antithetic: as in ``nelbo_terms``, per block.
 
   Returns:
-    ``prime_nelbo_terms``' dict (each [B]; ``per_token`` [B, L]) with ``t``
+    ``nelbo_terms``' dict (each [B]; ``per_token`` [B, L]) with ``t``
     [B, K], ``per_block`` [B, K] and ``xt`` digits [B, L, l].
   """
   chex.assert_rank(x0, 2)
@@ -685,7 +688,7 @@ def block_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode,
   x_t = mask_digits(d0, t_tok, schedule, code, noise=noise)
   logits = block.vectorised_logits(denoise_fn, x_t, d0, t_tok, block_size,
                                    vocab_size=code.vocab_size, z=z)
-  terms = _nelbo_at(logits, d0, x_t, t_tok, schedule, code, num_steps)
+  terms = nelbo_from_logits(logits, d0, x_t, t_tok, schedule, code, num_steps)
   return {**terms, "t": t, "per_block": block.sum_per_block(terms["per_token"], block_size),
           "xt": x_t}
 
@@ -739,12 +742,8 @@ def exact_digit_denoiser(probs, code: DigitCode, length: int, log_floor: float =
   context of probability 0 gives uniform logits). Ignores t.
   """
   vocab_size = code.vocab_size
-  probs = jnp.asarray(probs, jnp.float32)
-  if probs.shape != (vocab_size**length,):
-    raise ValueError(f"probs must have shape [{vocab_size}**{length}], got {probs.shape}")
-  seqs = jnp.asarray(all_sequences(vocab_size, length))
+  probs, seqs, one_hot = exact.enumerable_joint(probs, vocab_size, length)
   seq_digits = code.to_digits(seqs)  # [S, N, l]
-  one_hot = jax.nn.one_hot(seqs, vocab_size)  # [S, N, V]
 
   def denoise_fn(x_t, t=None, *unused):
     del t, unused
@@ -763,40 +762,23 @@ def expected_nelbo(denoise_fn, x0, schedule, code: DigitCode, *, num_steps: int 
   ``rule``: "gauss" (Gauss-Legendre on [0, 1]; exact for the linear schedule with
   num_quadrature >= N l / 2, since w(t) P(M | t) is then a polynomial) or
   "midpoint" (as ``exact.expected_nelbo``); discrete time averages the T grid
-  cells exactly. Calls ``prime_nelbo_terms`` with explicit t and noise, so it
+  cells exactly. Calls ``nelbo_terms`` with explicit t and noise, so it
   checks that function without Monte Carlo error. x0: int [N] or [S, N]; returns
   a float or float64 [S]. Small N l only.
   """
   x0 = np.asarray(x0, np.int32)
   single = x0.ndim == 1
   x0 = np.atleast_2d(x0)
-  num_seqs, length = x0.shape
-  num_digits = code.num_digits
-  patterns = all_sequences(2, length * num_digits).astype(bool).reshape(-1, length, num_digits)
   if num_steps is not None:
-    t = (np.arange(num_steps) + 0.5) / num_steps
-    w = np.full(num_steps, 1.0 / num_steps)
-  elif rule == "gauss":
-    nodes, weights = np.polynomial.legendre.leggauss(num_quadrature)
-    t, w = (nodes + 1.0) / 2.0, weights / 2.0
-  elif rule == "midpoint":
-    t = (np.arange(num_quadrature) + 0.5) / num_quadrature
-    w = np.full(num_quadrature, 1.0 / num_quadrature)
+    t, w = exact.quadrature(num_steps)
   else:
-    raise ValueError(f"unknown quadrature rule {rule!r}; known: ['gauss', 'midpoint']")
-  cells = len(t)
-  tt = np.tile(np.repeat(t.astype(np.float32), len(patterns)), num_seqs)
-  masks = np.tile(patterns, (num_seqs * cells, 1, 1))
-  x0s = np.repeat(x0, cells * len(patterns), axis=0)
-  noise = np.where(masks, np.float32(1.0 - 1e-7), np.float32(0.0))
-  terms = jax.jit(lambda x, t, u: prime_nelbo_terms(
+    t, w = exact.quadrature(num_quadrature, rule)
+  rows = exact.enumerate_masks(x0, t, code.num_digits)
+  terms = jax.jit(lambda x, t, u: nelbo_terms(
       denoise_fn, x, None, schedule, code, t=t, noise=u, num_steps=num_steps))(
-          jnp.asarray(x0s), jnp.asarray(tt), jnp.asarray(noise))
-  alpha = np.asarray(schedule.alpha(terms["t"]), np.float64)[:, None, None]
-  p_pattern = np.prod(np.where(masks, 1.0 - alpha, alpha), axis=(1, 2))
-  diffusion = np.asarray(terms["diffusion"], np.float64) * p_pattern
-  diffusion = diffusion.reshape(num_seqs, cells, -1).sum(-1) @ w
-  boundary = (np.asarray(terms["reconstruction"], np.float64)
-              + np.asarray(terms["prior"], np.float64)).reshape(num_seqs, -1)[:, 0]
-  out = diffusion + boundary
+          rows.x0, rows.t, rows.noise)
+  p_pattern = exact.mask_probability(rows.masks, schedule.alpha(terms["t"]))
+  out = exact.expectation(np.asarray(terms["diffusion"], np.float64) * p_pattern,
+                          np.asarray(terms["reconstruction"], np.float64)
+                          + np.asarray(terms["prior"], np.float64), len(x0), w)
   return float(out[0]) if single else out

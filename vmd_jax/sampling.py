@@ -109,6 +109,21 @@ def check_temperature(temperature):
                      f"got {temperature!r}")
 
 
+def check_order(order: str):
+  """Raises ValueError unless ``order`` is one of ``ORDERS``."""
+  if order not in ORDERS:
+    raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
+
+
+def check_settings(order: str | None, temperature, top_p):
+  """The samplers' shared argument checks: ``check_order`` (None: the sampler
+  has one order), ``check_temperature`` and ``check_top_p``."""
+  if order is not None:
+    check_order(order)
+  check_temperature(temperature)
+  check_top_p(top_p)
+
+
 def top_p_logits(logits, top_p: float):
   """Nucleus filtering: keeps the smallest set of values whose probability sums
   to at least ``top_p``, 0 < top_p <= 1, and sets the other logits to -inf. The
@@ -261,10 +276,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
   Returns:
     int [B, N] samples, or (samples, nfe) with ``return_nfe``.
   """
-  if order not in ORDERS:
-    raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
-  check_temperature(temperature)
-  check_top_p(top_p)
+  check_settings(order, temperature, top_p)
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
   if length == 0:
