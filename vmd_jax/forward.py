@@ -69,7 +69,7 @@ def check_tokens(x, vocab_size: int, *, allow_mask: bool = False, name: str = "x
 
 def check_entries(bad, message: str, **values):
   """Checks that no entry of the bool array ``bad`` is set: the one checkify
-  pattern behind every value check (``check_tokens``, ``prime.check_digits``).
+  pattern behind every value check (``check_tokens``, ``digits.check_digits``).
 
   ``message`` names the first bad entry: ``{where}`` is its index, and each
   ``{name}`` of ``values`` (arrays of ``bad``'s shape, or of ``bad.shape + (k,)``
