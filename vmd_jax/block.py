@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from vmd_jax.forward import check_logits, check_times, check_tokens, mask_tokens
 from vmd_jax.losses import (DiagonalGaussian, diffusion_weight, nelbo_from_logits,
                             stratified_times, uniform_times, vmd_terms)
-from vmd_jax.sampling import sample
+from vmd_jax.sampling import check_settings, sample_unchecked
 
 BlockDenoiseFn = Callable[..., jax.Array]
 PrefillFn = Callable[..., list]
@@ -473,6 +473,7 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
   Returns:
     int [B, L] samples, or (samples, nfe).
   """
+  check_settings(order, temperature, top_p)
   chex.assert_rank(x_init, 2)
   batch_size = x_init.shape[0]
   _check_blockwise(x_init, block_size, prefill_fn, use_cache, cache_segments)
@@ -487,9 +488,9 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
   check_tokens(x_init, vocab_size, allow_mask=True, name="x_init")
 
   def sample_block(logits_fn, block_key, x_block):
-    return sample(logits_fn, block_key, x_block, num_steps_per_block, schedule, order,
-                  vocab_size=vocab_size, temperature=temperature, top_p=top_p, grid=grid,
-                  skip_idle=skip_idle, return_nfe=True)
+    return sample_unchecked(logits_fn, block_key, x_block, num_steps_per_block, schedule,
+                            order, vocab_size, temperature=temperature, top_p=top_p,
+                            grid=grid, skip_idle=skip_idle, return_nfe=True)
 
   x, nfe = blockwise(sample_block, denoise_fn, prefill_fn, key, x_init, block_size,
                      use_cache=use_cache, cache_segments=cache_segments, z=z,

@@ -461,8 +461,20 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
   check_settings(order, temperature, top_p)
   _check_unit(unit)
   chex.assert_rank(x_init, 3)
-  batch_size, length, num_digits = x_init.shape
   check_digits(x_init, code, name="x_init")
+  return sample_unchecked(denoise_fn, key, x_init, num_steps, schedule, code, order, unit=unit,
+                          temperature=temperature, top_p=top_p, grid=grid,
+                          skip_idle=skip_idle, return_nfe=return_nfe, return_idle=return_idle)
+
+
+def sample_unchecked(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
+                     code: DigitCode, order: str, *, unit: str = "token",
+                     temperature: float = 1.0, top_p: float | None = None,
+                     grid: str = "linear", skip_idle: bool = True, return_nfe: bool = False,
+                     return_idle: bool = False):
+  """``sample`` on arguments its caller has checked (``sample`` itself, and
+  ``block_sample`` once for all its blocks): the settings and x_init's digits."""
+  batch_size, length, num_digits = x_init.shape
   mask_id = code.mask_id
 
   if order == "first_hitting":
@@ -574,14 +586,16 @@ def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
     int [B, L, l] digits, or (digits, nfe) with ``return_nfe`` (prefill calls
     not counted).
   """
+  check_settings(order, temperature, top_p)
+  _check_unit(unit)
   chex.assert_rank(x_init, 3)
   check_digits(x_init, code, name="x_init")
   unpacked = lambda fn: None if fn is None else (lambda x, *a, **kw: fn(code.unpack(x), *a, **kw))
 
   def sample_block(logits_fn, block_key, x_block):
-    return sample(logits_fn, block_key, x_block, num_steps_per_block, schedule, code, order,
-                  unit=unit, temperature=temperature, top_p=top_p, grid=grid,
-                  skip_idle=skip_idle, return_nfe=True)
+    return sample_unchecked(logits_fn, block_key, x_block, num_steps_per_block, schedule, code,
+                            order, unit=unit, temperature=temperature, top_p=top_p, grid=grid,
+                            skip_idle=skip_idle, return_nfe=True)
 
   x, nfe = block.blockwise(sample_block, unpacked(denoise_fn), unpacked(prefill_fn), key,
                            x_init, block_size, use_cache=use_cache,

@@ -286,6 +286,18 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
     vocab_size = infer_vocab_size(denoise_fn, x_init,
                                   jax.ShapeDtypeStruct((batch_size,), jnp.float32))
   check_tokens(x_init, vocab_size, allow_mask=True, name="x_init")
+  return sample_unchecked(denoise_fn, key, x_init, num_steps, schedule, order, vocab_size,
+                          temperature=temperature, top_p=top_p, grid=grid,
+                          skip_idle=skip_idle, return_nfe=return_nfe)
+
+
+def sample_unchecked(denoise_fn: Callable, key, x_init, num_steps: int, schedule, order: str,
+                     vocab_size: int, *, temperature: float = 1.0, top_p: float | None = None,
+                     grid: str = "linear", skip_idle: bool = True, return_nfe: bool = False):
+  """``sample`` on arguments its caller has checked (``sample`` itself, and
+  ``block.block_sample`` once for all its blocks): the settings
+  (``check_settings``), x_init's tokens in [0, V] and its length >= 1."""
+  batch_size, length = x_init.shape
   mask_id = vocab_size
   plan_key, draw_key = jax.random.split(key)
   row_keys = jax.random.split(draw_key, batch_size)
