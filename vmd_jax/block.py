@@ -143,7 +143,8 @@ def vectorised_logits(denoise_fn: BlockDenoiseFn, xt, x0, t_tok, block_size: int
   Args:
     denoise_fn: the ``BlockDenoiseFn`` (module docstring).
     xt: int [B, L] noisy tokens (mask id V where masked); x0: int [B, L] clean
-      (Prime: digits [B, L, l], ``prime.block_nelbo_terms``).
+      (Prime: digits [B, L, l]); both checked by the caller (``block_nelbo_terms``,
+      ``prime.block_nelbo_terms``, ``judge.autoregressive_log_probs``).
     t_tok: float [B, L] the time of each noisy token (its block's).
     block_size: L', dividing L.
     vocab_size: V, to check the logits' shape (unchecked when None).

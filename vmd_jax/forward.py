@@ -188,7 +188,8 @@ def mask_tokens(x0, t, schedule, mask_id: int, *, key=None, noise=None):
   """Draws x_t ~ q(x_t | x_0): position n is masked iff noise[b, n] >= alpha(t_b).
 
   Args:
-    x0: int [B, N] clean tokens in [0, mask_id).
+    x0: int [B, N] clean tokens in [0, mask_id), checked by the caller (the
+      objective, an entry point).
     t: float [B] times in [0, 1].
     schedule: a ``Schedule``.
     mask_id: the mask token id (the vocabulary size V).

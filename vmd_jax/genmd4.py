@@ -440,7 +440,8 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
     grid: "linear" or "cosine" (``schedules.time_grid``), or float [T + 1]
       decreasing times from 1 to 0.
     return_nfe: also return the number of denoiser calls (int32; a step with no
-      mask left anywhere in the batch makes no call).
+      mask left anywhere in the batch makes no call: the only step known to be
+      idle before its call here, ``vmd_jax.sampling``'s module docstring, "Calls").
 
   Returns:
     int [B, N] samples, or (samples, nfe) with ``return_nfe``.

@@ -125,7 +125,8 @@ def nelbo_from_logits(logits, x0, xt, weight, schedule, vocab_size: int) -> dict
 
   Args:
     logits: float [B, N, V].
-    x0, xt: int [B, N] clean and masked tokens.
+    x0, xt: int [B, N] clean and masked tokens, checked by the caller (the
+      objective that drew x_t: ``md4.nelbo_terms``, ``block.block_nelbo_terms``).
     weight: float [B] (one time per sequence) or [B, N] (per token, blocks).
     schedule: the ``Schedule``; vocab_size: V.
 

@@ -188,7 +188,8 @@ def mask_digits(d0, t, schedule, code: DigitCode, *, key=None, noise=None):
   noise[b, n, k] >= alpha(t_b).
 
   Args:
-    d0: int [B, N, l] clean digits (``code.to_digits(x0)``).
+    d0: int [B, N, l] clean digits (``code.to_digits(x0)``, x0 checked by the
+      caller: ``nelbo_terms``, ``block_nelbo_terms``).
     t: float [B] times in [0, 1], or [B, N] a time per position (blocks).
     schedule: a ``Schedule``.
     code: the ``DigitCode``.
@@ -445,11 +446,10 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     temperature, top_p: applied to the renormalised token distribution
       (temperature finite and >= 0, 0 is greedy; top_p in (0, 1] or None).
     grid: "linear" or "cosine" (``schedules.time_grid``).
-    skip_idle: skip the network at a step that reveals no digit of any row
-      (``reveals_any``, decided before the call); exact for any denoiser, time-
-      conditioned ones included, since a step that reveals nothing changes nothing
-      (then ``nfe`` = T - idle steps for one sequence). False: a call every step.
-      (The name and default of ``vmd_jax.sampling.sample``'s.)
+    skip_idle: no call at a step where no sequence reveals a digit
+      (``reveals_any``, decided before the call; ``vmd_jax.sampling``'s module
+      docstring, "Calls", defines skip_idle and NFE for every sampler): ``nfe`` =
+      T - idle steps for one sequence. False: a call at every step.
     return_nfe: also return the number of network calls (int32 scalar).
     return_idle: also return, per sequence, the number of steps in which no digit
       changed (int32 [B]).

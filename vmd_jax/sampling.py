@@ -24,16 +24,31 @@ top_prob, top_prob_margin, random
   probability, the highest gap between the two most likely values (Kim et al.
   2025), or at random.
 
-Calls. Which tokens the ancestral sampler reveals at a step never depends on the
-logits, so every token's reveal step is drawn up front (``ancestral_reveal_steps``).
-A step that reveals nothing leaves the sequence unchanged and its logits unused,
-so the loop moves each sequence straight to its own next reveal step and calls
-the network once for the whole batch, each sequence at its own time t [B]. That
-draws exactly the T-step distribution for any denoiser, time-conditioned ones
-included, and a T-step run costs at most min(T, L) calls (the most distinct
-reveal steps of any one sequence), whatever the batch size. ``skip_idle=False``
-calls at every grid step instead (md4's loop); the randomness is drawn per
-(sequence, step), so both give the same samples for the same key.
+Calls: ``skip_idle`` and NFE, for every sampler of the library (the one
+definition; ``block.block_sample``, ``prime.sample``, ``prime.block_sample`` and
+``genmd4.sample`` point here). NFE (``return_nfe=True``) is the number of denoiser
+calls made, each on the whole batch (a block sampler's KV-cache prefill calls are
+not counted). ``skip_idle=True``, the default, makes no call whose logits no
+sequence uses: which positions a step reveals is decided before its call where
+the sampler's plan does not depend on the logits, and a step at which no
+sequence reveals anything is not called, which changes no sample for the same
+key (exact for time-conditioned denoisers too). ``skip_idle=False`` is the
+reference loop: a call per grid step. How each sampler meets it:
+
+- here (and per block in ``block.block_sample``): every token's ancestral reveal
+  step is drawn up front (``ancestral_reveal_steps``) and the loop moves each
+  sequence straight to its own next reveal step, calling the network once for
+  the whole batch, each sequence at its own time t [B]: at most min(T, L) calls
+  (the most distinct reveal steps of any one sequence), whatever the batch size.
+  False: a call per grid step until nothing is masked (md4's loop); the
+  randomness is drawn per (sequence, step), so both give the same samples;
+- ``prime.sample``: before each grid step, whether any sequence reveals a digit
+  (``prime.reveals_any``); the step is skipped when none does, so NFE is the
+  number of grid steps at which some sequence reveals. False: a call at each of
+  the T steps, masks left or not;
+- ``genmd4.sample``: which positions a step reveals depends on the logits, so
+  only a step with nothing masked in the batch is known to be idle beforehand;
+  it is always skipped (no ``skip_idle`` argument).
 
 The confidence orders have no idle step to skip: floor(m r) < m for r < 1 (and
 ``confidence_reveal_counts`` keeps that where float32 rounds r to 1), so every
@@ -268,9 +283,10 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
       greedy.
     top_p: nucleus threshold for the drawn values, in (0, 1] (None: off).
     grid: time grid, "linear" or "cosine" (``schedules.time_grid``).
-    skip_idle: ancestral only: call the network only at the steps where a
-      sequence reveals something (exact, module docstring); False calls it at
-      every step until nothing is masked (the reference loop).
+    skip_idle: no call at a step where no sequence reveals anything (module
+      docstring, "Calls": the one definition, shared by every sampler); False: a
+      call per grid step until nothing is masked (the reference loop). Only the
+      ancestral order has idle steps to skip.
     return_nfe: also return the number of network calls made (int32 scalar).
 
   Returns:
