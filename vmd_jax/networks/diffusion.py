@@ -216,13 +216,9 @@ class MaskedDiffusion:
     generated) and keeps it for every step. ``use_cache``: blocks read the clean earlier
     blocks from a KV cache (else they are recomputed; same samples).
     """
-    if self.learn_schedule:
-      if order != "ancestral":
-        raise ValueError(f"GenMD4 (a learned schedule) samples in the 'ancestral' order "
-                         f"only, got {order!r}")
-      return genmd4.sample(self.denoise_fn(params), key, x_init, num_steps,
-                           self.schedule_params(params), eps=self.schedule.eps,
-                           return_nfe=True, **sampler_kwargs)
+    if self.learn_schedule and order != "ancestral":
+      raise ValueError(f"GenMD4 (a learned schedule) samples in the 'ancestral' order "
+                       f"only, got {order!r}")
     blocks = self.num_blocks(x_init.shape[1])
     z, prior_fn = None, None
     if self.prior_encoder is not None and prior is None:
@@ -235,37 +231,39 @@ class MaskedDiffusion:
         z = z.reshape(x_init.shape[0], blocks, self.latent_dim)
     if self.block_size and num_steps % blocks:
       raise ValueError(f"NFE {num_steps} is not a multiple of the {blocks} blocks")
-    if self.prime_code:
-      return self._prime_sample(params, key, x_init, num_steps // blocks, order, z, use_cache,
-                                sampler_kwargs)
+    run = self._sampler(params, num_steps // blocks, order, z, prior_fn, use_cache,
+                        sampler_kwargs)
+    if not self.prime_code:
+      return run(key, x_init)
+    # Prime samples digits: a masked token has every digit masked.
+    check_tokens(x_init, self.vocab_size, allow_mask=True, name="x_init")
+    digits, nfe = run(key, self.prime_code.tokens_to_digits(x_init))
+    return self.prime_code.from_digits(digits).astype(x_init.dtype), nfe
+
+  def _sampler(self, params, steps, order, z, prior_fn, use_cache, kwargs):
+    """The core sampler of this model's kind as ``(key, x_init) -> (x, nfe)``, with
+    ``steps`` per block: the one place that picks it (as ``_objective`` for the
+    loss). Prime's take and return digits."""
+    code, kwargs = self.prime_code, dict(kwargs, return_nfe=True)
+    if self.learn_schedule:
+      return lambda key, x: genmd4.sample(self.denoise_fn(params), key, x, steps,
+                                          self.schedule_params(params),
+                                          eps=self.schedule.eps, **kwargs)
     if self.block_size:
       denoise, prefill = adapters.block_denoiser_fns(self.denoiser, params["denoiser"])
-      return block.block_sample(denoise, prefill, key, x_init, self.block_size,
-                                num_steps // blocks, self.schedule, order,
-                                vocab_size=self.vocab_size, use_cache=use_cache, z=z,
-                                prior_fn=prior_fn, return_nfe=True, **sampler_kwargs)
+      kwargs.update(use_cache=use_cache, z=z)
+      if code:
+        return lambda key, x: prime.block_sample(denoise, prefill, key, x, self.block_size,
+                                                 steps, self.schedule, code, order, **kwargs)
+      return lambda key, x: block.block_sample(denoise, prefill, key, x, self.block_size, steps,
+                                               self.schedule, order, vocab_size=self.vocab_size,
+                                               prior_fn=prior_fn, **kwargs)
     denoise = self.denoise_fn(params)
     fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
-    return sampling.sample(fn, key, x_init, num_steps, self.schedule, order=order,
-                           vocab_size=self.vocab_size, return_nfe=True, **sampler_kwargs)
-
-  def _prime_sample(self, params, key, x_init, steps, order, z, use_cache, sampler_kwargs):
-    """Prime's sampler on x_init's digits (a masked token has every digit
-    masked); returns (tokens, nfe)."""
-    code = self.prime_code
-    check_tokens(x_init, self.vocab_size, allow_mask=True, name="x_init")
-    digits = code.tokens_to_digits(x_init)
-    if self.block_size:
-      denoise, prefill = adapters.block_denoiser_fns(self.denoiser, params["denoiser"])
-      digits, nfe = prime.block_sample(denoise, prefill, key, digits, self.block_size, steps,
-                                       self.schedule, code, order, use_cache=use_cache, z=z,
-                                       return_nfe=True, **sampler_kwargs)
-    else:
-      denoise = self.denoise_fn(params)
-      fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
-      digits, nfe = prime.sample(fn, key, digits, steps, self.schedule, code, order,
-                                 return_nfe=True, **sampler_kwargs)
-    return code.from_digits(digits).astype(x_init.dtype), nfe
+    if code:
+      return lambda key, x: prime.sample(fn, key, x, steps, self.schedule, code, order, **kwargs)
+    return lambda key, x: sampling.sample(fn, key, x, steps, self.schedule, order=order,
+                                          vocab_size=self.vocab_size, **kwargs)
 
   def encode_posteriors(self, params, x0):
     """q(z | x_0) for a batch with x_t all masks (what an x_0-only encoder sees),
