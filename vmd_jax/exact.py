@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vmd_jax import md4
 from vmd_jax.forward import check_tokens
 
 
@@ -195,8 +196,6 @@ def expected_nelbo(denoise_fn, x0, schedule, vocab_size: int, *,
   with explicit t and noise, so it checks that function without Monte Carlo
   error. x0: int [N] or [S, N]; returns a float or float64 [S]. Small N only.
   """
-  from vmd_jax import md4  # local: md4 imports this module's callers' modules
-
   x0 = np.asarray(x0, np.int32)
   single = x0.ndim == 1
   x0 = np.atleast_2d(x0)

@@ -324,6 +324,15 @@ def _check_unit(unit: str):
     raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
 
 
+def _check_sampler_args(x_init, code: DigitCode, order, unit, temperature, top_p):
+  """The checks of ``sample`` and ``block_sample``, once per call: the settings
+  (``sampling.check_settings``), the unit and x_init's digits [B, N, l]."""
+  check_settings(order, temperature, top_p)
+  _check_unit(unit)
+  chex.assert_rank(x_init, 3)
+  check_digits(x_init, code, name="x_init")
+
+
 def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, alpha_s=None,
                 last=False, unit: str = "token", temperature: float = 1.0,
                 top_p: float | None = None):
@@ -458,10 +467,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     int [B, N, l] digits (``code.from_digits`` gives tokens), then ``nfe`` and/or
     ``idle`` if asked for, in that order.
   """
-  check_settings(order, temperature, top_p)
-  _check_unit(unit)
-  chex.assert_rank(x_init, 3)
-  check_digits(x_init, code, name="x_init")
+  _check_sampler_args(x_init, code, order, unit, temperature, top_p)
   return sample_unchecked(denoise_fn, key, x_init, num_steps, schedule, code, order, unit=unit,
                           temperature=temperature, top_p=top_p, grid=grid,
                           skip_idle=skip_idle, return_nfe=return_nfe, return_idle=return_idle)
@@ -586,10 +592,7 @@ def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
     int [B, L, l] digits, or (digits, nfe) with ``return_nfe`` (prefill calls
     not counted).
   """
-  check_settings(order, temperature, top_p)
-  _check_unit(unit)
-  chex.assert_rank(x_init, 3)
-  check_digits(x_init, code, name="x_init")
+  _check_sampler_args(x_init, code, order, unit, temperature, top_p)
   unpacked = lambda fn: None if fn is None else (lambda x, *a, **kw: fn(code.unpack(x), *a, **kw))
 
   def sample_block(logits_fn, block_key, x_block):
