@@ -7,9 +7,9 @@ digits is revealed at step i with probability (alpha(t_{i+1}) - alpha(t_i)) /
 (1 - alpha(t_i)) if still masked, all remaining ones at the last step. So the
 ratio depends on N l and the grid only, not on V or the model. Reported:
 
-- ``exact``: ``prime.expected_idle_ratio`` (closed form, (1/T) sum_i (1 - q_i)^(N l));
+- ``exact``: ``expected_idle_ratio`` (closed form, (1/T) sum_i (1 - q_i)^(N l));
 - ``simulated``: mean and standard error over ``--num_sequences`` sequences of
-  ``prime.ancestral_idle_steps`` (the reveal process alone);
+  ``ancestral_idle_steps`` (the reveal process alone);
 - ``sampler`` (V = 27 only, cheap on a CPU): ``prime.sample(..., return_idle=True)``
   with a zero-logit denoiser, the full sampler, whose idle count must agree.
 
@@ -33,7 +33,47 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmd_jax import prime
-from vmd_jax.schedules import get_schedule
+from vmd_jax.schedules import get_schedule, time_grid
+
+
+def ancestral_idle_steps(key, batch_size: int, num_units: int, num_steps: int, schedule,
+                         grid: str = "linear"):
+  """Idle steps of the ancestral sampler from a fully masked start, int32 [B].
+
+  Which digits the ancestral sampler reveals at each step does not depend on the
+  network, so this simulates only that: ``num_units`` = N l digits, each revealed
+  at step i with probability (alpha(t_{i+1}) - alpha(t_i)) / (1 - alpha(t_i)) if
+  still masked (all at the last step); a step is idle when none is revealed.
+  """
+  times = time_grid(num_steps, grid)
+
+  def body(i, carry):
+    masked, idle = carry
+    alpha_t, alpha_s = schedule.alpha(times[i]), schedule.alpha(times[i + 1])
+    p = jnp.where(i == num_steps - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
+    u = jax.random.uniform(jax.random.fold_in(key, i), masked.shape)
+    reveal = masked & (u < p)
+    return masked & ~reveal, idle + (~jnp.any(reveal, axis=-1)).astype(jnp.int32)
+
+  init = (jnp.ones((batch_size, num_units), bool), jnp.zeros((batch_size,), jnp.int32))
+  return jax.lax.fori_loop(0, num_steps, body, init)[1]
+
+
+def expected_idle_ratio(num_units: int, num_steps: int, schedule, grid: str = "linear") -> float:
+  """E[idle steps] / T of the ancestral sampler from a fully masked start, exactly.
+
+  A digit's reveal step is independent of the others': it is revealed at step
+  i < T-1 with probability q_i = (alpha(t_{i+1}) - alpha(t_i)) / (1 - alpha(1)),
+  so P(step i idle) = (1 - q_i)^(N l) (the last step is idle iff every digit was
+  revealed before it).
+  """
+  a = np.asarray(schedule.alpha(time_grid(num_steps, grid)), np.float64)
+  q = (a[1:] - a[:-1]) / (1.0 - a[0])
+  idle = (1.0 - q[:-1]) ** num_units
+  before_last = np.sum(q[:-1])
+  last = before_last**num_units
+  return float((np.sum(idle) + last) / num_steps)
+
 
 SETTINGS = (("owt", 50257, 1024), ("text8", 27, 256))
 PAPER = {("owt", 1): 0.3677, ("owt", 2): 0.1352, ("owt", 4): 0.0183, ("owt", 6): 0.0025}
@@ -58,9 +98,9 @@ def main():
     for num_digits in args.digits:
       code = prime.DigitCode(vocab_size, num_digits)
       units = length * num_digits
-      exact = prime.expected_idle_ratio(units, num_steps, schedule, args.grid)
+      exact = expected_idle_ratio(units, num_steps, schedule, args.grid)
       key, sim_key, sample_key = jax.random.split(key, 3)
-      sim = np.asarray(prime.ancestral_idle_steps(
+      sim = np.asarray(ancestral_idle_steps(
           sim_key, args.num_sequences, units, num_steps, schedule, args.grid)) / num_steps
       row = {"setting": name, "vocab_size": vocab_size, "length": length,
              "num_digits": num_digits, "base": code.base, "num_steps": num_steps,

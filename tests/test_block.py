@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vmd_jax import block, exact, losses
+from vmd_jax import block, exact, losses, md4
 from vmd_jax.networks.adapters import block_denoiser_fns
 from vmd_jax.networks import Denoiser
 from vmd_jax.schedules import get_schedule
@@ -58,7 +58,7 @@ def test_block_size_l_is_md4():
   t = jnp.asarray(rng.uniform(size=(B,)), jnp.float32)
   noise = jnp.asarray(rng.uniform(size=(B, L)), jnp.float32)
   schedule = get_schedule("cosine")
-  ref = jax.jit(lambda x0, t, u: losses.md4_nelbo_terms(
+  ref = jax.jit(lambda x0, t, u: md4.nelbo_terms(
       lambda x, s: model.apply(params, x, s), x0, None, schedule, t=t, noise=u))(x0, t, noise)
   got = jax.jit(lambda x0, t, u: block.block_nelbo_terms(
       denoise, x0, None, schedule, L, t=t[:, None], noise=u))(x0, t, noise)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vmd_jax import exact, genmd4, losses
+from vmd_jax import exact, genmd4, losses, md4
 from vmd_jax.schedules import MD4_EPS, get_schedule
 
 V = 3
@@ -75,7 +75,7 @@ def test_small_exponents_are_exact_at_t_zero(w):
   # At t = 0 a token is masked iff its noise >= alpha(0) = 1 - eps.
   x0 = jnp.zeros((1, 8), jnp.int32)
   noise = jnp.array([[1 - 2 * MD4_EPS] * 4 + [1 - MD4_EPS / 2] * 4])
-  xt = genmd4.mask_tokens(params, x0, jnp.array([0.0]), noise=noise)
+  xt = genmd4.mask_by_value(params, x0, jnp.array([0.0]), noise=noise)
   np.testing.assert_array_equal(xt, [[0] * 4 + [V] * 4])
   zero = lambda xt, t: jnp.zeros(xt.shape + (V,))
   terms = genmd4.nelbo_terms(zero, x0, jax.random.key(0), params, t=jnp.array([0.5]))
@@ -93,7 +93,7 @@ def test_forward_process_masks_each_value_at_its_own_rate():
   params = genmd4.params_from_exponents(jnp.array(UNEQUAL[0]))
   x0 = jnp.tile(jnp.arange(V, dtype=jnp.int32)[None], (40000, 1))
   t = jnp.full((40000,), 0.3)
-  xt, alpha, keep = jax.jit(lambda k: (genmd4.mask_tokens(params, x0, t, key=k),
+  xt, alpha, keep = jax.jit(lambda k: (genmd4.mask_by_value(params, x0, t, key=k),
                                         genmd4.alpha(params, 0.3),
                                         genmd4.token_alpha(params, x0[:2], t[:2])))(
                                             jax.random.key(0))
@@ -105,7 +105,7 @@ def test_forward_process_masks_each_value_at_its_own_rate():
   np.testing.assert_allclose(rate, want, atol=4 * np.sqrt(0.25 / 40000))
   # Explicit noise: masked iff noise >= alpha_{x_0}(t).
   noise = jnp.stack([keep[0] - 1e-3, keep[1] + 1e-3])
-  xt = jax.jit(lambda u: genmd4.mask_tokens(params, x0[:2], t[:2], noise=u))(noise)
+  xt = jax.jit(lambda u: genmd4.mask_by_value(params, x0[:2], t[:2], noise=u))(noise)
   np.testing.assert_array_equal(xt, [[0, 1, 2], [V, V, V]])
 
 
@@ -149,7 +149,7 @@ def test_equal_exponents_reduce_to_md4_per_draw(k, eps):
   got = jax.jit(lambda x, t, u: genmd4.nelbo_terms(denoise, x, None, params, eps=eps, t=t,
                                                    noise=u))(x0, t, noise)
   schedule = get_schedule("polynomial", k=k, eps=eps)
-  want = jax.jit(lambda x, t, u: losses.md4_nelbo_terms(denoise, x, None, schedule, t=t,
+  want = jax.jit(lambda x, t, u: md4.nelbo_terms(denoise, x, None, schedule, t=t,
                                                         noise=u))(x0, t, noise)
   for name in ("nelbo", "diffusion", "reconstruction", "prior", "per_token", "t"):
     np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -261,7 +261,7 @@ def test_rloo_loss_value_shapes_and_jit():
   chex.assert_tree_all_finite(out)
   np.testing.assert_allclose(out["reconstruction"], n * MD4_EPS * math.log(V), rtol=1e-5)
   np.testing.assert_allclose(out["prior"], n * MD4_EPS * math.log(V), rtol=1e-5)
-  # Stratified times by default, as in losses.md4_nelbo_terms.
+  # Stratified times by default, as in md4.nelbo_terms.
   gaps = np.diff(np.sort(np.asarray(out["t"])))
   np.testing.assert_allclose(gaps, 1.0 / batch, atol=1e-5)
   with pytest.raises(ValueError, match="key or explicit noise"):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vmd_jax import exact, losses
+from vmd_jax import exact, losses, md4
 from vmd_jax.schedules import get_schedule
 
 V, N = 3, 3
@@ -45,7 +45,7 @@ def test_monte_carlo_nelbo_estimate_matches_nll(joint, name, params):
   schedule = get_schedule(name, **params)
   for j in [2, 17]:
     x0 = jnp.tile(jnp.asarray(seqs[j])[None], (20000, 1))
-    vals = np.asarray(losses.md4_nelbo(denoise, x0, jax.random.key(j), schedule))
+    vals = np.asarray(md4.nelbo(denoise, x0, jax.random.key(j), schedule))
     assert vals.shape == (20000,)
     se = vals.std() / math.sqrt(len(vals))
     assert abs(vals.mean() + math.log(p[j])) < 4 * se + 5e-3, (vals.mean(), -math.log(p[j]), se)
@@ -134,7 +134,7 @@ def test_md4_nelbo_and_gradient_are_finite_at_t_zero(name, params):
 
   def nelbo(logits, x0, t, noise):
     denoise = lambda xt, tt: jnp.broadcast_to(logits, xt.shape + logits.shape[-1:])
-    return losses.md4_nelbo(denoise, x0, None, schedule, t=t, noise=noise)
+    return md4.nelbo(denoise, x0, None, schedule, t=t, noise=noise)
   check_t_zero(nelbo, schedule, N, V)
 
 
@@ -154,7 +154,7 @@ def test_md4_nelbo_as_documented():
   """The README's call: md4_nelbo(denoise_fn, x0, key, schedule) -> [B]."""
   denoise_fn = lambda xt, t: jnp.zeros(xt.shape + (27,))
   x0 = jax.random.randint(jax.random.key(0), (8, 64), 0, 27)
-  out = jax.jit(lambda x, k: losses.md4_nelbo(denoise_fn, x, k, get_schedule("linear")))(
+  out = jax.jit(lambda x, k: md4.nelbo(denoise_fn, x, k, get_schedule("linear")))(
       x0, jax.random.key(1))
   assert out.shape == (8,) and out.dtype == jnp.float32
   # Unbiased for N log V; the batch mean of 8 stratified draws is close.
@@ -187,7 +187,7 @@ def test_drawn_times_are_never_zero_where_a_weight_is_infinite(monkeypatch, anti
   x0 = jnp.zeros((4, 3), jnp.int32)
   denoise_fn = lambda xt, t: jnp.zeros(xt.shape + (2,))
   # Masked iff noise >= alpha(t): this noise masks every token at every t (alpha <= 1 - eps).
-  out = losses.md4_nelbo(denoise_fn, x0, jax.random.key(1), schedule, antithetic=antithetic,
+  out = md4.nelbo(denoise_fn, x0, jax.random.key(1), schedule, antithetic=antithetic,
                          noise=jnp.full(x0.shape, 0.99995))
   assert np.all(np.isfinite(np.asarray(out))), out
 
@@ -268,11 +268,11 @@ def test_vmd_with_ignored_latent_is_md4():
   t = jnp.linspace(0.05, 0.95, len(x0))
   noise = jax.random.uniform(jax.random.key(2), x0.shape)
   schedule = get_schedule("cosine")
-  md4 = losses.md4_nelbo_terms(denoise, x0, None, schedule, t=t, noise=noise)
+  plain = md4.nelbo_terms(denoise, x0, None, schedule, t=t, noise=noise)
   zero_enc = lambda x0, xt, t: (jnp.zeros((x0.shape[0], 4)), jnp.zeros((x0.shape[0], 4)))
   vmd = losses.vmd_loss(lambda xt, t, z: denoise(xt, t), zero_enc, x0, jax.random.key(0),
                         schedule, t=t, noise=noise, beta=1.0)
-  np.testing.assert_allclose(vmd["nelbo"], md4["nelbo"], rtol=1e-6)
+  np.testing.assert_allclose(vmd["nelbo"], plain["nelbo"], rtol=1e-6)
   np.testing.assert_allclose(vmd["kl"], 0.0, atol=1e-7)
 
 
@@ -295,11 +295,11 @@ def test_a_minus_inf_logit_at_an_unmasked_position_plays_no_part(loss):
       code = prime.DigitCode(V, int(loss[7]))
       fn = lambda x, t: jnp.broadcast_to(logits, x.shape[:2] + (V,))
       n = noise[..., None] * jnp.ones(code.num_digits)
-      return prime.prime_nelbo(fn, x0, None, schedule, code, t=t, noise=n, num_steps=steps)
+      return prime.nelbo(fn, x0, None, schedule, code, t=t, noise=n, num_steps=steps)
     fn = lambda x, t: jnp.broadcast_to(logits, x.shape + (V,))
     if loss == "genmd4":
       return genmd4.nelbo_terms(fn, x0, None, genmd4.init_params(V), t=t, noise=noise)["nelbo"]
-    return losses.md4_nelbo(fn, x0, None, schedule, t=t, noise=noise, num_steps=steps)
+    return md4.nelbo(fn, x0, None, schedule, t=t, noise=noise, num_steps=steps)
 
   np.testing.assert_allclose(nelbo(-jnp.inf), nelbo(0.0), rtol=1e-6)
   assert np.isfinite(float(nelbo(0.0)[0]))
@@ -319,7 +319,7 @@ def test_bytes_in_uint8_mask_to_a_wider_dtype():
   xt = mask_tokens(x0, jnp.array([0.5, 0.9]), schedule, V, key=key)
   assert xt.dtype == jnp.int32 and int(xt.max()) == V
   for name, loss in {
-      "md4": lambda x: losses.md4_nelbo(fn, x, key, schedule),
+      "md4": lambda x: md4.nelbo(fn, x, key, schedule),
       "block": lambda x: block.block_nelbo(block_fn, x, key, schedule, 3),
       "genmd4": lambda x: genmd4.nelbo(fn, x, key, genmd4.init_params(V))}.items():
     np.testing.assert_allclose(loss(x0), loss(x0.astype(jnp.int32)), rtol=1e-6, err_msg=name)
@@ -329,5 +329,5 @@ def test_bytes_in_uint8_mask_to_a_wider_dtype():
 def test_discrete_time_needs_at_least_one_step(bad):
   with pytest.raises(ValueError, match=rf"num_steps must be an int >= 1 \(None: continuous "
                                        rf"time\), got {bad!r}"):
-    losses.md4_nelbo(lambda xt, t: jnp.zeros(xt.shape + (2,)), jnp.zeros((1, 2), jnp.int32),
+    md4.nelbo(lambda xt, t: jnp.zeros(xt.shape + (2,)), jnp.zeros((1, 2), jnp.int32),
                      jax.random.key(0), get_schedule("linear"), num_steps=bad)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vmd_jax import losses
+from vmd_jax import losses, md4
 from vmd_jax.forward import mask_tokens
 from vmd_jax.networks import Denoiser, LatentEncoder, collect_kv
 from vmd_jax.networks.encoder import soft_clip
@@ -79,7 +79,7 @@ def test_md4_nelbo_at_init_is_n_log_v():
   schedule = get_schedule("linear")
   key = jax.random.key(4)
   noise = jnp.asarray(np.random.default_rng(6).uniform(size=(B, N)), jnp.float32)
-  terms = losses.md4_nelbo_terms(denoise, x0, key, schedule, t=t, noise=noise)
+  terms = md4.nelbo_terms(denoise, x0, key, schedule, t=t, noise=noise)
   # Zero logits: each masked token costs exactly log V, ...
   xt = mask_tokens(x0, t, schedule, V, noise=noise)
   num_masked = jnp.sum(xt == V, axis=-1)
@@ -87,7 +87,7 @@ def test_md4_nelbo_at_init_is_n_log_v():
                              rtol=1e-5)
   # ... so with everything masked (one discrete step) the NELBO is N log V, up to
   # md4's eps terms: N log V ((1 - 2 eps) / (1 - eps) + 2 eps).
-  nelbo = losses.md4_nelbo(denoise, x0, key, schedule, num_steps=1,
+  nelbo = md4.nelbo(denoise, x0, key, schedule, num_steps=1,
                            noise=jnp.full((B, N), 0.5))
   eps = schedule.eps
   np.testing.assert_allclose(nelbo, N * math.log(V) * ((1 - 2 * eps) / (1 - eps) + 2 * eps),

@@ -25,14 +25,14 @@ sys.meta_path.insert(0, Block())
 
 import math
 import jax, jax.numpy as jnp
-from vmd_jax import block, exact, forward, losses, prior, sampling, schedules
+from vmd_jax import block, exact, forward, losses, md4, prior, sampling, schedules
 
 V, N = 5, 6
 zero = lambda x, t: jnp.zeros(x.shape + (V,))
 x0 = jnp.arange(12).reshape(2, N) % V
 lin = schedules.get_schedule("linear", eps=0.0)
 masked = jnp.full((2, N), 0.999)  # every token masked at t = 0.5: weight 1 / t = 2
-nelbo = losses.md4_nelbo(zero, x0, None, lin, t=jnp.full(2, 0.5), noise=masked)
+nelbo = md4.nelbo(zero, x0, None, lin, t=jnp.full(2, 0.5), noise=masked)
 assert abs(float(nelbo[0]) - 2 * N * math.log(V)) < 1e-4, nelbo
 x = sampling.sample(zero, jax.random.key(1), jnp.full((2, N), V), 4, schedules.get_schedule("cosine"))
 assert x.shape == (2, N) and int(x.max()) < V

@@ -1,8 +1,10 @@
 """MDM-Prime (partial masking): the code, the NELBO against exact answers, the sampler."""
 
 import functools
+import importlib.util
 import itertools
 import math
+import pathlib
 
 import chex
 import jax
@@ -10,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vmd_jax import exact, prime
-from vmd_jax.losses import md4_nelbo_terms
+from vmd_jax import exact, md4, prime
 from vmd_jax.sampling import ORDERS
 from vmd_jax.schedules import get_schedule, time_grid
 
@@ -198,18 +199,18 @@ def test_one_digit_is_md4():
   noise = jnp.asarray(rng.random(x0.shape), jnp.float32)
   sched = get_schedule("cosine")  # eps > 0: the boundary terms agree too
   both = jit(lambda t, u: [(
-      md4_nelbo_terms(denoise_tokens, x0, None, sched, vocab_size=v, t=t, noise=u,
+      md4.nelbo_terms(denoise_tokens, x0, None, sched, vocab_size=v, t=t, noise=u,
                       num_steps=steps),
-      prime.prime_nelbo_terms(denoise_digits, x0, None, sched, code, t=t, noise=u[..., None],
-                              num_steps=steps)) for steps in (None, 4)])
+      prime.nelbo_terms(denoise_digits, x0, None, sched, code, t=t, noise=u[..., None],
+                        num_steps=steps)) for steps in (None, 4)])
   for a, b in both(t, noise):
     for name in ("nelbo", "diffusion", "reconstruction", "prior", "per_token", "t"):
       np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-5, err_msg=name)
   # Expectations too, on the same quadrature.
   ours = prime.expected_nelbo(denoise_digits, x0, LINEAR0, code, rule="midpoint",
                               num_quadrature=20)
-  md4 = exact.expected_nelbo(denoise_tokens, x0, LINEAR0, v, num_quadrature=20)
-  np.testing.assert_allclose(ours, md4, rtol=1e-5)
+  reference = exact.expected_nelbo(denoise_tokens, x0, LINEAR0, v, num_quadrature=20)
+  np.testing.assert_allclose(ours, reference, rtol=1e-5)
 
 
 @pytest.mark.parametrize("l,eps,steps", [(3, 1e-2, None)])
@@ -287,8 +288,8 @@ def test_monte_carlo_agrees_with_the_exact_expectation(steps):
   x0 = np.array([3, 5], np.int32)
   want = prime.expected_nelbo(denoise, x0, sched, code, num_steps=steps, num_quadrature=48)
   batch = 4096
-  fn = jit(lambda k: prime.prime_nelbo(denoise, jnp.tile(x0, (batch, 1)), k, sched, code,
-                                           num_steps=steps))
+  fn = jit(lambda k: prime.nelbo(denoise, jnp.tile(x0, (batch, 1)), k, sched, code,
+                                 num_steps=steps))
   draws = np.concatenate([np.asarray(fn(jax.random.key(i))) for i in range(4)])
   # Stratified t makes draws within a batch dependent; batches are independent.
   batch_means = draws.reshape(4, batch).mean(-1)
@@ -303,9 +304,9 @@ def test_nelbo_shapes_dtypes_and_jit():
   sched = get_schedule("cosine")
 
   def everything(key):
-    outs = [prime.prime_nelbo_terms(denoise, x0, key, sched, code, num_steps=steps)
+    outs = [prime.nelbo_terms(denoise, x0, key, sched, code, num_steps=steps)
             for steps in (None, 5)]
-    grads = jax.grad(lambda w: prime.prime_nelbo(
+    grads = jax.grad(lambda w: prime.nelbo(
         lambda x_t, t: jnp.broadcast_to(w, x_t.shape[:2] + (27,)), x0, key, sched,
         code).mean())(jnp.zeros(27))
     return outs, grads
@@ -332,9 +333,9 @@ def test_nelbo_and_gradient_are_finite_at_t_zero(name, params):
   def terms(theta, rows):
     rows = np.array(rows)
     denoise = lambda x_t, t: jnp.broadcast_to(theta * logits, x_t.shape[:2] + (4,))
-    return prime.prime_nelbo_terms(denoise, x0[rows], None, schedule, code,
-                                   t=jnp.array([0.0, 0.5])[rows],
-                                   noise=jnp.full((len(rows), 3, 2), 0.9))
+    return prime.nelbo_terms(denoise, x0[rows], None, schedule, code,
+                             t=jnp.array([0.0, 0.5])[rows],
+                             noise=jnp.full((len(rows), 3, 2), 0.9))
 
   both, alone = terms(0.7, [0, 1]), terms(0.7, [1])
   assert float(both["diffusion"][0]) == 0.0
@@ -640,23 +641,33 @@ def test_skipping_steps_is_exact_for_a_time_conditioned_denoiser(given):
     assert len(np.unique(np.asarray(CODE.from_digits(skipped)))) > 2  # draws depend on t
 
 
+def _idle_benchmark():
+  """benchmarks/prime_idle_steps.py, which holds the idle-step analysis."""
+  path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "prime_idle_steps.py"
+  spec = importlib.util.spec_from_file_location("prime_idle_steps", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def test_idle_steps_match_the_closed_form():
+  bench = _idle_benchmark()
   sched = get_schedule("linear")
   code = prime.DigitCode(27, 2)
   steps, length, batch = 100, 40, 32
-  want = prime.expected_idle_ratio(length * 2, steps, sched)
+  want = bench.expected_idle_ratio(length * 2, steps, sched)
   assert abs(want - (1 - 1 / steps) ** 80) < 0.01  # ~ exp(-N l / T)
   zero = lambda x_t, t: jnp.zeros(x_t.shape[:2] + (27,))
   x_init = jnp.full((batch, length, 2), code.mask_id, jnp.int32)
   _, idle = jit(lambda k: prime.sample(zero, k, x_init, steps, sched, code,
                                            return_idle=True))(jax.random.key(3))
-  sim = jit(lambda k: prime.ancestral_idle_steps(k, 4 * batch, length * 2, steps, sched))(
+  sim = jit(lambda k: bench.ancestral_idle_steps(k, 4 * batch, length * 2, steps, sched))(
       jax.random.key(4))
   for counts in (np.asarray(idle), np.asarray(sim)):
     ratio = counts / steps
     assert abs(ratio.mean() - want) < 4 * ratio.std() / math.sqrt(len(ratio)) + 1e-3
   # More digits per token, fewer idle steps.
-  assert prime.expected_idle_ratio(length * 4, steps, sched) < want
+  assert bench.expected_idle_ratio(length * 4, steps, sched) < want
 
 
 def test_temperature_zero_and_bad_arguments(joint):
@@ -755,7 +766,7 @@ def test_entry_points_reject_bad_tokens_and_digits():
   sched = get_schedule("linear")
   x0 = np.zeros((2, 4), np.int32)
   x0[1, 3] = 5
-  losses_ = {"prime_nelbo_terms": lambda x: prime.prime_nelbo_terms(
+  losses_ = {"prime_nelbo_terms": lambda x: prime.nelbo_terms(
                  zero, x, jax.random.key(0), sched, code),
              "block_nelbo_terms": lambda x: prime.block_nelbo_terms(
                  block_zero, x, jax.random.key(0), sched, code, 2)}

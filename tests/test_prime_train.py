@@ -113,7 +113,7 @@ def test_model_loss_is_the_prime_nelbo(block_size):
       fn, _ = adapters.block_denoiser_fns(model.denoiser, p["denoiser"])
       return prime.block_nelbo_terms(fn, x0, None, model.schedule, code, 2, t=t, noise=noise)
     fn = adapters.denoise_fn(model.denoiser, p["denoiser"])
-    return prime.prime_nelbo_terms(fn, x0, None, model.schedule, code, t=t, noise=noise)
+    return prime.nelbo_terms(fn, x0, None, model.schedule, code, t=t, noise=noise)
 
   want = want_of(params)
   for name in ("loss", "nelbo", "diffusion", "per_token"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.experimental import checkify
 
-from vmd_jax import block, forward, losses, sampling
+from vmd_jax import block, forward, losses, md4, sampling
 from vmd_jax.schedules import get_schedule
 
 V, N = 4, 6
@@ -32,7 +32,7 @@ def block_encode(x0):
 
 KEY = jax.random.key(0)
 LOSSES = {
-    "md4_nelbo": lambda x: losses.md4_nelbo(denoise, x, KEY, SCHEDULE),
+    "md4_nelbo": lambda x: md4.nelbo(denoise, x, KEY, SCHEDULE),
     "vmd_loss": lambda x: losses.vmd_loss(denoise, encode, x, KEY, SCHEDULE)["loss"],
     "block_nelbo": lambda x: block.block_nelbo(block_denoise, x, KEY, SCHEDULE, 2),
     "block_vmd_loss": lambda x: block.block_vmd_loss(block_denoise, block_encode, x, KEY,
@@ -120,7 +120,7 @@ def test_checked_samplers_check_a_traced_temperature_and_top_p(sampler):
 def test_losses_reject_times_outside_zero_one(name, t):
   """A given t outside [0, 1] or NaN is an error naming it, not a finite NELBO;
   under jit, ``forward.checked`` raises the same."""
-  loss = {"md4_nelbo": lambda x, t: losses.md4_nelbo(denoise, x, KEY, SCHEDULE, t=t),
+  loss = {"md4_nelbo": lambda x, t: md4.nelbo(denoise, x, KEY, SCHEDULE, t=t),
           "vmd_loss": lambda x, t: losses.vmd_loss(denoise, encode, x, KEY, SCHEDULE,
                                                    t=t)["loss"],
           "block_nelbo": lambda x, t: block.block_nelbo(block_denoise, x, KEY, SCHEDULE, 2,

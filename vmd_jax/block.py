@@ -14,7 +14,7 @@ on the clean earlier blocks:
                  * sum_{n in b: x_t^n = m} -log p_theta(x_0^n | x_t^b, x_0^{<b}, t_b) ]
             + L (1 - alpha(0)) log V + L alpha(1) log V.
 
-L' = L is MD4's NELBO (``losses.md4_nelbo_terms``); L' = 1 with eps = 0 is the
+L' = L is MD4's NELBO (``md4.nelbo_terms``); L' = 1 with eps = 0 is the
 autoregressive loss sum_n -log p(x^n | x^{<n}) (the one-token block is masked
 with probability 1 - alpha(t) and int_0^1 -alpha'(t) dt = 1).
 
@@ -48,8 +48,8 @@ import jax.numpy as jnp
 
 from vmd_jax.forward import check_logits, check_times, check_tokens, mask_tokens
 from vmd_jax.losses import (DiagonalGaussian, diffusion_weight, nelbo_from_logits,
-                            stratified_times, uniform_times, with_latent_kl)
-from vmd_jax.sampling import sample
+                            stratified_times, uniform_times, vmd_terms)
+from vmd_jax.sampling import check_settings, sample_unchecked
 
 BlockDenoiseFn = Callable[..., jax.Array]
 PrefillFn = Callable[..., list]
@@ -142,7 +142,9 @@ def vectorised_logits(denoise_fn: BlockDenoiseFn, xt, x0, t_tok, block_size: int
 
   Args:
     denoise_fn: the ``BlockDenoiseFn`` (module docstring).
-    xt: int [B, L] noisy tokens (mask id V where masked); x0: int [B, L] clean.
+    xt: int [B, L] noisy tokens (mask id V where masked); x0: int [B, L] clean
+      (Prime: digits [B, L, l]); both checked by the caller (``block_nelbo_terms``,
+      ``prime.block_nelbo_terms``, ``judge.autoregressive_log_probs``).
     t_tok: float [B, L] the time of each noisy token (its block's).
     block_size: L', dividing L.
     vocab_size: V, to check the logits' shape (unchecked when None).
@@ -151,8 +153,9 @@ def vectorised_logits(denoise_fn: BlockDenoiseFn, xt, x0, t_tok, block_size: int
   Returns:
     float logits [B, L, V] of the noisy half.
   """
-  chex.assert_equal_shape([xt, x0, t_tok])
-  batch_size, seq_len = x0.shape
+  chex.assert_equal_shape([xt, x0])
+  batch_size, seq_len = x0.shape[:2]
+  chex.assert_shape(t_tok, (batch_size, seq_len))
   x_in = jnp.concatenate([xt, x0], axis=1)
   t_in = jnp.concatenate([t_tok, jnp.zeros_like(t_tok)], axis=1)
   positions = jnp.tile(jnp.arange(seq_len, dtype=jnp.int32), 2)[None]
@@ -197,7 +200,7 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
     clip: (beta, omega), the range of the mask rate; see above.
     z: optional float [B, K, D] latent per block (VMD), passed per token.
     num_steps: None for continuous time, else the T-step discrete NELBO per block
-      (as in ``losses.md4_nelbo_terms``).
+      (as in ``md4.nelbo_terms``).
     antithetic: draw each block's times stratified over the batch
       (``losses.stratified_times``, an independent offset per block), else i.i.d.
 
@@ -208,29 +211,8 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
     of each block's x_t, and ``xt`` [B, L].
   """
   chex.assert_rank(x0, 2)
-  batch_size, seq_len = x0.shape
-  blocks = num_blocks(seq_len, block_size)
-  beta, omega = clip
-  if not 0.0 <= beta < omega <= 1.0:
-    raise ValueError(f"clip must be (beta, omega) with 0 <= beta < omega <= 1, got {clip}")
-  if key is None and (t is None or noise is None):
-    raise ValueError("block_nelbo_terms needs a key unless both t and noise are given")
-  t_key, noise_key = jax.random.split(key) if key is not None else (None, None)
-  if t is None:
-    keys = jax.random.split(t_key, blocks)
-    if antithetic:
-      t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(keys)
-    else:
-      t = uniform_times(t_key, (batch_size, blocks))
-  t = check_times(t)
-  chex.assert_shape(t, (batch_size, blocks))
-  if (beta, omega) != (0.0, 1.0):
-    t = clipped_rate_times(schedule, t, clip)
-  t, weight = diffusion_weight(schedule, t, num_steps)  # [B, K] each
-
-  if noise is None:
-    noise = jax.random.uniform(noise_key, x0.shape)
-  chex.assert_equal_shape([noise, x0])
+  t, weight, noise = block_draws(key, schedule, x0.shape, block_size, t=t, noise=noise,
+                                 clip=clip, num_steps=num_steps, antithetic=antithetic)
   if vocab_size is None:
     vocab_size = vectorised_vocab_size(denoise_fn, x0, z=z)
   check_tokens(x0, vocab_size, name="x0")
@@ -243,8 +225,49 @@ def block_nelbo_terms(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size:
 
   terms = nelbo_from_logits(logits, x0, xt, per_token(weight, block_size), schedule,
                             vocab_size)
-  per_block = terms["per_token"].reshape(batch_size, blocks, block_size).sum(-1)
-  return {**terms, "per_block": per_block, "t": t, "xt": xt}
+  return {**terms, "per_block": sum_per_block(terms["per_token"], block_size), "t": t,
+          "xt": xt}
+
+
+def block_draws(key, schedule, noise_shape, block_size: int, *, t=None, noise=None,
+                clip=(0.0, 1.0), num_steps: int | None = None, antithetic: bool = True):
+  """The random inputs of a block NELBO (``block_nelbo_terms``, Prime's
+  ``prime.block_nelbo_terms``): (t, weight, noise).
+
+  t [B, K]: each block's time, as given or drawn from ``key`` (stratified over
+  the batch with an independent offset per block, or i.i.d.), mapped through
+  BD3-LM's clipped mask rate when ``clip`` is not (0, 1) and put on the T-step
+  grid for ``num_steps``; weight [B, K] its diffusion weight
+  (``losses.diffusion_weight``); noise float ``noise_shape`` = [B, L, ...] the
+  masking uniforms, as given or drawn from ``key``."""
+  batch_size, seq_len = noise_shape[:2]
+  blocks = num_blocks(seq_len, block_size)
+  beta, omega = clip
+  if not 0.0 <= beta < omega <= 1.0:
+    raise ValueError(f"clip must be (beta, omega) with 0 <= beta < omega <= 1, got {clip}")
+  if key is None and (t is None or noise is None):
+    raise ValueError("a block NELBO needs a key unless both t and noise are given")
+  t_key, noise_key = jax.random.split(key) if key is not None else (None, None)
+  if t is None:
+    keys = jax.random.split(t_key, blocks)
+    if antithetic:
+      t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(keys)
+    else:
+      t = uniform_times(t_key, (batch_size, blocks))
+  t = check_times(t)
+  chex.assert_shape(t, (batch_size, blocks))
+  if (beta, omega) != (0.0, 1.0):
+    t = clipped_rate_times(schedule, t, clip)
+  t, weight = diffusion_weight(schedule, t, num_steps)  # [B, K] each
+  if noise is None:
+    noise = jax.random.uniform(noise_key, noise_shape)
+  chex.assert_shape(noise, tuple(noise_shape))
+  return t, weight, noise
+
+
+def sum_per_block(values, block_size: int):
+  """Per-token values [B, L] summed within each block, [B, K]."""
+  return values.reshape(values.shape[0], -1, block_size).sum(-1)
 
 
 def block_nelbo(denoise_fn: BlockDenoiseFn, x0, key, schedule, block_size: int, **kwargs):
@@ -256,7 +279,9 @@ def block_vmd_loss(denoise_fn: BlockDenoiseFn, encode_fn: Callable, x0, key, sch
                    block_size: int, *, beta: float = 0.1, free_bits: float = 0.0,
                    prior_fn: Callable | None = None, **kwargs):
   """Block VMD: one latent per block, z_b ~ q(z_b | x_0) reparameterised, each
-  with its prior p(z_b | x^{<b}) (``prior_fn``) or N(0, I):
+  with its prior p(z_b | x^{<b}) (``prior_fn``) or N(0, I); ``losses.vmd_terms``
+  over ``block_nelbo_terms``, for users of the core (``MaskedDiffusion.loss``
+  composes the same way):
 
     loss = L_block(x_0 | z_1..z_K) + beta * sum_b KL(q(z_b | x_0) || p(z_b | x^{<b})).
 
@@ -279,14 +304,13 @@ def block_vmd_loss(denoise_fn: BlockDenoiseFn, encode_fn: Callable, x0, key, sch
     ``kl`` [B] (summed over blocks and dimensions) and ``bound`` = nelbo + kl.
   """
   chex.assert_rank(x0, 2)
-  z_key, key = jax.random.split(key)
   posterior = DiagonalGaussian(*encode_fn(x0))
   chex.assert_rank(posterior.mean, 3)
   chex.assert_axis_dimension(posterior.mean, 1, num_blocks(x0.shape[1], block_size))
-  z = posterior.sample(z_key)
-  terms = block_nelbo_terms(denoise_fn, x0, key, schedule, block_size, z=z, **kwargs)
   prior = None if prior_fn is None else DiagonalGaussian(*prior_fn(x0))
-  return with_latent_kl(terms, posterior, beta, free_bits, prior)
+  objective = lambda k, z: block_nelbo_terms(denoise_fn, x0, k, schedule, block_size, z=z,
+                                             **kwargs)
+  return vmd_terms(objective, posterior, key, beta, free_bits, prior)
 
 
 # ----------------------------------------------------------------------------
@@ -450,6 +474,7 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
   Returns:
     int [B, L] samples, or (samples, nfe).
   """
+  check_settings(order, temperature, top_p)
   chex.assert_rank(x_init, 2)
   batch_size = x_init.shape[0]
   _check_blockwise(x_init, block_size, prefill_fn, use_cache, cache_segments)
@@ -464,9 +489,9 @@ def block_sample(denoise_fn: BlockDenoiseFn, prefill_fn: PrefillFn | None, key, 
   check_tokens(x_init, vocab_size, allow_mask=True, name="x_init")
 
   def sample_block(logits_fn, block_key, x_block):
-    return sample(logits_fn, block_key, x_block, num_steps_per_block, schedule, order,
-                  vocab_size=vocab_size, temperature=temperature, top_p=top_p, grid=grid,
-                  skip_idle=skip_idle, return_nfe=True)
+    return sample_unchecked(logits_fn, block_key, x_block, num_steps_per_block, schedule,
+                            order, vocab_size, temperature=temperature, top_p=top_p,
+                            grid=grid, skip_idle=skip_idle, return_nfe=True)
 
   x, nfe = blockwise(sample_block, denoise_fn, prefill_fn, key, x_init, block_size,
                      use_cache=use_cache, cache_segments=cache_segments, z=z,

@@ -13,11 +13,13 @@ estimators' sanity checks. Pure JAX/NumPy; sizes up to V^N ~ 1e5.
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vmd_jax import md4
 from vmd_jax.forward import check_tokens
 
 
@@ -51,6 +53,17 @@ def conditional_logits(weights, one_hot, log_floor: float = -1e4):
   return jnp.where(cond > 0, jnp.log(jnp.where(cond > 0, cond, 1.0)), log_floor)
 
 
+def enumerable_joint(probs, vocab_size: int, length: int):
+  """(probs float32 [V^N], every sequence int32 [V^N, N], their one-hot float
+  [V^N, N, V]) for an exact denoiser (this module's, ``prime``'s, ``genmd4``'s);
+  ``ValueError`` unless probs has V^N entries."""
+  probs = jnp.asarray(probs, jnp.float32)
+  if probs.shape != (vocab_size**length,):
+    raise ValueError(f"probs must have shape [{vocab_size}**{length}], got {probs.shape}")
+  seqs = jnp.asarray(all_sequences(vocab_size, length))
+  return probs, seqs, jax.nn.one_hot(seqs, vocab_size)
+
+
 def exact_denoiser(probs, vocab_size: int, length: int, log_floor: float = -1e4):
   """The optimal denoiser of the joint ``probs`` [V^N] as ``denoise_fn(x_t, t)``.
 
@@ -59,11 +72,7 @@ def exact_denoiser(probs, vocab_size: int, length: int, log_floor: float = -1e4)
   masked diffusion does not depend on it. A context of probability 0 gives
   uniform logits.
   """
-  probs = jnp.asarray(probs, jnp.float32)
-  if probs.shape != (vocab_size**length,):
-    raise ValueError(f"probs must have shape [{vocab_size}**{length}], got {probs.shape}")
-  seqs = jnp.asarray(all_sequences(vocab_size, length))
-  one_hot = jax.nn.one_hot(seqs, vocab_size)  # [S, N, V]
+  probs, seqs, one_hot = enumerable_joint(probs, vocab_size, length)  # one_hot [S, N, V]
 
   def denoise_fn(xt, t=None, *unused):
     del t, unused
@@ -118,36 +127,85 @@ def product_of_marginals(probs, vocab_size: int, length: int) -> np.ndarray:
   return out.ravel()
 
 
+def quadrature(num_points: int, rule: str = "midpoint"):
+  """(nodes t [P], weights w [P]) on [0, 1], float64: ``midpoint`` (t_i = (i + 1/2) / P,
+  w_i = 1 / P; also the exact average over a T-step grid's cells) or ``gauss``
+  (Gauss-Legendre)."""
+  if rule == "midpoint":
+    return (np.arange(num_points) + 0.5) / num_points, np.full(num_points, 1.0 / num_points)
+  if rule == "gauss":
+    nodes, weights = np.polynomial.legendre.leggauss(num_points)
+    return (nodes + 1.0) / 2.0, weights / 2.0
+  raise ValueError(f"unknown quadrature rule {rule!r}; known: ['gauss', 'midpoint']")
+
+
+class MaskEnumeration(NamedTuple):
+  """Every (sequence, time, mask pattern) row of an exact expectation, in that
+  order: ``x0`` int [R, N], ``t`` float32 [R], ``masks`` bool [R, N, ...] (True:
+  masked) and ``noise`` float32 like masks, the uniforms that give exactly these
+  masks (1 - 1e-7 where masked: above any alpha < 1; 0 elsewhere)."""
+
+  x0: jax.Array
+  t: jax.Array
+  masks: jax.Array
+  noise: jax.Array
+
+
+def enumerate_masks(x0, t, units_per_token: int | None = None) -> MaskEnumeration:
+  """The rows of E_t E_{x_t}[f(x_0, x_t, t)] with the masks enumerated (small N only):
+  each of the S sequences x0 [S, N], at each of the T times t [T], with each of
+  the 2^(N u) patterns over its N ``units_per_token`` = u maskable units (masks
+  [R, N, u]; Prime's digits: u = l), or over its N tokens (None: masks [R, N]). Behind ``expected_nelbo``, ``prime.expected_nelbo``
+  and ``genmd4.expected_nelbo``; ``mask_probability`` and ``expectation`` finish."""
+  num_seqs, length = x0.shape
+  unit_shape = (length,) if units_per_token is None else (length, units_per_token)
+  patterns = all_sequences(2, int(np.prod(unit_shape))).astype(bool).reshape(
+      (-1,) + unit_shape)
+  cells, num_patterns = len(t), len(patterns)
+  masks = jnp.tile(jnp.asarray(patterns), (num_seqs * cells,) + (1,) * len(unit_shape))
+  return MaskEnumeration(
+      x0=jnp.repeat(jnp.asarray(x0), cells * num_patterns, axis=0),
+      t=jnp.tile(jnp.repeat(jnp.asarray(t, jnp.float32), num_patterns), num_seqs),
+      masks=masks, noise=jnp.where(masks, jnp.float32(1.0 - 1e-7), jnp.float32(0.0)))
+
+
+def mask_probability(masks, alpha):
+  """P(M | t) = prod (1 - alpha)^[masked] alpha^[kept] of each row's pattern,
+  float64 [R], from masks [R, ...] and each row's alpha(t) [R]."""
+  alpha = np.asarray(alpha, np.float64).reshape((-1,) + (1,) * (masks.ndim - 1))
+  masks = np.asarray(masks)
+  return np.prod(np.where(masks, 1.0 - alpha, alpha), axis=tuple(range(1, masks.ndim)))
+
+
+def expectation(weighted, boundary, num_seqs: int, time_weights):
+  """Per sequence [S]: sum over the patterns and times of ``weighted`` [R] (each
+  row's value times its pattern's probability), times weighted by
+  ``time_weights`` [T], plus ``boundary`` [R] (the same on every row of a
+  sequence). Works on NumPy and JAX arrays alike."""
+  per_time = weighted.reshape(num_seqs, len(time_weights), -1).sum(-1)
+  return (per_time * time_weights).sum(-1) + boundary.reshape(num_seqs, -1)[:, 0]
+
+
 def expected_nelbo(denoise_fn, x0, schedule, vocab_size: int, *,
                    num_steps: int | None = None, num_quadrature: int = 1000):
   """E_{t, x_t}[NELBO(x_0)] with the masks enumerated and t integrated, in nats.
 
   For each of the 2^N mask patterns M, P(M | t) = (1 - alpha)^|M| alpha^(N - |M|);
   continuous time integrates t by the midpoint rule on ``num_quadrature`` points,
-  discrete time averages the T grid cells exactly. Uses ``losses.md4_nelbo_terms``
+  discrete time averages the T grid cells exactly. Uses ``md4.nelbo_terms``
   with explicit t and noise, so it checks that function without Monte Carlo
   error. x0: int [N] or [S, N]; returns a float or float64 [S]. Small N only.
   """
-  from vmd_jax.losses import md4_nelbo_terms  # local: losses is the heavier module
-
   x0 = np.asarray(x0, np.int32)
   single = x0.ndim == 1
   x0 = np.atleast_2d(x0)
-  num_seqs, length = x0.shape
-  patterns = all_sequences(2, length).astype(bool)  # True = masked
-  cells = num_quadrature if num_steps is None else num_steps
-  t = (np.arange(cells, dtype=np.float32) + 0.5) / cells
-  # Rows ordered (sequence, time, pattern).
-  tt = np.tile(np.repeat(t, len(patterns)), num_seqs)
-  masks = np.tile(patterns, (num_seqs * cells, 1))
-  x0s = np.repeat(x0, cells * len(patterns), axis=0)
-  noise = np.where(masks, np.float32(1.0 - 1e-7), np.float32(0.0))
-  terms = jax.jit(lambda x, t, u: md4_nelbo_terms(
+  t, w = quadrature(num_quadrature if num_steps is None else num_steps)
+  rows = enumerate_masks(x0, t)
+  terms = jax.jit(lambda x, t, u: md4.nelbo_terms(
       denoise_fn, x, None, schedule, vocab_size=vocab_size, t=t, noise=u,
-      num_steps=num_steps))(jnp.asarray(x0s), jnp.asarray(tt), jnp.asarray(noise))
-  alpha = np.asarray(schedule.alpha(terms["t"]), np.float64)[:, None]
-  p_pattern = np.prod(np.where(masks, 1.0 - alpha, alpha), axis=-1)
-  diffusion = np.asarray(terms["diffusion"], np.float64) * p_pattern
-  boundary = float(terms["reconstruction"][0] + terms["prior"][0])
-  out = diffusion.reshape(num_seqs, cells, -1).sum(-1).mean(-1) + boundary
+      num_steps=num_steps))(rows.x0, rows.t, rows.noise)
+  p_pattern = mask_probability(rows.masks, schedule.alpha(terms["t"]))
+  out = expectation(np.asarray(terms["diffusion"], np.float64) * p_pattern,
+                    np.asarray(terms["reconstruction"] + terms["prior"], np.float64),
+                    len(x0), w)
   return float(out[0]) if single else out

@@ -6,9 +6,10 @@ independently for every position n, where the mask id m is the vocabulary size V
 u^n >= alpha(t), so the caller can pass the noise explicitly and get an exact,
 reproducible x_t.
 
-Token checks. Every entry point of the library (``md4_nelbo``, ``vmd_loss``,
+Token checks. Every entry point of the library (``md4.nelbo``, ``vmd_loss``,
 ``block_nelbo``, ``block_vmd_loss``, ``sample``, ``block_sample``, the Prime and
-GenMD4 functions) calls ``check_tokens`` on its token arguments. On concrete
+GenMD4 functions) calls ``check_tokens`` on its token arguments once; the functions
+they call assume checked tokens (their docstrings say so). On concrete
 arrays (no ``jax.jit``) a bad token raises ``ValueError`` naming the argument, the
 value and its position. Inside ``jax.jit`` values cannot be inspected; wrap the
 function with ``checked`` to get the same error from compiled code:
@@ -57,25 +58,46 @@ def check_tokens(x, vocab_size: int, *, allow_mask: bool = False, name: str = "x
   caller is wrapped by ``checked``, else nothing (values cannot be inspected).
   """
   hi = vocab_size if allow_mask else vocab_size - 1
-  if is_traced(x):
-    if checking():
-      bad = (x < 0) | (x > hi)
-      flat = jnp.argmax(bad.ravel())
-      index = jnp.unravel_index(flat, x.shape)
-      where = ", ".join("{i%d}" % k for k in range(x.ndim))
-      checkify.check(~jnp.any(bad),
-                     f"{name} holds token {{v}} at ({where}), outside "
-                     f"{_allowed(vocab_size, allow_mask)}",
-                     v=x.ravel()[flat], **{f"i{k}": i for k, i in enumerate(index)})
+  if not is_traced(x):
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.integer):
+      raise ValueError(f"{name} must hold integer tokens, got dtype {x.dtype}")
+  check_entries((x < 0) | (x > hi),
+                f"{name} holds token {{value}} at {{where}}, outside "
+                f"{_allowed(vocab_size, allow_mask)}", value=x)
+
+
+def check_entries(bad, message: str, **values):
+  """Checks that no entry of the bool array ``bad`` is set: the one checkify
+  pattern behind every value check (``check_tokens``, ``digits.check_digits``).
+
+  ``message`` names the first bad entry: ``{where}`` is its index, and each
+  ``{name}`` of ``values`` (arrays of ``bad``'s shape, or of ``bad.shape + (k,)``
+  for a list per entry) its value there. Concrete: ``ValueError``. Traced: a
+  ``checkify`` check under ``checked``, else nothing (values cannot be inspected).
+  """
+  if is_traced(bad) or any(is_traced(v) for v in values.values()):
+    if not checking():
+      return
+    flat = jnp.argmax(bad.ravel())
+    index = jnp.unravel_index(flat, bad.shape)
+    args = {f"i{k}": i for k, i in enumerate(index)}
+    fields = {"where": "(" + ", ".join("{i%d}" % k for k in range(bad.ndim)) + ")"}
+    for field, value in values.items():
+      entry = jnp.asarray(value).reshape((bad.size,) + jnp.shape(value)[bad.ndim:])[flat]
+      if entry.ndim == 0:
+        args[field], fields[field] = entry, "{%s}" % field
+      else:
+        args.update({f"{field}{k}": entry[k] for k in range(entry.shape[0])})
+        fields[field] = "[" + ", ".join("{%s%d}" % (field, k) for k in range(entry.shape[0])) + "]"
+    checkify.check(~jnp.any(bad), message.format(**fields), **args)
     return
-  x = np.asarray(x)
-  if not np.issubdtype(x.dtype, np.integer):
-    raise ValueError(f"{name} must hold integer tokens, got dtype {x.dtype}")
-  bad = (x < 0) | (x > hi)
+  bad = np.asarray(bad)
   if bad.any():
     index = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f"{name} holds token {int(x[index])} at {index}, outside "
-                     f"{_allowed(vocab_size, allow_mask)}")
+    entries = {field: np.asarray(value)[index] for field, value in values.items()}
+    raise ValueError(message.format(where=index, **{
+        field: int(e) if e.ndim == 0 else e.tolist() for field, e in entries.items()}))
 
 
 def check_times(t, name: str = "t"):
@@ -166,7 +188,8 @@ def mask_tokens(x0, t, schedule, mask_id: int, *, key=None, noise=None):
   """Draws x_t ~ q(x_t | x_0): position n is masked iff noise[b, n] >= alpha(t_b).
 
   Args:
-    x0: int [B, N] clean tokens in [0, mask_id).
+    x0: int [B, N] clean tokens in [0, mask_id), checked by the caller (the
+      objective, an entry point).
     t: float [B] times in [0, 1].
     schedule: a ``Schedule``.
     mask_id: the mask token id (the vocabulary size V).

@@ -86,11 +86,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmd_jax import exact
-from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_logits, check_tokens, mask_where
 from vmd_jax.losses import draw_times, token_log_likelihood
-from vmd_jax.sampling import (check_temperature, check_top_p, is_traced, nucleus_logits,
-                              tempered_logits)
+from vmd_jax.sampling import check_settings, is_traced, nucleus_logits, tempered_logits
 from vmd_jax.schedules import MD4_EPS, time_grid
 
 DenoiseFn = Callable[..., jax.Array]
@@ -200,8 +198,8 @@ def token_alpha(params: GenMD4Params, x0, t, *, eps: float = MD4_EPS):
   return _alpha(token_exponents(params, x0), jnp.asarray(t, jnp.float32)[:, None], eps)
 
 
-def mask_tokens(params: GenMD4Params, x0, t, *, key=None, noise=None,
-                eps: float = MD4_EPS):
+def mask_by_value(params: GenMD4Params, x0, t, *, key=None, noise=None,
+                  eps: float = MD4_EPS):
   """Draws x_t ~ q(x_t | x_0): position n is masked iff noise[b, n] >= alpha_{x_0^n}(t_b).
 
   Args:
@@ -237,13 +235,14 @@ def log_forward_prob(params: GenMD4Params, x0, xt, t, *, eps: float = MD4_EPS):
 # The NELBO.
 
 
-def nelbo_terms_at(denoise_fn: DenoiseFn, x0, xt, t, params: GenMD4Params, *,
-                   eps: float = MD4_EPS):
-  """The NELBO's terms given a draw x_t at time t (see the module docstring).
+def nelbo_from_logits(logits, x0, xt, t, params: GenMD4Params, *, eps: float = MD4_EPS):
+  """The NELBO's terms (module docstring) given one draw x_t at time t and the
+  denoiser's logits on it: GenMD4's ``losses.nelbo_from_logits``.
 
   Args:
-    denoise_fn: ``(x_t int [B, N], t float [B]) -> logits [B, N, V]``.
-    x0: int [B, N] clean tokens; xt: int [B, N] with masks V; t: float [B].
+    logits: float [B, N, V].
+    x0: int [B, N] clean tokens; xt: int [B, N] with masks V; t: float [B]
+      (checked by the caller).
     params: schedule parameters; eps: the schedule's shift.
 
   Returns:
@@ -257,7 +256,6 @@ def nelbo_terms_at(denoise_fn: DenoiseFn, x0, xt, t, params: GenMD4Params, *,
   vocab_size = params.raw_w.shape[-1]
   t = jnp.asarray(t, jnp.float32)
   chex.assert_shape(t, (batch_size,))
-  logits = denoise_fn(xt, t)
   chex.assert_shape(logits, (batch_size, num_tokens, vocab_size))
   lam = weight(params, t, eps=eps)[:, None, :]                        # [B, 1, V]
   lam_x0 = jnp.take_along_axis(lam, x0[..., None], axis=-1)[..., 0]   # [B, N]
@@ -280,11 +278,11 @@ def nelbo_terms_at(denoise_fn: DenoiseFn, x0, xt, t, params: GenMD4Params, *,
 
 
 def nelbo_terms(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
-                eps: float = MD4_EPS, t=None, noise=None, antithetic: bool = True):
+                eps: float = MD4_EPS, t=None, noise=None, z=None, antithetic: bool = True):
   """GenMD4's continuous-time NELBO, one Monte Carlo sample of (t, x_t) per sequence.
 
-  The analogue of ``losses.md4_nelbo_terms``: with every exponent equal to k it
-  returns the same values as ``md4_nelbo_terms(..., get_schedule("polynomial",
+  The analogue of ``md4.nelbo_terms``: with every exponent equal to k it
+  returns the same values as ``md4.nelbo_terms(..., get_schedule("polynomial",
   k=k, eps=eps))`` for the same t and noise.
 
   Args:
@@ -295,18 +293,20 @@ def nelbo_terms(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
     params: schedule parameters.
     eps: the schedule's shift (0 turns it off).
     t: optional float [B] times in [0, 1].
-    noise: optional float [B, N] masking uniforms (see ``mask_tokens``).
+    noise: optional float [B, N] masking uniforms (see ``mask_by_value``).
+    z: optional float [B, D] latent, passed as ``denoise_fn(x_t, t, z)``.
     antithetic: draw t stratified over the batch (``losses.stratified_times``).
 
   Returns:
-    the dict of ``nelbo_terms_at``: ``nelbo``, ``diffusion``, ``reconstruction``,
+    the dict of ``nelbo_from_logits``: ``nelbo``, ``diffusion``, ``reconstruction``,
     ``prior`` [B] (nats), ``per_token`` [B, N], ``t`` [B], ``xt`` [B, N].
   """
   chex.assert_rank(x0, 2)
   check_tokens(x0, params.raw_w.shape[-1], name="x0")
   key, t = draw_times(key, x0.shape[0], t, antithetic)
-  xt = mask_tokens(params, x0, t, key=key, noise=noise, eps=eps)
-  return nelbo_terms_at(denoise_fn, x0, xt, t, params, eps=eps)
+  xt = mask_by_value(params, x0, t, key=key, noise=noise, eps=eps)
+  logits = denoise_fn(xt, t) if z is None else denoise_fn(xt, t, z)
+  return nelbo_from_logits(logits, x0, xt, t, params, eps=eps)
 
 
 def nelbo(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, **kwargs):
@@ -315,7 +315,7 @@ def nelbo(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, **kwargs):
 
 
 def rloo_loss(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
-              eps: float = MD4_EPS, t=None, noise=None, antithetic: bool = True):
+              eps: float = MD4_EPS, t=None, noise=None, z=None, antithetic: bool = True):
   """Training surrogate whose gradient is an unbiased estimate of grad E[NELBO].
 
   Two draws x_t^(1), x_t^(2) ~ q_w(. | x_0, t) share one t per sequence. With f_i
@@ -332,7 +332,7 @@ def rloo_loss(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
   without subtracting its value; the gradients are the same).
 
   Args:
-    denoise_fn, x0, key, params, eps, antithetic: as in ``nelbo_terms``.
+    denoise_fn, x0, key, params, eps, z, antithetic: as in ``nelbo_terms``.
     t: optional float [B] times, shared by both draws.
     noise: optional float [2, B, N] masking uniforms of the two draws.
 
@@ -352,7 +352,8 @@ def rloo_loss(denoise_fn: DenoiseFn, x0, key, params: GenMD4Params, *,
   chex.assert_shape(noise, (2, batch_size, length))
   # Both draws in one denoiser call on a batch of 2B: rows (draw, sequence).
   x0_2, t_2 = jnp.concatenate([x0, x0]), jnp.concatenate([t, t])
-  terms = nelbo_terms(denoise_fn, x0_2, None, params, eps=eps, t=t_2,
+  z_2 = None if z is None else jnp.concatenate([z, z])
+  terms = nelbo_terms(denoise_fn, x0_2, None, params, eps=eps, t=t_2, z=z_2,
                       noise=noise.reshape(2 * batch_size, length))
   log_q = log_forward_prob(params, x0_2, terms["xt"], t_2, eps=eps).reshape(2, batch_size)
   draws = {name: terms[name].reshape((2, batch_size) + terms[name].shape[1:])
@@ -439,13 +440,13 @@ def sample(denoise_fn: DenoiseFn, key, x_init, num_steps: int, params: GenMD4Par
     grid: "linear" or "cosine" (``schedules.time_grid``), or float [T + 1]
       decreasing times from 1 to 0.
     return_nfe: also return the number of denoiser calls (int32; a step with no
-      mask left anywhere in the batch makes no call).
+      mask left anywhere in the batch makes no call: the only step known to be
+      idle before its call here, ``vmd_jax.sampling``'s module docstring, "Calls").
 
   Returns:
     int [B, N] samples, or (samples, nfe) with ``return_nfe``.
   """
-  check_temperature(temperature)
-  check_top_p(top_p)
+  check_settings(None, temperature, top_p)
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
   vocab_size = params.raw_w.shape[-1]
@@ -497,13 +498,9 @@ def exact_denoiser(probs, params: GenMD4Params, vocab_size: int, length: int, *,
   with equal exponents it reduces to ``exact.exact_denoiser``. ``log_floor``
   stands for log 0; a context of probability 0 gives uniform logits.
   """
-  probs = jnp.asarray(probs, jnp.float32)
-  if probs.shape != (vocab_size**length,):
-    raise ValueError(f"probs must have shape [{vocab_size}**{length}], got {probs.shape}")
+  probs, seqs, one_hot = exact.enumerable_joint(probs, vocab_size, length)  # [S, N, V]
   if params.raw_w.shape != (vocab_size,):
     raise ValueError(f"params must hold {vocab_size} exponents, got {params.raw_w.shape}")
-  seqs = jnp.asarray(all_sequences(vocab_size, length))
-  one_hot = jax.nn.one_hot(seqs, vocab_size)                          # [S, N, V]
   log_p = jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), -jnp.inf)
 
   def denoise_fn(xt, t, *unused):
@@ -534,7 +531,7 @@ def expected_nelbo(denoise_fn: DenoiseFn, x0, params: GenMD4Params, *,
   t = 0, so t = u^p is substituted (p = ``time_power``, default max(1, 2 / min w),
   which makes the integrand in u vanish at 0) and u is integrated by
   Gauss-Legendre quadrature on ``num_quadrature`` nodes. Uses
-  ``nelbo_terms_at`` with the enumerated x_t, so it checks that function without
+  ``nelbo_from_logits`` with the enumerated x_t, so it checks that function without
   Monte Carlo error. Pure JAX (differentiable in ``params`` when ``time_power``
   is given). x0: int [N] or [S, N]; returns float32 [] or [S]. Small N only.
   """
@@ -551,22 +548,13 @@ def expected_nelbo(denoise_fn: DenoiseFn, x0, params: GenMD4Params, *,
 
 
 def _expected_nelbo(denoise_fn, x0, params, eps, num_quadrature, time_power):
-  num_seqs, length = x0.shape
   vocab_size = params.raw_w.shape[-1]
-  nodes, node_weights = np.polynomial.legendre.leggauss(num_quadrature)
-  u = 0.5 * (nodes + 1.0)
-  dt = 0.5 * node_weights * time_power * u ** (time_power - 1.0)  # dt = p u^{p-1} du
-  t = u**time_power
-  patterns = jnp.asarray(all_sequences(2, length).astype(bool))     # True = masked
-  num_patterns = patterns.shape[0]
-  # Rows ordered (sequence, node, pattern).
-  x0s = jnp.repeat(x0, num_quadrature * num_patterns, axis=0)
-  masks = jnp.tile(patterns, (num_seqs * num_quadrature, 1))
-  xts = jnp.where(masks, vocab_size, x0s)
-  ts = jnp.tile(jnp.repeat(jnp.asarray(t, jnp.float32), num_patterns), num_seqs)
-  terms = nelbo_terms_at(denoise_fn, x0s, xts, ts, params, eps=eps)
-  p_pattern = jnp.exp(log_forward_prob(params, x0s, xts, ts, eps=eps))
-  diffusion = (terms["diffusion"] * p_pattern).reshape(num_seqs, num_quadrature, -1)
-  diffusion = jnp.sum(jnp.sum(diffusion, axis=-1) * jnp.asarray(dt, jnp.float32), axis=-1)
-  boundary = (terms["reconstruction"] + terms["prior"]).reshape(num_seqs, -1)[:, 0]
-  return diffusion + boundary
+  u, node_weights = exact.quadrature(num_quadrature, "gauss")
+  dt = node_weights * time_power * u ** (time_power - 1.0)  # dt = p u^{p-1} du
+  rows = exact.enumerate_masks(x0, u**time_power)
+  xts = jnp.where(rows.masks, vocab_size, rows.x0)
+  terms = nelbo_from_logits(denoise_fn(xts, rows.t), rows.x0, xts, rows.t, params, eps=eps)
+  p_pattern = jnp.exp(log_forward_prob(params, rows.x0, xts, rows.t, eps=eps))
+  return exact.expectation(terms["diffusion"] * p_pattern,
+                           terms["reconstruction"] + terms["prior"], x0.shape[0],
+                           jnp.asarray(dt, jnp.float32))

@@ -1,7 +1,10 @@
-"""Objectives of masked diffusion (MD4) and variational masked diffusion (VMD).
+"""The NELBO machinery every objective shares, and VMD's latent.
 
 Pure JAX: functions of arrays, a PRNG key and a ``denoise_fn`` callable; no Flax,
-no config. All values are per sequence, in nats, shape [B].
+no config. All values are per sequence, in nats, shape [B]. Times (``draw_times``,
+``diffusion_weight``), the NELBO from one draw's logits (``nelbo_from_logits``,
+behind ``md4.nelbo_terms`` and ``block.block_nelbo_terms``), and VMD's latent on
+any objective (``vmd_terms``, ``with_latent_kl``; ``vmd_loss`` is MD4's).
 
 Notation: tokens x_0 in {0..V-1}^N, mask id m = V, schedule alpha(t), and
 ``denoise_fn(x_t, t) -> logits [B, N, V]`` (VMD: ``denoise_fn(x_t, t, z)``). The
@@ -41,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmd_jax.forward import check_times, check_tokens, infer_vocab_size, is_traced, mask_tokens
+from vmd_jax.forward import check_times, is_traced
 
 DenoiseFn = Callable[..., jax.Array]
 
@@ -78,12 +81,6 @@ def token_log_likelihood(logits, x0):
   chex.assert_equal_shape_prefix([logits, x0], 2)
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return jnp.take_along_axis(log_probs, x0[..., None], axis=-1)[..., 0]
-
-
-def masked_cross_entropy(logits, x0, xt, mask_id: int):
-  """sum_{n: x_t^n = m} -log p(x_0^n | x_t), shape [B]."""
-  masked = (xt == mask_id).astype(jnp.float32)
-  return -jnp.sum(token_log_likelihood(logits, x0) * masked, axis=-1)
 
 
 def bits_per_token(nats, num_tokens):
@@ -128,7 +125,8 @@ def nelbo_from_logits(logits, x0, xt, weight, schedule, vocab_size: int) -> dict
 
   Args:
     logits: float [B, N, V].
-    x0, xt: int [B, N] clean and masked tokens.
+    x0, xt: int [B, N] clean and masked tokens, checked by the caller (the
+      objective that drew x_t: ``md4.nelbo_terms``, ``block.block_nelbo_terms``).
     weight: float [B] (one time per sequence) or [B, N] (per token, blocks).
     schedule: the ``Schedule``; vocab_size: V.
 
@@ -154,50 +152,6 @@ def nelbo_from_logits(logits, x0, xt, weight, schedule, vocab_size: int) -> dict
   per_token = diffusion_per_token + ((recon + prior) / num_tokens)[:, None]
   return {"diffusion": diffusion, "reconstruction": recon, "prior": prior,
           "nelbo": diffusion + recon + prior, "per_token": per_token}
-
-
-def md4_nelbo_terms(denoise_fn: DenoiseFn, x0, key, schedule, *,
-                    vocab_size: int | None = None, t=None, noise=None,
-                    num_steps: int | None = None, antithetic: bool = True):
-  """MD4's NELBO and its terms, one Monte Carlo sample of t per sequence.
-
-  Args:
-    denoise_fn: ``(x_t int [B, N], t float [B]) -> logits [B, N, V]``.
-    x0: int [B, N] clean tokens in [0, V).
-    key: PRNG key for t (unless given) and the masking noise (unless given).
-    schedule: a ``vmd_jax.schedules.Schedule``.
-    vocab_size: V; inferred from the logits' shape when None.
-    t: optional float [B] times in [0, 1].
-    noise: optional float [B, N] masking uniforms (see ``mask_tokens``).
-    num_steps: None for continuous time, else T for the T-step discrete NELBO.
-    antithetic: draw t stratified over the batch (``stratified_times``).
-
-  Returns:
-    dict of float32 [B] in nats: ``diffusion``, ``reconstruction``, ``prior`` and
-    ``nelbo`` (their sum); ``per_token`` [B, N], each token's share (its weighted
-    cross-entropy plus 1/N of the boundary terms; sums to ``nelbo``), for
-    token-weighted averages such as bits per character over padded windows;
-    ``t`` is the time of x_t (on the T-step grid in discrete time).
-  """
-  chex.assert_rank(x0, 2)
-  batch_size = x0.shape[0]
-  key, t = draw_times(key, batch_size, t, antithetic)
-  if vocab_size is None:
-    vocab_size = infer_vocab_size(denoise_fn, x0, t)
-  check_tokens(x0, vocab_size, name="x0")
-  t, weight = diffusion_weight(schedule, t, num_steps)
-  xt = mask_tokens(x0, t, schedule, vocab_size, key=key, noise=noise)
-  return {**nelbo_from_logits(denoise_fn(xt, t), x0, xt, weight, schedule, vocab_size),
-          "t": t}
-
-
-def md4_nelbo(denoise_fn: DenoiseFn, x0, key, schedule, **kwargs):
-  """Per-sequence MD4 NELBO in nats, float32 [B]; see ``md4_nelbo_terms``.
-
-  ``md4_nelbo(denoise_fn, x0, key, get_schedule("linear"))`` with
-  ``denoise_fn(xt, t) -> logits [B, N, V]`` and ``x0`` int [B, N] in [0, V).
-  """
-  return md4_nelbo_terms(denoise_fn, x0, key, schedule, **kwargs)["nelbo"]
 
 
 # ----------------------------------------------------------------------------
@@ -254,43 +208,57 @@ def free_bits_kl(kl_per_dim, free_bits: float):
   return jnp.sum(jnp.maximum(kl_per_dim, free_bits), axis=-1)
 
 
+def vmd_terms(objective: Callable, posterior, key, beta: float, free_bits: float,
+              prior: "DiagonalGaussian | None" = None) -> dict:
+  """VMD on any objective, the one place the latent is composed with a NELBO:
+
+    z ~ q(z | .) reparameterised (key split first: (z key, objective key)),
+    terms = objective(key, z),   then ``with_latent_kl(terms, q, beta, free_bits, prior)``.
+
+  ``objective(key, z) -> terms``: a core objective (``md4.nelbo_terms``,
+  ``block.block_nelbo_terms``, ``prime.nelbo_terms``, ``prime.block_nelbo_terms``)
+  with its other arguments bound. ``posterior``: q as a ``DiagonalGaussian``, or
+  for an encoder that sees x_t a function ``(x_t, t) -> DiagonalGaussian`` (MD4
+  only: z is drawn once the objective has drawn x_t, and the KL is q's at the
+  objective's returned ``xt`` and ``t``).
+  """
+  z_key, key = jax.random.split(key)
+  if callable(posterior):
+    terms = objective(key, lambda xt, t: posterior(xt, t).sample(z_key))
+    posterior = posterior(terms["xt"], terms["t"])
+  else:
+    terms = objective(key, posterior.sample(z_key))
+  return with_latent_kl(terms, posterior, beta, free_bits, prior)
+
+
 def vmd_loss(denoise_fn: DenoiseFn, encode_fn: Callable, x0, key, schedule, *,
-             beta: float = 0.1, free_bits: float = 0.0,
-             vocab_size: int | None = None, t=None, noise=None,
-             num_steps: int | None = None, antithetic: bool = True):
-  """VMD objective  L_t(x_0 | z) + beta * KL(q || N(0, I)),  z ~ q reparameterised.
+             beta: float = 0.1, free_bits: float = 0.0, **kwargs):
+  """VMD objective  L_t(x_0 | z) + beta * KL(q || N(0, I)),  z ~ q reparameterised:
+  ``vmd_terms`` over ``md4.nelbo_terms``, for users of the core (the trainer's
+  ``MaskedDiffusion.loss`` composes the same way).
 
   Args:
     denoise_fn: ``(x_t, t, z [B, D]) -> logits [B, N, V]``.
     encode_fn: ``(x_0, x_t, t) -> (mean [B, D], logvar [B, D])``; an encoder of
-      x_0 alone ignores its last two arguments.
-    x0, key, schedule, vocab_size, t, noise, num_steps, antithetic: as in
-      ``md4_nelbo_terms``.
+      x_0 alone ignores its last two arguments (it still gets x_t and t).
+    x0, key, schedule: as in ``md4.nelbo_terms``; **kwargs its other arguments
+      (vocab_size, t, noise, num_steps, antithetic).
     beta: weight of the KL term (README "VMD settings": 0.1 works, 1 collapses).
     free_bits: nats per latent dimension below which the KL is not penalised.
 
   Returns:
     dict of float32 [B] in nats: ``loss`` (what to minimise), ``nelbo`` (the
     z-conditioned NELBO) and its terms ``diffusion``, ``reconstruction`` and
-    ``prior`` as in ``md4_nelbo_terms``, ``kl`` (the true
-    KL), ``bound`` = nelbo + kl (a bound on -log p(x_0) only for an x_0-only
-    encoder), and ``t``.
+    ``prior`` as in ``md4.nelbo_terms``, ``kl`` (the true KL), ``bound`` =
+    nelbo + kl (a bound on -log p(x_0) only for an x_0-only encoder), ``t``
+    and ``xt``.
   """
+  from vmd_jax import md4  # local: md4 imports this module
+
   chex.assert_rank(x0, 2)
-  batch_size = x0.shape[0]
-  key, t = draw_times(key, batch_size, t, antithetic)
-  if vocab_size is None:
-    stats = jax.eval_shape(encode_fn, x0, x0, t)
-    vocab_size = infer_vocab_size(denoise_fn, x0, t, stats[0])
-  check_tokens(x0, vocab_size, name="x0")
-  mask_key, z_key = jax.random.split(key)
-  t, weight = diffusion_weight(schedule, t, num_steps)
-  xt = mask_tokens(x0, t, schedule, vocab_size, key=mask_key, noise=noise)
-  posterior = DiagonalGaussian(*encode_fn(x0, xt, t))
-  chex.assert_rank(posterior.mean, 2)
-  z = posterior.sample(z_key)
-  terms = nelbo_from_logits(denoise_fn(xt, t, z), x0, xt, weight, schedule, vocab_size)
-  return {**with_latent_kl(terms, posterior, beta, free_bits), "t": t}
+  posterior = lambda xt, t: DiagonalGaussian(*encode_fn(x0, xt, t))
+  objective = lambda k, z: md4.nelbo_terms(denoise_fn, x0, k, schedule, z=z, **kwargs)
+  return vmd_terms(objective, posterior, key, beta, free_bits)
 
 
 def with_latent_kl(terms: dict, posterior: DiagonalGaussian, beta: float,

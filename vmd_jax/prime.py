@@ -3,12 +3,11 @@
 Pure JAX: functions of arrays, a PRNG key and a ``denoise_fn`` callable; no Flax,
 no config. Values are per sequence, in nats, shape [B], like ``vmd_jax.losses``.
 
-The sub-token code
-------------------
-Each token x in {0..V-1} is written as l digits in base b = ceil(V^(1/l)) (the
-least integer with b^l >= V, found with integers), big-endian:
-x = sum_k d_k b^(l-1-k). Codes in [V, b^l) are invalid and never produced. The
-digit mask id is b. ``DigitCode(vocab_size, num_digits)`` holds (V, l).
+The sub-token code (``vmd_jax.digits``)
+---------------------------------------
+Each token x in {0..V-1} is written as l digits in base b = ceil(V^(1/l)),
+big-endian; codes in [V, b^l) are invalid, and the digit mask id is b
+(``DigitCode``).
 
 The forward process masks each of the N l digits independently:
 q(d_t^i | d_0^i) = alpha(t) [d_t^i = d_0^i] + (1 - alpha(t)) [d_t^i = b].
@@ -54,7 +53,7 @@ Bernoulli(r) subsets R of the masked digits, the joint marginal of R; written
 with Z(S) = sum_{v agrees with x_0^n on S} p(v) it is log Z(U) - log Z(U u R),
 summed exactly over the 2^l subsets, with weight T. As T -> oo only |R| = 1
 survives at first order and the continuous form is recovered. For l = 1 both
-forms equal ``losses.md4_nelbo_terms``.
+forms equal ``md4.nelbo_terms``.
 
 Boundary terms (eps > 0). With |C_S(x)| the number of valid tokens that agree
 with x on the digit set S, and S ~ Bernoulli(alpha)^l the revealed set:
@@ -79,8 +78,6 @@ enumerated, t by quadrature). Token and digit arguments are checked
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import math
 from typing import Callable
 
@@ -89,13 +86,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax.experimental import checkify
-
 from vmd_jax import block, exact, forward
+from vmd_jax.digits import DigitCode, check_digits, digit_base  # noqa: F401 (re-exported)
 from vmd_jax.exact import all_sequences
 from vmd_jax.forward import check_times, check_tokens, mask_where
-from vmd_jax.losses import discretize_times, stratified_times, uniform_times
-from vmd_jax.sampling import ORDERS, check_temperature, check_top_p, draw_tokens, kept_masks
+from vmd_jax.losses import discretize_times, draw_times
+from vmd_jax.sampling import (check_order, check_settings, confidence, draw_tokens,
+                              kept_masks, reveal_top)
 from vmd_jax.schedules import time_grid
 
 # Log-probability of a token that is excluded (invalid code or conflict with a
@@ -107,171 +104,6 @@ NEG = -1e9
 # at 1e4; at 1e9 it is 64, more than log V).
 LOG_FLOOR = -1e4
 UNITS = ("token", "digit")
-CONFIDENCE_ORDERS = ("top_prob", "top_prob_margin", "random")
-
-
-def digit_base(vocab_size: int, num_digits: int) -> int:
-  """The least integer b >= 2 with b^l >= V (integer arithmetic, no float roots)."""
-  if vocab_size < 2 or num_digits < 1:
-    raise ValueError(f"need vocab_size >= 2 and num_digits >= 1, got {vocab_size}, {num_digits}")
-  b = max(2, int(round(vocab_size ** (1.0 / num_digits))))
-  while b**num_digits < vocab_size:
-    b += 1
-  while b > 2 and (b - 1) ** num_digits >= vocab_size:
-    b -= 1
-  return b
-
-
-@dataclasses.dataclass(frozen=True)
-class DigitCode:
-  """The invertible sub-token code: V tokens <-> l big-endian digits in base b.
-
-  Hashable, so it can be a static argument of ``jax.jit``.
-  """
-
-  vocab_size: int
-  num_digits: int
-
-  def __post_init__(self):
-    b, l = digit_base(self.vocab_size, self.num_digits), self.num_digits  # validates
-    if b**l > jnp.iinfo(jnp.int32).max:
-      raise ValueError(f"{l} digits in base {b} make {b}^{l} codes, more than int32 tokens "
-                       f"hold: use fewer digits (prime_digits)")
-
-  @property
-  def base(self) -> int:
-    """b = ceil(V^(1/l))."""
-    return digit_base(self.vocab_size, self.num_digits)
-
-  @property
-  def mask_id(self) -> int:
-    """The digit mask id, b."""
-    return self.base
-
-  @property
-  def num_codes(self) -> int:
-    """b^l >= V; codes in [V, b^l) are invalid."""
-    return self.base**self.num_digits
-
-  def powers(self):
-    """b^(l-1-k), int32 [l]."""
-    return jnp.asarray([self.base ** (self.num_digits - 1 - k) for k in range(self.num_digits)],
-                       jnp.int32)
-
-  def to_digits(self, x):
-    """int tokens [...] in [0, V) -> int digits [..., l] in [0, b), big-endian."""
-    x = jnp.asarray(x)
-    return ((x[..., None] // self.powers().astype(x.dtype)) % self.base).astype(x.dtype)
-
-  def from_digits(self, d):
-    """int digits [..., l] (no masks) -> int tokens [...] = sum_k d_k b^(l-1-k)."""
-    d = jnp.asarray(d)
-    return jnp.sum(d * self.powers().astype(d.dtype), axis=-1)
-
-  def tokens_to_digits(self, x):
-    """int tokens [...] in [0, V] (V the token mask) -> digits [..., l] in [0, b]
-    (a masked token has every digit masked)."""
-    x = jnp.asarray(x)
-    digits = self.to_digits(jnp.minimum(x, self.vocab_size - 1))
-    return jnp.where((x == self.vocab_size)[..., None], jnp.asarray(self.mask_id, x.dtype),
-                     digits)
-
-  def check_packable(self) -> None:
-    """Raises ``ValueError`` unless ``pack``'s (b+1)^l codes fit int32."""
-    b, l = self.base, self.num_digits
-    if (b + 1) ** l > jnp.iinfo(jnp.int32).max:
-      raise ValueError(f"{l} digits in base {b} and the digit mask make {b + 1}^{l} packed "
-                       "codes, more than int32 holds; block diffusion packs a token's digits "
-                       "into one int: use fewer digits (prime_digits)")
-
-  def pack(self, d):
-    """int digits [..., l] in [0, b] (masks allowed) -> one int [...] in
-    [0, (b+1)^l): the digits read in base b + 1. Lets [B, L] machinery (the block
-    KV cache) carry digit inputs unchanged; ``unpack`` inverts it. Raises
-    ``ValueError`` when (b+1)^l does not fit int32 (``check_packable``)."""
-    self.check_packable()
-    d = jnp.asarray(d).astype(jnp.int32)  # (b+1)^l may not fit the digits' own dtype
-    powers = [(self.base + 1) ** (self.num_digits - 1 - k) for k in range(self.num_digits)]
-    return jnp.sum(d * jnp.asarray(powers, d.dtype), axis=-1)
-
-  def unpack(self, p):
-    """Inverse of ``pack``: int [...] -> digits [..., l] in [0, b]."""
-    p = jnp.asarray(p)
-    powers = [(self.base + 1) ** (self.num_digits - 1 - k) for k in range(self.num_digits)]
-    return (p[..., None] // jnp.asarray(powers, p.dtype)) % (self.base + 1)
-
-  def consistent_tokens(self, x_t):
-    """bool [..., V]: token v agrees with every revealed digit of x_t [..., l]."""
-    table = self.to_digits(jnp.arange(self.vocab_size, dtype=jnp.int32))  # [V, l]
-    x_t = jnp.asarray(x_t)
-    ok = (x_t[..., None, :] == self.mask_id) | (x_t[..., None, :] == table)
-    return jnp.all(ok, axis=-1)
-
-  def count_consistent(self, d, revealed, xp=jnp):
-    """|C_S(d)|: the number of valid tokens v < V with d_k(v) = d_k for every k
-    with revealed[..., k], float32 [...]. Digit DP against V - 1, O(l^2).
-    ``xp``: the array module (numpy for concrete checks inside a trace)."""
-    b, l = self.base, self.num_digits
-    top = [(self.vocab_size - 1) // b ** (l - 1 - k) % b for k in range(l)]  # digits of V-1
-    d = xp.asarray(d)
-    revealed = xp.broadcast_to(xp.asarray(revealed, bool), d.shape)
-    total = xp.zeros(d.shape[:-1], xp.float32)
-    prefix_ok = xp.ones(d.shape[:-1], bool)  # digits before j can equal V-1's
-    for j in range(l):
-      free_after = xp.sum(~revealed[..., j + 1:], axis=-1).astype(xp.float32)
-      options = xp.where(revealed[..., j], (d[..., j] < top[j]).astype(xp.float32),
-                         float(top[j]))
-      total = total + prefix_ok * options * xp.power(float(b), free_after)
-      prefix_ok = prefix_ok & (~revealed[..., j] | (d[..., j] == top[j]))
-    return total + prefix_ok  # + the token V - 1 itself
-
-
-def check_digits(x, code: DigitCode, *, name: str = "x_init"):
-  """Checks int digits [..., l]: each in [0, b] (b the digit mask) and every
-  position's revealed digits agreeing with at least one token < V (so a fully
-  given position codes a token < V).
-
-  Concrete arrays: ``ValueError`` naming ``name``, the value and its position.
-  Traced arrays: a ``checkify`` check under ``forward.checked``, else nothing
-  (as ``forward.check_tokens``).
-  """
-  b, l = code.base, code.num_digits
-  if x.shape[-1] != l:
-    raise ValueError(f"{name} must hold {l} digits per token (last axis), got shape {x.shape}")
-  range_msg = f"outside [0, {b}] (base b = {b}, digit mask id {b})"
-  if forward.is_traced(x):
-    if forward.checking():
-      for bad, what in ((x < 0) | (x > b), "digit"), (None, "code"):
-        if bad is None:
-          bad = jnp.broadcast_to(code.count_consistent(x, x != b)[..., None] < 1, x.shape)
-        flat = jnp.argmax(bad.ravel())
-        index = jnp.unravel_index(flat, x.shape)
-        args = {f"i{k}": i for k, i in enumerate(index)}
-        if what == "digit":
-          where = ", ".join("{i%d}" % k for k in range(x.ndim))
-          checkify.check(~jnp.any(bad), f"{name} holds digit {{v}} at ({where}), {range_msg}",
-                         v=x.ravel()[flat], **args)
-        else:
-          where = ", ".join("{i%d}" % k for k in range(x.ndim - 1))
-          row = x[tuple(index[:-1])]
-          digits = ", ".join("{d%d}" % k for k in range(l))
-          checkify.check(~jnp.any(bad), f"{name} position ({where}) has digits [{digits}] "
-                         f"(mask {b}), which code no token < V = {code.vocab_size}",
-                         **{k: v for k, v in args.items() if k != f"i{x.ndim - 1}"},
-                         **{f"d{k}": row[k] for k in range(l)})
-    return
-  x = np.asarray(x)
-  if not np.issubdtype(x.dtype, np.integer):
-    raise ValueError(f"{name} must hold integer digits, got dtype {x.dtype}")
-  bad = (x < 0) | (x > b)
-  if bad.any():
-    index = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f"{name} holds digit {int(x[index])} at {index}, {range_msg}")
-  bad = code.count_consistent(x, x != b, xp=np) < 1
-  if bad.any():
-    index = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f"{name} position {index} has digits {x[index].tolist()} (mask {b}), "
-                     f"which code no token < V = {code.vocab_size}")
 
 
 # ----------------------------------------------------------------------------
@@ -356,7 +188,8 @@ def mask_digits(d0, t, schedule, code: DigitCode, *, key=None, noise=None):
   noise[b, n, k] >= alpha(t_b).
 
   Args:
-    d0: int [B, N, l] clean digits (``code.to_digits(x0)``).
+    d0: int [B, N, l] clean digits (``code.to_digits(x0)``, x0 checked by the
+      caller: ``nelbo_terms``, ``block_nelbo_terms``).
     t: float [B] times in [0, 1], or [B, N] a time per position (blocks).
     schedule: a ``Schedule``.
     code: the ``DigitCode``.
@@ -375,7 +208,8 @@ def mask_digits(d0, t, schedule, code: DigitCode, *, key=None, noise=None):
 
 
 def _subsets(num_digits: int):
-  return [np.array(s, bool) for s in itertools.product([False, True], repeat=num_digits)]
+  """The 2^l subsets of the digits, as bool [l] masks, the empty one first."""
+  return list(all_sequences(2, num_digits).astype(bool))
 
 
 def _subset_prob(s, alpha):
@@ -402,9 +236,11 @@ def _per_digit(values):
   return values[:, None, None] if values.ndim == 1 else values[..., None]
 
 
-def _nelbo_at(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
-  """The NELBO's terms given the draw x_t at time t (the time on the T-grid);
-  t is [B] or [B, N] (a time per position, e.g. per block)."""
+def nelbo_from_logits(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
+  """The NELBO's terms (module docstring) given one draw x_t at time t (on the
+  T-step grid for ``num_steps``) and the denoiser's logits [B, N, V] on it; t is
+  [B] or [B, N] (a time per position, e.g. per block). Prime's
+  ``losses.nelbo_from_logits``; d0, x_t: digits [B, N, l], checked by the caller."""
   chex.assert_shape(logits, d0.shape[:2] + (code.vocab_size,))
   masked = x_t == code.mask_id  # [B, N, l]
   tensor = _log_tensor(logits, x_t, code)  # log p_theta(v | x_t), [B, N, b..b]
@@ -437,9 +273,9 @@ def _nelbo_at(logits, d0, x_t, t, schedule, code: DigitCode, num_steps):
           "prior": sum_n(prior), "nelbo": sum_n(per_token), "per_token": per_token, "t": t}
 
 
-def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, *,
-                      t=None, noise=None, num_steps: int | None = None,
-                      antithetic: bool = True):
+def nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, *,
+                t=None, noise=None, z=None, num_steps: int | None = None,
+                antithetic: bool = True):
   """Prime's NELBO and its terms, one Monte Carlo sample of (t, digit mask) per sequence.
 
   Args:
@@ -451,6 +287,8 @@ def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, 
     code: the ``DigitCode`` (V, l).
     t: optional float [B] times in [0, 1].
     noise: optional float [B, N, l] masking uniforms (see ``mask_digits``).
+    z: optional float [B, D] latent (VMD, ``losses.vmd_terms``), passed as
+      ``denoise_fn(x_t, t, z)``.
     num_steps: None for continuous time, else T for the T-step NELBO of the
       joint-reveal ancestral sampler (module docstring).
     antithetic: draw t stratified over the batch (``losses.stratified_times``).
@@ -463,45 +301,36 @@ def prime_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode, 
   """
   chex.assert_rank(x0, 2)
   check_tokens(x0, code.vocab_size, name="x0")
-  batch_size = x0.shape[0]
-  if t is None:
-    key, t_key = jax.random.split(key)
-    t = (stratified_times(t_key, batch_size) if antithetic
-         else uniform_times(t_key, (batch_size,)))
-  t = check_times(t)
+  key, t = draw_times(key, x0.shape[0], t, antithetic)
   if num_steps is not None:
     t, _ = discretize_times(t, num_steps)
   d0 = code.to_digits(x0)
   x_t = mask_digits(d0, t, schedule, code, key=key, noise=noise)
-  logits = denoise_fn(x_t, t)
-  return _nelbo_at(logits, d0, x_t, t, schedule, code, num_steps)
+  logits = denoise_fn(x_t, t) if z is None else denoise_fn(x_t, t, z)
+  return nelbo_from_logits(logits, d0, x_t, t, schedule, code, num_steps)
 
 
-def prime_nelbo(denoise_fn: Callable, x0, key, schedule, code: DigitCode, **kwargs):
-  """Per-sequence Prime NELBO in nats, float32 [B]; see ``prime_nelbo_terms``."""
-  return prime_nelbo_terms(denoise_fn, x0, key, schedule, code, **kwargs)["nelbo"]
+def nelbo(denoise_fn: Callable, x0, key, schedule, code: DigitCode, **kwargs):
+  """Per-sequence Prime NELBO in nats, float32 [B]; see ``nelbo_terms``."""
+  return nelbo_terms(denoise_fn, x0, key, schedule, code, **kwargs)["nelbo"]
 
 
 # ----------------------------------------------------------------------------
 # Sampling with partial reveals.
 
 
-def _reveal_top(scores, candidates, num_reveal):
-  """Boolean [B, K]: per row the ``num_reveal[b]`` candidates of highest score."""
-  scores = jnp.where(candidates, scores, -jnp.inf)
-  rank = jnp.argsort(jnp.argsort(-scores, axis=-1), axis=-1)
-  return candidates & (rank < num_reveal[:, None])
+def _check_unit(unit: str):
+  if unit not in UNITS:
+    raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
 
 
-def _confidence(log_probs, order, key):
-  """Confidence of each distribution [..., K] (log-probabilities)."""
-  if order == "random":
-    return jax.random.uniform(key, log_probs.shape[:-1])
-  probs = jnp.exp(log_probs)
-  if order == "top_prob":
-    return jnp.max(probs, axis=-1)
-  top2 = jax.lax.top_k(probs, 2)[0]
-  return top2[..., 0] - top2[..., 1]
+def _check_sampler_args(x_init, code: DigitCode, order, unit, temperature, top_p):
+  """The checks of ``sample`` and ``block_sample``, once per call: the settings
+  (``sampling.check_settings``), the unit and x_init's digits [B, N, l]."""
+  check_settings(order, temperature, top_p)
+  _check_unit(unit)
+  chex.assert_rank(x_init, 3)
+  check_digits(x_init, code, name="x_init")
 
 
 def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, alpha_s=None,
@@ -528,10 +357,8 @@ def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, al
   x: int digits [B, N, l]; logits: [B, N, V]; alpha_t, alpha_s: scalars or [B].
   Returns int [B, N, l].
   """
-  if order not in ORDERS:
-    raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
-  if unit not in UNITS:
-    raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
+  check_order(order)
+  _check_unit(unit)
   batch_size, length, num_digits = x.shape
   masked = x == code.mask_id
   value_key, reveal_key = jax.random.split(key)
@@ -540,18 +367,16 @@ def reveal_step(key, x, logits, code: DigitCode, order: str, *, alpha_t=None, al
   values = code.to_digits(tokens).astype(x.dtype)
   if order == "first_hitting":
     scores = jax.random.uniform(reveal_key, (batch_size, length * num_digits))
-    reveal = _reveal_top(scores, masked.reshape(batch_size, -1),
-                         jnp.ones((batch_size,), jnp.int32)).reshape(x.shape)
+    reveal = reveal_top(scores, masked.reshape(batch_size, -1),
+                        jnp.ones((batch_size,), jnp.int32)).reshape(x.shape)
   elif order == "ancestral":
     reveal = _ancestral_reveal(reveal_key, masked, alpha_t, alpha_s, last)
   else:
     candidates = _candidates(masked, unit)
-    if unit == "token":
-      scores = _confidence(log_probs, order, reveal_key)
-    else:
-      scores = _confidence(digit_log_probs(logits, x, code), order, reveal_key)
-      scores = scores.reshape(batch_size, -1)
-    chosen = _reveal_top(scores, candidates,
+    unit_log_probs = log_probs if unit == "token" else digit_log_probs(logits, x, code)
+    noise = jax.random.uniform(reveal_key, unit_log_probs.shape[:-1])
+    scores = confidence(jnp.exp(unit_log_probs), order, noise).reshape(candidates.shape)
+    chosen = reveal_top(scores, candidates,
                          _confidence_count(candidates, alpha_t, alpha_s, last))
     reveal = masked & (chosen[..., None] if unit == "token" else chosen.reshape(x.shape))
   return jnp.where(reveal, values, x)
@@ -609,7 +434,7 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
                  digit revealed with probability (alpha_s - alpha_t)/(1 - alpha_t),
                  all remaining ones at the last step.
   first_hitting  exact continuous-time sampling of the process whose NELBO is
-                 ``prime_nelbo_terms``: with m masked digits at time t, the next
+                 ``nelbo_terms``: with m masked digits at time t, the next
                  reveal time s solves 1 - alpha(s) = (1 - alpha(t)) u^(1/m) and one
                  masked digit, uniform, is revealed from its marginal. N l
                  iterations, one call per masked digit; ``num_steps`` is ignored.
@@ -630,11 +455,10 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     temperature, top_p: applied to the renormalised token distribution
       (temperature finite and >= 0, 0 is greedy; top_p in (0, 1] or None).
     grid: "linear" or "cosine" (``schedules.time_grid``).
-    skip_idle: skip the network at a step that reveals no digit of any row
-      (``reveals_any``, decided before the call); exact for any denoiser, time-
-      conditioned ones included, since a step that reveals nothing changes nothing
-      (then ``nfe`` = T - idle steps for one sequence). False: a call every step.
-      (The name and default of ``vmd_jax.sampling.sample``'s.)
+    skip_idle: no call at a step where no sequence reveals a digit
+      (``reveals_any``, decided before the call; ``vmd_jax.sampling``'s module
+      docstring, "Calls", defines skip_idle and NFE for every sampler): ``nfe`` =
+      T - idle steps for one sequence. False: a call at every step.
     return_nfe: also return the number of network calls (int32 scalar).
     return_idle: also return, per sequence, the number of steps in which no digit
       changed (int32 [B]).
@@ -643,15 +467,20 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
     int [B, N, l] digits (``code.from_digits`` gives tokens), then ``nfe`` and/or
     ``idle`` if asked for, in that order.
   """
-  if order not in ORDERS:
-    raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
-  if unit not in UNITS:
-    raise ValueError(f"unknown reveal unit {unit!r}; known units: {list(UNITS)}")
-  check_temperature(temperature)
-  check_top_p(top_p)
-  chex.assert_rank(x_init, 3)
+  _check_sampler_args(x_init, code, order, unit, temperature, top_p)
+  return sample_unchecked(denoise_fn, key, x_init, num_steps, schedule, code, order, unit=unit,
+                          temperature=temperature, top_p=top_p, grid=grid,
+                          skip_idle=skip_idle, return_nfe=return_nfe, return_idle=return_idle)
+
+
+def sample_unchecked(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
+                     code: DigitCode, order: str, *, unit: str = "token",
+                     temperature: float = 1.0, top_p: float | None = None,
+                     grid: str = "linear", skip_idle: bool = True, return_nfe: bool = False,
+                     return_idle: bool = False):
+  """``sample`` on arguments its caller has checked (``sample`` itself, and
+  ``block_sample`` once for all its blocks): the settings and x_init's digits."""
   batch_size, length, num_digits = x_init.shape
-  check_digits(x_init, code, name="x_init")
   mask_id = code.mask_id
 
   if order == "first_hitting":
@@ -696,45 +525,6 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule, code: Di
   return out[0] if len(out) == 1 else out
 
 
-def ancestral_idle_steps(key, batch_size: int, num_units: int, num_steps: int, schedule,
-                         grid: str = "linear"):
-  """Idle steps of the ancestral sampler from a fully masked start, int32 [B].
-
-  Which digits the ancestral sampler reveals at each step does not depend on the
-  network, so this simulates only that: ``num_units`` = N l digits, each revealed
-  at step i with probability (alpha(t_{i+1}) - alpha(t_i)) / (1 - alpha(t_i)) if
-  still masked (all at the last step); a step is idle when none is revealed.
-  """
-  times = time_grid(num_steps, grid)
-
-  def body(i, carry):
-    masked, idle = carry
-    alpha_t, alpha_s = schedule.alpha(times[i]), schedule.alpha(times[i + 1])
-    p = jnp.where(i == num_steps - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
-    u = jax.random.uniform(jax.random.fold_in(key, i), masked.shape)
-    reveal = masked & (u < p)
-    return masked & ~reveal, idle + (~jnp.any(reveal, axis=-1)).astype(jnp.int32)
-
-  init = (jnp.ones((batch_size, num_units), bool), jnp.zeros((batch_size,), jnp.int32))
-  return jax.lax.fori_loop(0, num_steps, body, init)[1]
-
-
-def expected_idle_ratio(num_units: int, num_steps: int, schedule, grid: str = "linear") -> float:
-  """E[idle steps] / T of the ancestral sampler from a fully masked start, exactly.
-
-  A digit's reveal step is independent of the others': it is revealed at step
-  i < T-1 with probability q_i = (alpha(t_{i+1}) - alpha(t_i)) / (1 - alpha(1)),
-  so P(step i idle) = (1 - q_i)^(N l) (the last step is idle iff every digit was
-  revealed before it).
-  """
-  a = np.asarray(schedule.alpha(time_grid(num_steps, grid)), np.float64)
-  q = (a[1:] - a[:-1]) / (1.0 - a[0])
-  idle = (1.0 - q[:-1]) ** num_units
-  before_last = np.sum(q[:-1])
-  last = before_last**num_units
-  return float((np.sum(idle) + last) / num_steps)
-
-
 # ----------------------------------------------------------------------------
 # Block diffusion with partial masking (BD3-LM's blocks, Prime within each block).
 
@@ -755,52 +545,29 @@ def block_nelbo_terms(denoise_fn: Callable, x0, key, schedule, code: DigitCode,
     denoise_fn: ``(x digits [B, 2L, l], t [B, 2L], positions [1, 2L],
       mask [2L, 2L][, z=[B, 2L, D]]) -> logits [B, 2L, V]``.
     x0: int [B, L] tokens in [0, V); key: PRNG key (may be None when t and noise
-      are given); schedule, code: as in ``prime_nelbo_terms``; block_size: L'.
+      are given); schedule, code: as in ``nelbo_terms``; block_size: L'.
     t: optional float [B, K] uniforms (block times for clip = (0, 1)).
     noise: optional float [B, L, l] digit masking uniforms.
     z: optional float [B, K, D], a latent per block (VMD).
-    num_steps, antithetic: as in ``prime_nelbo_terms``, per block.
+    num_steps, antithetic: as in ``nelbo_terms``, per block.
 
   Returns:
-    ``prime_nelbo_terms``' dict (each [B]; ``per_token`` [B, L]) with ``t``
+    ``nelbo_terms``' dict (each [B]; ``per_token`` [B, L]) with ``t``
     [B, K], ``per_block`` [B, K] and ``xt`` digits [B, L, l].
   """
   chex.assert_rank(x0, 2)
   check_tokens(x0, code.vocab_size, name="x0")
-  batch_size, seq_len = x0.shape
-  blocks = block.num_blocks(seq_len, block_size)
-  lo, hi = clip
-  if not 0.0 <= lo < hi <= 1.0:
-    raise ValueError(f"clip must be (beta, omega) with 0 <= beta < omega <= 1, got {clip}")
-  t_key, noise_key = jax.random.split(key) if key is not None else (None, None)
-  if t is None:
-    if antithetic:
-      t = jax.vmap(lambda k: stratified_times(k, batch_size), out_axes=1)(
-          jax.random.split(t_key, blocks))
-    else:
-      t = uniform_times(t_key, (batch_size, blocks))
-  t = jnp.asarray(t, jnp.float32)
-  chex.assert_shape(t, (batch_size, blocks))
-  if (lo, hi) != (0.0, 1.0):
-    t = block.clipped_rate_times(schedule, t, clip)
-  if num_steps is not None:
-    t, _ = discretize_times(t, num_steps)
+  t, _, noise = block.block_draws(key, schedule, x0.shape + (code.num_digits,), block_size,
+                                  t=t, noise=noise, clip=clip, num_steps=num_steps,
+                                  antithetic=antithetic)
   t_tok = block.per_token(t, block_size)  # [B, L]
   d0 = code.to_digits(x0)
-  x_t = mask_digits(d0, t_tok, schedule, code, key=noise_key, noise=noise)
-  kw = {}
-  if z is not None:
-    chex.assert_rank(z, 3)
-    z_tok = block.per_token(z, block_size)
-    kw["z"] = jnp.concatenate([z_tok, z_tok], axis=1)
-  logits = denoise_fn(jnp.concatenate([x_t, d0], axis=1),
-                      jnp.concatenate([t_tok, jnp.zeros_like(t_tok)], axis=1),
-                      jnp.tile(jnp.arange(seq_len, dtype=jnp.int32), 2)[None],
-                      block.block_diffusion_mask(seq_len, block_size), **kw)
-  chex.assert_shape(logits, (batch_size, 2 * seq_len, code.vocab_size))
-  terms = _nelbo_at(logits[:, :seq_len], d0, x_t, t_tok, schedule, code, num_steps)
-  per_block = terms["per_token"].reshape(batch_size, blocks, block_size).sum(-1)
-  return {**terms, "t": t, "per_block": per_block, "xt": x_t}
+  x_t = mask_digits(d0, t_tok, schedule, code, noise=noise)
+  logits = block.vectorised_logits(denoise_fn, x_t, d0, t_tok, block_size,
+                                   vocab_size=code.vocab_size, z=z)
+  terms = nelbo_from_logits(logits, d0, x_t, t_tok, schedule, code, num_steps)
+  return {**terms, "t": t, "per_block": block.sum_per_block(terms["per_token"], block_size),
+          "xt": x_t}
 
 
 def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
@@ -825,14 +592,13 @@ def block_sample(denoise_fn: Callable, prefill_fn: Callable | None, key, x_init,
     int [B, L, l] digits, or (digits, nfe) with ``return_nfe`` (prefill calls
     not counted).
   """
-  chex.assert_rank(x_init, 3)
-  check_digits(x_init, code, name="x_init")
+  _check_sampler_args(x_init, code, order, unit, temperature, top_p)
   unpacked = lambda fn: None if fn is None else (lambda x, *a, **kw: fn(code.unpack(x), *a, **kw))
 
   def sample_block(logits_fn, block_key, x_block):
-    return sample(logits_fn, block_key, x_block, num_steps_per_block, schedule, code, order,
-                  unit=unit, temperature=temperature, top_p=top_p, grid=grid,
-                  skip_idle=skip_idle, return_nfe=True)
+    return sample_unchecked(logits_fn, block_key, x_block, num_steps_per_block, schedule, code,
+                            order, unit=unit, temperature=temperature, top_p=top_p, grid=grid,
+                            skip_idle=skip_idle, return_nfe=True)
 
   x, nfe = block.blockwise(sample_block, unpacked(denoise_fn), unpacked(prefill_fn), key,
                            x_init, block_size, use_cache=use_cache,
@@ -852,12 +618,8 @@ def exact_digit_denoiser(probs, code: DigitCode, length: int, log_floor: float =
   context of probability 0 gives uniform logits). Ignores t.
   """
   vocab_size = code.vocab_size
-  probs = jnp.asarray(probs, jnp.float32)
-  if probs.shape != (vocab_size**length,):
-    raise ValueError(f"probs must have shape [{vocab_size}**{length}], got {probs.shape}")
-  seqs = jnp.asarray(all_sequences(vocab_size, length))
+  probs, seqs, one_hot = exact.enumerable_joint(probs, vocab_size, length)
   seq_digits = code.to_digits(seqs)  # [S, N, l]
-  one_hot = jax.nn.one_hot(seqs, vocab_size)  # [S, N, V]
 
   def denoise_fn(x_t, t=None, *unused):
     del t, unused
@@ -876,40 +638,23 @@ def expected_nelbo(denoise_fn, x0, schedule, code: DigitCode, *, num_steps: int 
   ``rule``: "gauss" (Gauss-Legendre on [0, 1]; exact for the linear schedule with
   num_quadrature >= N l / 2, since w(t) P(M | t) is then a polynomial) or
   "midpoint" (as ``exact.expected_nelbo``); discrete time averages the T grid
-  cells exactly. Calls ``prime_nelbo_terms`` with explicit t and noise, so it
+  cells exactly. Calls ``nelbo_terms`` with explicit t and noise, so it
   checks that function without Monte Carlo error. x0: int [N] or [S, N]; returns
   a float or float64 [S]. Small N l only.
   """
   x0 = np.asarray(x0, np.int32)
   single = x0.ndim == 1
   x0 = np.atleast_2d(x0)
-  num_seqs, length = x0.shape
-  num_digits = code.num_digits
-  patterns = all_sequences(2, length * num_digits).astype(bool).reshape(-1, length, num_digits)
   if num_steps is not None:
-    t = (np.arange(num_steps) + 0.5) / num_steps
-    w = np.full(num_steps, 1.0 / num_steps)
-  elif rule == "gauss":
-    nodes, weights = np.polynomial.legendre.leggauss(num_quadrature)
-    t, w = (nodes + 1.0) / 2.0, weights / 2.0
-  elif rule == "midpoint":
-    t = (np.arange(num_quadrature) + 0.5) / num_quadrature
-    w = np.full(num_quadrature, 1.0 / num_quadrature)
+    t, w = exact.quadrature(num_steps)
   else:
-    raise ValueError(f"unknown quadrature rule {rule!r}; known: ['gauss', 'midpoint']")
-  cells = len(t)
-  tt = np.tile(np.repeat(t.astype(np.float32), len(patterns)), num_seqs)
-  masks = np.tile(patterns, (num_seqs * cells, 1, 1))
-  x0s = np.repeat(x0, cells * len(patterns), axis=0)
-  noise = np.where(masks, np.float32(1.0 - 1e-7), np.float32(0.0))
-  terms = jax.jit(lambda x, t, u: prime_nelbo_terms(
+    t, w = exact.quadrature(num_quadrature, rule)
+  rows = exact.enumerate_masks(x0, t, code.num_digits)
+  terms = jax.jit(lambda x, t, u: nelbo_terms(
       denoise_fn, x, None, schedule, code, t=t, noise=u, num_steps=num_steps))(
-          jnp.asarray(x0s), jnp.asarray(tt), jnp.asarray(noise))
-  alpha = np.asarray(schedule.alpha(terms["t"]), np.float64)[:, None, None]
-  p_pattern = np.prod(np.where(masks, 1.0 - alpha, alpha), axis=(1, 2))
-  diffusion = np.asarray(terms["diffusion"], np.float64) * p_pattern
-  diffusion = diffusion.reshape(num_seqs, cells, -1).sum(-1) @ w
-  boundary = (np.asarray(terms["reconstruction"], np.float64)
-              + np.asarray(terms["prior"], np.float64)).reshape(num_seqs, -1)[:, 0]
-  out = diffusion + boundary
+          rows.x0, rows.t, rows.noise)
+  p_pattern = exact.mask_probability(rows.masks, schedule.alpha(terms["t"]))
+  out = exact.expectation(np.asarray(terms["diffusion"], np.float64) * p_pattern,
+                          np.asarray(terms["reconstruction"], np.float64)
+                          + np.asarray(terms["prior"], np.float64), len(x0), w)
   return float(out[0]) if single else out

@@ -24,16 +24,31 @@ top_prob, top_prob_margin, random
   probability, the highest gap between the two most likely values (Kim et al.
   2025), or at random.
 
-Calls. Which tokens the ancestral sampler reveals at a step never depends on the
-logits, so every token's reveal step is drawn up front (``ancestral_reveal_steps``).
-A step that reveals nothing leaves the sequence unchanged and its logits unused,
-so the loop moves each sequence straight to its own next reveal step and calls
-the network once for the whole batch, each sequence at its own time t [B]. That
-draws exactly the T-step distribution for any denoiser, time-conditioned ones
-included, and a T-step run costs at most min(T, L) calls (the most distinct
-reveal steps of any one sequence), whatever the batch size. ``skip_idle=False``
-calls at every grid step instead (md4's loop); the randomness is drawn per
-(sequence, step), so both give the same samples for the same key.
+Calls: ``skip_idle`` and NFE, for every sampler of the library (the one
+definition; ``block.block_sample``, ``prime.sample``, ``prime.block_sample`` and
+``genmd4.sample`` point here). NFE (``return_nfe=True``) is the number of denoiser
+calls made, each on the whole batch (a block sampler's KV-cache prefill calls are
+not counted). ``skip_idle=True``, the default, makes no call whose logits no
+sequence uses: which positions a step reveals is decided before its call where
+the sampler's plan does not depend on the logits, and a step at which no
+sequence reveals anything is not called, which changes no sample for the same
+key (exact for time-conditioned denoisers too). ``skip_idle=False`` is the
+reference loop: a call per grid step. How each sampler meets it:
+
+- here (and per block in ``block.block_sample``): every token's ancestral reveal
+  step is drawn up front (``ancestral_reveal_steps``) and the loop moves each
+  sequence straight to its own next reveal step, calling the network once for
+  the whole batch, each sequence at its own time t [B]: at most min(T, L) calls
+  (the most distinct reveal steps of any one sequence), whatever the batch size.
+  False: a call per grid step until nothing is masked (md4's loop); the
+  randomness is drawn per (sequence, step), so both give the same samples;
+- ``prime.sample``: before each grid step, whether any sequence reveals a digit
+  (``prime.reveals_any``); the step is skipped when none does, so NFE is the
+  number of grid steps at which some sequence reveals. False: a call at each of
+  the T steps, masks left or not;
+- ``genmd4.sample``: which positions a step reveals depends on the logits, so
+  only a step with nothing masked in the batch is known to be idle beforehand;
+  it is always skipped (no ``skip_idle`` argument).
 
 The confidence orders have no idle step to skip: floor(m r) < m for r < 1 (and
 ``confidence_reveal_counts`` keeps that where float32 rounds r to 1), so every
@@ -76,7 +91,6 @@ from vmd_jax.forward import (check_drawable, check_logits, check_tokens, checkin
 from vmd_jax.schedules import time_grid
 
 ORDERS = ("ancestral", "first_hitting", "top_prob", "top_prob_margin", "random")
-CONFIDENCE_ORDERS = ("top_prob", "top_prob_margin", "random")
 
 
 def check_top_p(top_p):
@@ -108,6 +122,21 @@ def check_temperature(temperature):
   if not (math.isfinite(float(temperature)) and float(temperature) >= 0.0):
     raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), "
                      f"got {temperature!r}")
+
+
+def check_order(order: str):
+  """Raises ValueError unless ``order`` is one of ``ORDERS``."""
+  if order not in ORDERS:
+    raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
+
+
+def check_settings(order: str | None, temperature, top_p):
+  """The samplers' shared argument checks: ``check_order`` (None: the sampler
+  has one order), ``check_temperature`` and ``check_top_p``."""
+  if order is not None:
+    check_order(order)
+  check_temperature(temperature)
+  check_top_p(top_p)
 
 
 def top_p_logits(logits, top_p: float):
@@ -212,24 +241,25 @@ def confidence_reveal_counts(num_masked, num_steps: int, schedule, grid: str = "
   return counts.T
 
 
-def _confidence(logits, order, keys):
-  """Scores [B, N]; ``keys`` [B] (one per sequence) for the random order."""
+def confidence(probs, order: str, random_scores):
+  """Each distribution's confidence, [...] from probs [..., V]: its largest
+  probability (``top_prob``), the gap between its two largest (``top_prob_margin``,
+  Kim et al. 2025), or ``random_scores`` [...] (``random``; uniforms the caller
+  drew). Shared by this module's and ``prime``'s confidence orders."""
   if order == "random":
-    return jax.vmap(lambda k: jax.random.uniform(k, logits.shape[1:-1]))(keys)
-  probs = jax.nn.softmax(logits, axis=-1)
+    return random_scores
   if order == "top_prob":
     return jnp.max(probs, axis=-1)
   top2 = jax.lax.top_k(probs, 2)[0]
   return top2[..., 0] - top2[..., 1]
 
 
-def _reveal_top(scores, masked, num_reveal):
-  """Boolean [B, N]: for each row the ``num_reveal[b]`` masked positions of
-  highest score."""
-  scores = jnp.where(masked, scores, -jnp.inf)
-  order = jnp.argsort(-scores, axis=-1)
-  rank = jnp.argsort(order, axis=-1)
-  return masked & (rank < num_reveal[:, None])
+def reveal_top(scores, candidates, num_reveal):
+  """bool [B, K]: for each row the ``num_reveal[b]`` candidates (bool [B, K]) of
+  highest score (scores [B, K]). Shared with ``prime``'s samplers."""
+  scores = jnp.where(candidates, scores, -jnp.inf)
+  rank = jnp.argsort(jnp.argsort(-scores, axis=-1), axis=-1)
+  return candidates & (rank < num_reveal[:, None])
 
 
 def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
@@ -253,18 +283,16 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
       greedy.
     top_p: nucleus threshold for the drawn values, in (0, 1] (None: off).
     grid: time grid, "linear" or "cosine" (``schedules.time_grid``).
-    skip_idle: ancestral only: call the network only at the steps where a
-      sequence reveals something (exact, module docstring); False calls it at
-      every step until nothing is masked (the reference loop).
+    skip_idle: no call at a step where no sequence reveals anything (module
+      docstring, "Calls": the one definition, shared by every sampler); False: a
+      call per grid step until nothing is masked (the reference loop). Only the
+      ancestral order has idle steps to skip.
     return_nfe: also return the number of network calls made (int32 scalar).
 
   Returns:
     int [B, N] samples, or (samples, nfe) with ``return_nfe``.
   """
-  if order not in ORDERS:
-    raise ValueError(f"unknown sampling order {order!r}; known orders: {list(ORDERS)}")
-  check_temperature(temperature)
-  check_top_p(top_p)
+  check_settings(order, temperature, top_p)
   chex.assert_rank(x_init, 2)
   batch_size, length = x_init.shape
   if length == 0:
@@ -274,6 +302,18 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
     vocab_size = infer_vocab_size(denoise_fn, x_init,
                                   jax.ShapeDtypeStruct((batch_size,), jnp.float32))
   check_tokens(x_init, vocab_size, allow_mask=True, name="x_init")
+  return sample_unchecked(denoise_fn, key, x_init, num_steps, schedule, order, vocab_size,
+                          temperature=temperature, top_p=top_p, grid=grid,
+                          skip_idle=skip_idle, return_nfe=return_nfe)
+
+
+def sample_unchecked(denoise_fn: Callable, key, x_init, num_steps: int, schedule, order: str,
+                     vocab_size: int, *, temperature: float = 1.0, top_p: float | None = None,
+                     grid: str = "linear", skip_idle: bool = True, return_nfe: bool = False):
+  """``sample`` on arguments its caller has checked (``sample`` itself, and
+  ``block.block_sample`` once for all its blocks): the settings
+  (``check_settings``), x_init's tokens in [0, V] and its length >= 1."""
+  batch_size, length = x_init.shape
   mask_id = vocab_size
   plan_key, draw_key = jax.random.split(key)
   row_keys = jax.random.split(draw_key, batch_size)
@@ -319,7 +359,9 @@ def sample(denoise_fn: Callable, key, x_init, num_steps: int, schedule,
 
       def choose(masked, logits, event, keys):
         count = jnp.take_along_axis(counts, jnp.minimum(event, num_steps - 1)[:, None], 1)[:, 0]
-        return _reveal_top(_confidence(logits, order, keys), masked, count)
+        noise = jax.vmap(lambda k: jax.random.uniform(k, logits.shape[1:-1]))(keys)
+        scores = confidence(jax.nn.softmax(logits, axis=-1), order, noise)
+        return reveal_top(scores, masked, count)
 
     def next_event(x, cursor):
       """(step [B], its time t_step [B], active [B])."""

@@ -2,7 +2,7 @@
 (the md4 recipe) with each of the 27 characters written as l sub-token digits,
 each digit masked on its own: l = 2 (base 6, 36 codes of which 27 valid) by
 default, ``--config.diffusion.prime_digits=4`` for base 3 (81 codes). The NELBO
-(``vmd_jax.prime.prime_nelbo_terms``) is a bound on -log p(x_0) over valid
+(``vmd_jax.prime.nelbo_terms``) is a bound on -log p(x_0) over valid
 characters, so eval.json's ``nelbo_bits_per_token`` is test bits per character,
 comparable with MD4's.
 

@@ -25,7 +25,6 @@ import numpy as np
 
 VOCAB_SIZE = 27
 MASK_ID = VOCAB_SIZE
-SPACE_ID = 26
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven",

@@ -23,14 +23,14 @@ Block VMD with ``prior_encoder``: the latent's prior is conditional,
 p(z_b | x^{<b}) = N(mean_b, diag(exp(logvar_b))), read by a block-causal
 ``LatentEncoder`` over V + 1 tokens (the mask id V meaning "not visible") from
 ``block.previous_blocks(x)``, so that block b's prior sees the blocks < b only.
-It is trained with the model (the KL of ``block.block_vmd_loss`` is to it), kept
+It is trained with the model (the KL of ``loss`` is to it), kept
 in ``params["prior"]``, and ``sample`` draws each z_b from it once the blocks
 before b are generated.
 
 With a denoiser of ``prime_digits`` l > 1 the model is MDM-Prime
 (``vmd_jax.prime``): the denoiser reads digits, the NELBO is
-``prime.prime_nelbo_terms`` (blocks: ``prime.block_nelbo_terms``; VMD adds the
-latent KL with ``losses.with_latent_kl``), and ``sample`` takes and returns
+``prime.nelbo_terms`` (blocks: ``prime.block_nelbo_terms``; VMD's latent is
+composed with it in ``loss``, as with every objective), and ``sample`` takes and returns
 tokens (mask id V), converting to digits and back inside.
 """
 
@@ -42,7 +42,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from vmd_jax import block, genmd4, losses, prime, sampling
+from vmd_jax import block, genmd4, losses, md4, prime, sampling
 from vmd_jax.networks import adapters
 from vmd_jax.forward import check_tokens
 from vmd_jax.networks.denoiser import Denoiser
@@ -150,74 +150,56 @@ class MaskedDiffusion:
   def loss(self, params, x0, key, *, train: bool = False, t=None, noise=None):
     """Per-sequence terms in nats, each float32 [B]; ``loss`` is what to minimise.
 
-    MD4: loss = nelbo. VMD: loss = nelbo(z) + beta * KL (see ``losses.vmd_loss``).
-    Blocks: ``block.block_nelbo_terms`` / ``block.block_vmd_loss``, whose ``t``
-    is [B, K]; with ``train`` the mask rate is drawn from ``train_mask_rate``
-    (evaluation, ``train=False``, always uses the unclipped bound).
+    The core objective of this model's kind (``_objective``: MD4, blocks,
+    Prime, block Prime, GenMD4), and for VMD its latent, composed here once
+    (``losses.vmd_terms``): encode q(z | x_0), draw z, the objective's terms given
+    z, and ``losses.with_latent_kl`` (to p(z_b | x^{<b}) with a ``prior_encoder``,
+    else N(0, I)). Blocks' ``t`` is [B, K]; with ``train`` the block mask rate is
+    drawn from ``train_mask_rate`` (evaluation, ``train=False``, always uses the
+    unclipped bound). x0 is checked by the core objective, the one entry point.
     """
     key, dropout_key, enc_key = jax.random.split(key, 3)
-    if self.prime_code:
-      return self._prime_loss(params, x0, key, dropout_key, enc_key, train, t, noise)
-    common = dict(vocab_size=self.vocab_size, t=t, noise=noise,
-                  num_steps=self.loss_steps, antithetic=self.antithetic)
-    if self.block_size:
-      return self._block_loss(params, x0, key, dropout_key, enc_key, train, common)
-    denoise = self.denoise_fn(params, train=train, rng=dropout_key)
-    if self.learn_schedule:
-      return self._genmd4_loss(params, x0, key, denoise, train, t, noise)
+    objective = self._objective(params, x0, train, dropout_key, t, noise)
     if self.encoder is None:
-      terms = losses.md4_nelbo_terms(denoise, x0, key, self.schedule, **common)
-      return {**terms, "loss": terms["nelbo"]}
+      terms = objective(key, None)
+      return terms if "loss" in terms else {**terms, "loss": terms["nelbo"]}
     encode = self.encode_fn(params, train=train, rng=enc_key)
-    return losses.vmd_loss(denoise, encode, x0, key, self.schedule, beta=self.beta,
-                           free_bits=self.free_bits, **common)
-
-  def _genmd4_loss(self, params, x0, key, denoise, train, t, noise):
-    """Training: ``genmd4.rloo_loss`` (two draws of x_t per sequence, ``noise`` [2, B,
-    N]); evaluation: ``genmd4.nelbo_terms`` (one draw, ``noise`` [B, N])."""
-    fn = genmd4.rloo_loss if train else genmd4.nelbo_terms
-    terms = fn(denoise, x0, key, self.schedule_params(params), eps=self.schedule.eps, t=t,
-               noise=noise, antithetic=self.antithetic)
-    return terms if train else {**terms, "loss": terms["nelbo"]}
-
-  def _block_loss(self, params, x0, key, dropout_key, enc_key, train, common):
-    rngs = {"dropout": dropout_key} if train else None
-    denoise, _ = adapters.block_denoiser_fns(self.denoiser, params["denoiser"], train=train,
-                                             rngs=rngs)
-    clip = self.train_mask_rate if train else (0.0, 1.0)
-    if self.encoder is None:
-      terms = block.block_nelbo_terms(denoise, x0, key, self.schedule, self.block_size,
-                                      clip=clip, **common)
-      return {**terms, "loss": terms["nelbo"]}
-    encode = lambda x: self.encode_fn(params, train=train, rng=enc_key)(x, x, None)
-    prior_fn = self.prior_fn(params, train=train, rng=jax.random.fold_in(enc_key, 1))
-    return block.block_vmd_loss(denoise, encode, x0, key, self.schedule, self.block_size,
-                                beta=self.beta, free_bits=self.free_bits, clip=clip,
-                                prior_fn=prior_fn, **common)
-
-  def _prime_loss(self, params, x0, key, dropout_key, enc_key, train, t, noise):
-    """MDM-Prime's NELBO (``prime``), with VMD's latent KL and/or blocks."""
-    common = dict(t=t, noise=noise, num_steps=self.loss_steps, antithetic=self.antithetic)
-    posterior, z = None, None
-    if self.encoder is not None:  # an encoder of x_0 alone (config validation)
-      z_key, key = jax.random.split(key)
-      encode = self.encode_fn(params, train=train, rng=enc_key)
-      posterior = losses.DiagonalGaussian(*encode(x0, x0, None))
-      z = posterior.sample(z_key)
-    if self.block_size:
-      rngs = {"dropout": dropout_key} if train else None
-      denoise, _ = adapters.block_denoiser_fns(self.denoiser, params["denoiser"], train=train,
-                                               rngs=rngs)
-      clip = self.train_mask_rate if train else (0.0, 1.0)
-      terms = prime.block_nelbo_terms(denoise, x0, key, self.schedule, self.prime_code,
-                                      self.block_size, clip=clip, z=z, **common)
+    if self.encoder.sees_xt:  # MD4 only (config validation): z drawn once x_t is
+      posterior = lambda xt, t: losses.DiagonalGaussian(*encode(x0, xt, t))
     else:
-      denoise = self.denoise_fn(params, train=train, rng=dropout_key)
-      fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
-      terms = prime.prime_nelbo_terms(fn, x0, key, self.schedule, self.prime_code, **common)
-    if posterior is None:
-      return {**terms, "loss": terms["nelbo"]}
-    return losses.with_latent_kl(terms, posterior, self.beta, self.free_bits)
+      posterior = losses.DiagonalGaussian(*encode(x0, x0, None))
+    prior_fn = self.prior_fn(params, train=train, rng=jax.random.fold_in(enc_key, 1))
+    prior = None if prior_fn is None else losses.DiagonalGaussian(*prior_fn(x0))
+    return losses.vmd_terms(objective, posterior, key, self.beta, self.free_bits, prior)
+
+  def _objective(self, params, x0, train, rng, t, noise):
+    """The core objective of this model's kind as ``(key, z) -> terms``: the one
+    place that picks it. GenMD4 trains on ``genmd4.rloo_loss`` (two draws of x_t
+    per sequence, ``noise`` [2, B, N]) and evaluates ``genmd4.nelbo_terms``."""
+    common = dict(t=t, noise=noise, antithetic=self.antithetic)
+    if self.learn_schedule:
+      fn = genmd4.rloo_loss if train else genmd4.nelbo_terms
+      denoise = self.denoise_fn(params, train=train, rng=rng)
+      return lambda key, z: fn(denoise, x0, key, self.schedule_params(params),
+                               eps=self.schedule.eps, z=z, **common)
+    common["num_steps"] = self.loss_steps
+    code = self.prime_code
+    if self.block_size:
+      denoise, _ = adapters.block_denoiser_fns(self.denoiser, params["denoiser"], train=train,
+                                               rngs={"dropout": rng} if train else None)
+      common["clip"] = self.train_mask_rate if train else (0.0, 1.0)
+      if code:
+        return lambda key, z: prime.block_nelbo_terms(denoise, x0, key, self.schedule, code,
+                                                      self.block_size, z=z, **common)
+      return lambda key, z: block.block_nelbo_terms(denoise, x0, key, self.schedule,
+                                                    self.block_size, vocab_size=self.vocab_size,
+                                                    z=z, **common)
+    denoise = self.denoise_fn(params, train=train, rng=rng)
+    if code:
+      return lambda key, z: prime.nelbo_terms(denoise, x0, key, self.schedule, code, z=z,
+                                              **common)
+    return lambda key, z: md4.nelbo_terms(denoise, x0, key, self.schedule,
+                                          vocab_size=self.vocab_size, z=z, **common)
 
   def num_blocks(self, seq_len: int) -> int:
     """K = N / L' (1 without blocks)."""
@@ -234,13 +216,9 @@ class MaskedDiffusion:
     generated) and keeps it for every step. ``use_cache``: blocks read the clean earlier
     blocks from a KV cache (else they are recomputed; same samples).
     """
-    if self.learn_schedule:
-      if order != "ancestral":
-        raise ValueError(f"GenMD4 (a learned schedule) samples in the 'ancestral' order "
-                         f"only, got {order!r}")
-      return genmd4.sample(self.denoise_fn(params), key, x_init, num_steps,
-                           self.schedule_params(params), eps=self.schedule.eps,
-                           return_nfe=True, **sampler_kwargs)
+    if self.learn_schedule and order != "ancestral":
+      raise ValueError(f"GenMD4 (a learned schedule) samples in the 'ancestral' order "
+                       f"only, got {order!r}")
     blocks = self.num_blocks(x_init.shape[1])
     z, prior_fn = None, None
     if self.prior_encoder is not None and prior is None:
@@ -253,37 +231,39 @@ class MaskedDiffusion:
         z = z.reshape(x_init.shape[0], blocks, self.latent_dim)
     if self.block_size and num_steps % blocks:
       raise ValueError(f"NFE {num_steps} is not a multiple of the {blocks} blocks")
-    if self.prime_code:
-      return self._prime_sample(params, key, x_init, num_steps // blocks, order, z, use_cache,
-                                sampler_kwargs)
+    run = self._sampler(params, num_steps // blocks, order, z, prior_fn, use_cache,
+                        sampler_kwargs)
+    if not self.prime_code:
+      return run(key, x_init)
+    # Prime samples digits: a masked token has every digit masked.
+    check_tokens(x_init, self.vocab_size, allow_mask=True, name="x_init")
+    digits, nfe = run(key, self.prime_code.tokens_to_digits(x_init))
+    return self.prime_code.from_digits(digits).astype(x_init.dtype), nfe
+
+  def _sampler(self, params, steps, order, z, prior_fn, use_cache, kwargs):
+    """The core sampler of this model's kind as ``(key, x_init) -> (x, nfe)``, with
+    ``steps`` per block: the one place that picks it (as ``_objective`` for the
+    loss). Prime's take and return digits."""
+    code, kwargs = self.prime_code, dict(kwargs, return_nfe=True)
+    if self.learn_schedule:
+      return lambda key, x: genmd4.sample(self.denoise_fn(params), key, x, steps,
+                                          self.schedule_params(params),
+                                          eps=self.schedule.eps, **kwargs)
     if self.block_size:
       denoise, prefill = adapters.block_denoiser_fns(self.denoiser, params["denoiser"])
-      return block.block_sample(denoise, prefill, key, x_init, self.block_size,
-                                num_steps // blocks, self.schedule, order,
-                                vocab_size=self.vocab_size, use_cache=use_cache, z=z,
-                                prior_fn=prior_fn, return_nfe=True, **sampler_kwargs)
+      kwargs.update(use_cache=use_cache, z=z)
+      if code:
+        return lambda key, x: prime.block_sample(denoise, prefill, key, x, self.block_size,
+                                                 steps, self.schedule, code, order, **kwargs)
+      return lambda key, x: block.block_sample(denoise, prefill, key, x, self.block_size, steps,
+                                               self.schedule, order, vocab_size=self.vocab_size,
+                                               prior_fn=prior_fn, **kwargs)
     denoise = self.denoise_fn(params)
     fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
-    return sampling.sample(fn, key, x_init, num_steps, self.schedule, order=order,
-                           vocab_size=self.vocab_size, return_nfe=True, **sampler_kwargs)
-
-  def _prime_sample(self, params, key, x_init, steps, order, z, use_cache, sampler_kwargs):
-    """Prime's sampler on x_init's digits (a masked token has every digit
-    masked); returns (tokens, nfe)."""
-    code = self.prime_code
-    check_tokens(x_init, self.vocab_size, allow_mask=True, name="x_init")
-    digits = code.tokens_to_digits(x_init)
-    if self.block_size:
-      denoise, prefill = adapters.block_denoiser_fns(self.denoiser, params["denoiser"])
-      digits, nfe = prime.block_sample(denoise, prefill, key, digits, self.block_size, steps,
-                                       self.schedule, code, order, use_cache=use_cache, z=z,
-                                       return_nfe=True, **sampler_kwargs)
-    else:
-      denoise = self.denoise_fn(params)
-      fn = (lambda xt, t: denoise(xt, t, z)) if z is not None else denoise
-      digits, nfe = prime.sample(fn, key, digits, steps, self.schedule, code, order,
-                                 return_nfe=True, **sampler_kwargs)
-    return code.from_digits(digits).astype(x_init.dtype), nfe
+    if code:
+      return lambda key, x: prime.sample(fn, key, x, steps, self.schedule, code, order, **kwargs)
+    return lambda key, x: sampling.sample(fn, key, x, steps, self.schedule, order=order,
+                                          vocab_size=self.vocab_size, **kwargs)
 
   def encode_posteriors(self, params, x0):
     """q(z | x_0) for a batch with x_t all masks (what an x_0-only encoder sees),
