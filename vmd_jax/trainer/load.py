@@ -42,12 +42,14 @@ def write_data_shape(workdir, vocab_size: int, seq_len: int) -> None:
 
 def load_config(workdir) -> ml_collections.ConfigDict:
   """The validated config a run in ``workdir`` was trained with; a field added to
-  ``config.base_config`` after the run was made takes its default."""
+  ``config.base_config`` after the run was made takes its default, and one moved
+  since (``config.MOVED_KEYS``) is read under its new name."""
   path = io.as_path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: is {workdir} a vmd_jax workdir?")
   config = config_lib.base_config()
-  config.update(io.read_json(path))  # recursive: the saved values over the defaults
+  # recursive: the saved values over the defaults
+  config.update(config_lib.migrate_saved(io.read_json(path)))
   return config_lib.validate(config)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from vmd_jax import data, sampling
 from vmd_jax.networks.diffusion import standard_normal_prior
+from vmd_jax.networks.variant import check_variant
 from vmd_jax.trainer import evaluate, io
 from vmd_jax.trainer.load import BadInput, Run, open_run, restore_ema
 
@@ -27,13 +28,11 @@ def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior
     raise BadInput(f"--order={order}: unknown sampling order; known orders: "
                    f"{list(sampling.ORDERS)}")
   config, model, vocab_size, seq_len = run
-  if model.learn_schedule and order != "ancestral":
-    raise BadInput(f"--order={order}: GenMD4 (a learned schedule) samples in the "
-                   "'ancestral' order only")
-  blocks = model.num_blocks(seq_len)
-  if (steps or seq_len) % blocks:
-    raise BadInput(f"--steps={steps}: the network calls (0: the length {seq_len}) must be a "
-                   f"multiple of the run's {blocks} blocks")
+  try:
+    check_variant(model.variant, seq_len=seq_len, orders=[(order, steps or seq_len)],
+                  source="--order/--steps")
+  except ValueError as e:
+    raise BadInput(str(e)) from None
   if prior == "conditional" and model.prior_encoder is None:
     raise BadInput(f"--prior=conditional needs a run trained with prior.kind = "
                    f"'conditional'; {workdir} has prior.kind = {config.prior.kind!r}")
@@ -43,22 +42,20 @@ def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior
   if prior == "mixture" and not (io.as_path(workdir) / "prior.npz").exists():
     raise FileNotFoundError(f"{io.as_path(workdir) / 'prior.npz'} not found: the run "
                             "fitted no mixture prior")
-  x_init = np.full((num, seq_len), vocab_size, np.int32)
-  if puzzles:
-    from vmd_jax.data import sudoku
-    if config.data.name != "sudoku":
-      raise BadInput(f"--puzzles needs a Sudoku run; {workdir} is a "
-                     f"{config.data.name!r} run")
-    try:
-      grids = sudoku.load_sudoku_csv(puzzles)
-    except sudoku.SudokuDataError as e:
-      raise BadInput(f"--puzzles: {e}") from None
-    if len(grids.puzzles) < num:
-      raise BadInput(f"--puzzles={puzzles} has {len(grids.puzzles)} puzzles, fewer than "
-                     f"--num={num}")
-    given = grids.puzzles[:num] != 0
-    x_init = np.where(given, grids.puzzles[:num] - 1, vocab_size).astype(np.int32)
-  return x_init
+  if not puzzles:
+    return np.full((num, seq_len), vocab_size, np.int32)
+  prompt_tokens = data.hook(config.data.name, "prompt_tokens")
+  if prompt_tokens is None:
+    raise BadInput(f"--puzzles needs a Sudoku run; {workdir} is a "
+                   f"{config.data.name!r} run")
+  try:
+    x_init = prompt_tokens(puzzles, vocab_size)
+  except ValueError as e:  # a malformed file (SudokuDataError)
+    raise BadInput(f"--puzzles: {e}") from None
+  if len(x_init) < num:
+    raise BadInput(f"--puzzles={puzzles} has {len(x_init)} puzzles, fewer than "
+                   f"--num={num}")
+  return x_init[:num]
 
 
 def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ancestral",
