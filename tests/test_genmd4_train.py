@@ -85,6 +85,7 @@ def test_equal_exponents_evaluate_as_md4(power_init):
   c = tiny_config()
   c.diffusion.genmd4_power_init = power_init
   gen = model_of(config_lib.validate(c))
+  c.diffusion.kind = "md4"
   c.diffusion.schedule, c.diffusion.schedule_k = "polynomial", power_init
   md4 = model_of(c)
   x0 = jnp.asarray(np.random.default_rng(0).integers(0, 10, (6, 2)), jnp.int32)

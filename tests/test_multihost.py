@@ -81,9 +81,7 @@ def run_processes(args, logs_dir, num=2, timeout=480):
 
 def config_of(name, overrides):
   c = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
-  for key, value in overrides.items():
-    group, field = key.split(".")
-    c[group][field] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

@@ -259,9 +259,7 @@ def test_resume_with_a_state_of_another_shape_is_refused(tmp_path, field):
 def test_bad_setup_is_one_error_before_config_json(tmp_path, change, message):
   from vmd_jax.trainer import cli
   c = tiny_config("md4")
-  for key, value in change.items():
-    group, field = key.split(".")
-    c[group][field] = value
+  c.update_from_flattened_dict(change)
   with pytest.raises(train.BadSetup, match=message) as e:
     train.train_and_evaluate(c, str(tmp_path / "run"))
   assert cli._run_ended(e.value) == 2  # the command line: one line, exit 2

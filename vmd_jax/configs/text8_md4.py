@@ -15,13 +15,13 @@ NELBO. Paper: test BPC <= 1.37. eval.json's ``nelbo_bits_per_token`` (and its
 ``_stderr``) is the test bits per character over the last 5M characters
 (``--config.data.num_eval=N``: over its first N windows of 256 only).
 
-Data: ``text8_source = "text8"`` reads the real corpus from ``data.text8.path``
+Data: ``data.text8.source = "text8"`` reads the real corpus from ``data.text8.path``
 (text8 or text8.zip), else the tfds manual dir
-(``<text8_data_dir>/downloads/manual``), else downloads it; prepared once under
+(``<data.text8.data_dir>/downloads/manual``), else downloads it; prepared once under
 ``data.text8.data_dir`` (default ~/tensorflow_datasets). Offline, use any local
 text in text8's format instead: ``--config.data.text8.source=local`` with
 ``--config.data.text8.path=FILE_OR_DIR`` (normalised to a-z and space, split
-90/5/5), or with ``text8_path`` empty for Python's own documentation text.
+90/5/5), or with ``data.text8.path`` empty for Python's own documentation text.
 
   python -m vmd_jax.main --config=configs/text8_md4.py --workdir=runs/text8_md4 \
       --config.data.text8.path=/data/text8.zip
@@ -43,7 +43,7 @@ from vmd_jax.trainer.config import base_config
 def get_config():
   c = base_config()
   c.data.name = "text8"
-  c.data.text8.source = "text8"        # "local": any text file/folder at text8_path (offline)
+  c.data.text8.source = "text8"        # "local": any text file/folder at text8.path (offline)
   c.data.text8.path = ""               # text8 / text8.zip; empty: manual dir, then download
   c.data.text8.data_dir = ""           # tfds data dir; empty: ~/tensorflow_datasets
   c.data.seq_len = 256

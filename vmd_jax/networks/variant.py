@@ -59,9 +59,8 @@ def _check_genmd4(v: Variant, orders, source: str) -> None:
                      f"NELBO), got {v.loss_steps!r}")
   for order, nfe in orders:
     if order != "ancestral":
-      setting = order if nfe is None else f"{order}:{nfe}"
       raise ValueError(f"{needs} the 'ancestral' order only (vmd_jax.genmd4 samples "
-                       f"ancestrally), got '{setting}' in {source}")
+                       f"ancestrally), got '{order}:{nfe}' in {source}")
 
 
 def _check_blocks(v: Variant) -> None:
@@ -103,7 +102,7 @@ def _check_sampling(v: Variant, seq_len: int, orders, source: str) -> None:
   multiple of K (each block gets NFE / K steps)."""
   blocks = block.num_blocks(seq_len, v.block_size) if v.block_size else 1
   for order, nfe in orders:
-    if nfe is not None and nfe % blocks:
+    if nfe % blocks:
       raise ValueError(f"{source} {order}:{nfe}: the NFE must be a multiple of "
                        f"the {blocks} blocks (each block gets NFE / {blocks} steps)")
 
@@ -113,9 +112,9 @@ def check_variant(v: Variant, *, seq_len: int | None = None, orders=(),
   """Raises ValueError naming the fields of the first rule ``v`` breaks.
 
   ``seq_len``: the data's length N, when known (``block_size`` must divide it);
-  ``orders``: the (order, NFE) pairs the model will sample with (NFE None:
-  not known yet), checked against the variant (GenMD4: ancestral only; K
-  blocks: NFE a multiple of K, with ``seq_len``); ``source``: where the
+  ``orders``: the (order, NFE) pairs the model will sample with, checked
+  against the variant (GenMD4: ancestral only; K blocks: NFE a multiple of K,
+  with ``seq_len``); ``source``: where the
   orders come from, for the message (a flag, or the run's ``eval.settings``).
   """
   orders = list(orders)

@@ -438,8 +438,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.train.schedule_lr and config.diffusion.kind != "genmd4":
     raise ValueError(f"config.train.schedule_lr = {config.train.schedule_lr!r} needs "
                      "config.diffusion.kind = 'genmd4' (no other schedule is learned)")
-  check_variant(variant_of(config),
-                orders=[(order, None) for order, _ in parse_eval_settings(config.eval.settings)])
+  check_variant(variant_of(config), orders=parse_eval_settings(config.eval.settings))
   return config
 
 

@@ -50,7 +50,7 @@ from vmd_jax.networks import MaskedDiffusion
 from vmd_jax.networks.variant import check_variant
 from vmd_jax.trainer import config as config_lib
 from vmd_jax.trainer import io, sharding
-from vmd_jax.trainer.load import BadInput
+from vmd_jax.trainer.load import BadInput, bad_input
 
 
 class OutputNotWritten(OSError):
@@ -287,7 +287,7 @@ def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
 
   from vmd_jax import data as data_registry
   from vmd_jax.trainer import build
-  try:
+  with bad_input():  # a malformed file (SudokuDataError, a bad table) or setting
     if data:
       if not epath.Path(data).exists():
         raise FileNotFoundError(f"evaluation data not found: {data}")
@@ -304,8 +304,6 @@ def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
       config.eval.settings = settings
     config_lib.validate(config)
     dataset = build.build_dataset(config)
-  except ValueError as e:  # a malformed file (SudokuDataError, a bad table) or setting
-    raise BadInput(str(e)) from None
   if dataset.vocab_size != vocab_size:
     raise BadInput(f"{data}: a vocabulary of {dataset.vocab_size} tokens, but the model "
                    f"in {workdir} was trained on {vocab_size}")
@@ -338,10 +336,8 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   from vmd_jax.trainer.load import open_run, restore_ema
 
   if settings:
-    try:
+    with bad_input(f"--settings={settings}: "):
       config_lib.parse_eval_settings(settings)
-    except ValueError as e:
-      raise BadInput(f"--settings={settings}: {e}") from None
   if output is None:
     output = f"eval_{epath.Path(data).stem}.json" if data else "eval.json"
   inside = posixpath.normpath(output)  # a name relative to the workdir (local or gs://)
@@ -355,10 +351,8 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
     open_judge(judge, run.config, run.vocab_size, run.seq_len)  # before any data is read
   dataset = evaluation_dataset(run.config, workdir, data, settings, run.vocab_size,
                                run.seq_len)
-  try:
+  with bad_input():
     check_settings(run.config, run.model, dataset.seq_len)
-  except ValueError as e:
-    raise BadInput(str(e)) from None
   params, step = restore_ema(workdir, run)
   judge_run = load_judge(judge, run.config, run.vocab_size, run.seq_len) if judge else None
   result = evaluate_run(run.config, run.model, dataset, params, workdir, output=None,

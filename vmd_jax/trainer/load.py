@@ -15,6 +15,7 @@ created, moved or removed, so it is safe while a training run holds the workdir
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import jax
@@ -32,6 +33,16 @@ SHAPE_FILE = "data_shape.json"
 class BadInput(ValueError):
   """An input a reader of a workdir cannot use (a flag's value, a data file);
   the message names it. ``vmd-jax evaluate`` / ``sample`` report it in one line."""
+
+
+@contextlib.contextmanager
+def bad_input(prefix: str = ""):
+  """A ValueError inside (a check's refusal) raised as ``BadInput``, its message
+  after ``prefix`` (the flag it concerns)."""
+  try:
+    yield
+  except ValueError as e:
+    raise BadInput(f"{prefix}{e}") from None
 
 
 def write_data_shape(workdir, vocab_size: int, seq_len: int) -> None:

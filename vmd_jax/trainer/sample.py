@@ -16,7 +16,7 @@ from vmd_jax import data, sampling
 from vmd_jax.networks.diffusion import standard_normal_prior
 from vmd_jax.networks.variant import check_variant
 from vmd_jax.trainer import evaluate, io
-from vmd_jax.trainer.load import BadInput, Run, open_run, restore_ema
+from vmd_jax.trainer.load import BadInput, Run, bad_input, open_run, restore_ema
 
 
 def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior: str,
@@ -28,11 +28,9 @@ def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior
     raise BadInput(f"--order={order}: unknown sampling order; known orders: "
                    f"{list(sampling.ORDERS)}")
   config, model, vocab_size, seq_len = run
-  try:
+  with bad_input():
     check_variant(model.variant, seq_len=seq_len, orders=[(order, steps or seq_len)],
                   source="--order/--steps")
-  except ValueError as e:
-    raise BadInput(str(e)) from None
   if prior == "conditional" and model.prior_encoder is None:
     raise BadInput(f"--prior=conditional needs a run trained with prior.kind = "
                    f"'conditional'; {workdir} has prior.kind = {config.prior.kind!r}")
@@ -48,10 +46,8 @@ def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior
   if prompt_tokens is None:
     raise BadInput(f"--puzzles needs a Sudoku run; {workdir} is a "
                    f"{config.data.name!r} run")
-  try:
+  with bad_input("--puzzles: "):  # a malformed file (SudokuDataError)
     x_init = prompt_tokens(puzzles, vocab_size)
-  except ValueError as e:  # a malformed file (SudokuDataError)
-    raise BadInput(f"--puzzles: {e}") from None
   if len(x_init) < num:
     raise BadInput(f"--puzzles={puzzles} has {len(x_init)} puzzles, fewer than "
                    f"--num={num}")
@@ -65,10 +61,8 @@ def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ance
   (0: one per position) in ``order``, one rendered sample per paragraph. VMD's
   ``prior``: "run" (the one it trained with: its conditional prior, else N(0, I)),
   "standard_normal", "mixture" or "conditional"."""
-  try:
+  with bad_input(f"--temperature={temperature}: "):
     sampling.check_temperature(temperature)
-  except ValueError as e:
-    raise BadInput(f"--temperature={temperature}: {e}") from None
   run = open_run(workdir)
   x_init = initial_tokens(workdir, run, num=num, steps=steps, order=order, prior=prior,
                           puzzles=puzzles)
