@@ -15,7 +15,9 @@ Add one with ``register("name", "package.module")``. The module defines
 and optionally, for ``vmd-jax evaluate --data=FILE`` and ``vmd-jax sample
 --puzzles=FILE``:
   ``use_eval_file(data_config, path, needs_train: bool)``: evaluate on ``path``;
-  ``prompt_tokens(path, mask_id) -> int32 [R, N]``: x_init rows read from ``path``.
+  ``prompt_tokens(path, mask_id) -> int32 [R, N]``: x_init rows read from ``path``;
+and ``config_shape(data_config) -> (V, N)`` where the config alone fixes them
+(``vmd-jax compile`` then reads no data).
 The shared fields of ``config.data`` (``name``, ``vocab_size``, ``seq_len``,
 ``num_eval``) are ``trainer.config``'s.
 """
@@ -66,7 +68,7 @@ def path_fields() -> tuple[str, ...]:
 
 def hook(name: str, attribute: str):
   """Dataset ``name``'s optional ``attribute`` (``use_eval_file``,
-  ``prompt_tokens``), or None when it has none."""
+  ``prompt_tokens``, ``config_shape``), or None when it has none."""
   return getattr(module(name), attribute, None)
 
 

@@ -199,6 +199,12 @@ def from_config(data_config, seed: int) -> Text8Dataset:
                                    num_eval=data_config.num_eval)
 
 
+def config_shape(data_config) -> tuple[int, int]:
+  """(V, N) of the windows ``config.data`` asks for, without preparing the text
+  (``trainer.compile``)."""
+  return tn.VOCAB_SIZE, data_config.seq_len or 256
+
+
 def _builder(t, data_dir):
   """The tfds builder of ``config.data.text8`` ``t`` (not prepared)."""
   from vmd_jax.data.text8_builder import Text8, local_text_config
