@@ -1,9 +1,15 @@
 """The one place that lists every config field, its default and its valid values.
 
-Experiment files in ``configs/`` start from ``base_config()`` and override a few
-fields; ``validate(config)`` runs once at start and fails at once, naming the
-field, on an unknown key or a bad value. A config with a ``runs`` field is a
-sweep: ``runs.NAME`` is a full run config for each row of a table.
+Each group is declared beside its checks (``model_defaults`` / ``check_model``,
+...); ``config.data`` holds a group per registered dataset, brought by its
+module (``vmd_jax.data``); values a module implements (schedules, sampling
+orders, latent modes, ...) are read from it (``owned_values``); the rules
+between model variants are ``networks.variant.check_variant``'s. Experiment
+files in ``configs/`` start from ``base_config()`` and override a few fields;
+``validate(config)`` runs once at start and fails at once, naming the field, on
+an unknown key (a moved one: naming its new key, ``MOVED_KEYS``) or a bad value.
+A config with a ``runs`` field is a sweep: ``runs.NAME`` is a full run config
+for each row of a table.
 """
 
 from __future__ import annotations
