@@ -36,7 +36,7 @@ low_beta="vmd_b01 vmd_cond_b01"
 rows=("$@")
 [[ ${#rows[@]} -gt 0 ]] || read -ra rows <<< "$all"
 
-flags=(--config.data.text8_source=local --config.data.text8_data_dir="$runs/tfds"
+flags=(--config.data.text8.source=local --config.data.text8.data_dir="$runs/tfds"
   --config.data.seq_len=64 --config.model.width=64 --config.model.depth=2
   --config.model.num_heads=4 --config.model.encoder_width=64
   --config.model.encoder_depth=1 --config.model.encoder_heads=4

@@ -12,7 +12,7 @@
 # repository root, with gcloud logged in:
 #
 #   BUCKET=gs://my-bucket RUN=text8_md4 bash launch/tpu_pod.sh \
-#       --config.data.text8_path=gs://my-bucket/text8.zip
+#       --config.data.text8.path=gs://my-bucket/text8.zip
 #
 # Arguments are passed to `python -m vmd_jax.main` after the ones set here.
 # Environment:
@@ -57,6 +57,6 @@ if [[ "$SKIP_SETUP" != 1 ]]; then
 fi
 
 args=(--distributed "--config=$CONFIG" "--workdir=$BUCKET/runs/$RUN"
-      "--config.data.text8_data_dir=$BUCKET/tensorflow_datasets" "$@")
+      "--config.data.text8.data_dir=$BUCKET/tensorflow_datasets" "$@")
 tpu ssh "$TPU_NAME" --worker=all \
     --command="cd ~/vmd_jax && .venv/bin/python -m vmd_jax.main $(printf '%q ' "${args[@]}")"

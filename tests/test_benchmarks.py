@@ -102,7 +102,7 @@ def test_gpu_rows_script_runs_the_trainers_step_and_the_samplers(tmp_path):
 def tiny_text8_flags(seq_len: int, steps: int, nfe: int) -> str:
   """EXTRA_ARGS for benchmarks/text8_cpu.sh: a tiny model on the text8-format fixture."""
   fixture = os.path.join(REPO, "tests", "data", "text8", "sqlite3_h_comments.txt")
-  return (f"--config.data.text8_path={fixture} --config.data.seq_len={seq_len} "
+  return (f"--config.data.text8.path={fixture} --config.data.seq_len={seq_len} "
           "--config.model.width=16 --config.model.depth=1 --config.model.num_heads=2 "
           f"--config.train.batch_size=8 --config.train.num_steps={steps} "
           f"--config.train.warmup_steps={steps // 2} --config.eval.batch_size=128 "

@@ -174,7 +174,7 @@ def test_conditional_prior_samples_agree_with_and_without_the_cache():
 def test_conditional_prior_needs_block_vmd():
   model, _ = conditional_model()
   with pytest.raises(ValueError, match="needs block VMD"):
-    MaskedDiffusion(model.denoiser, model.schedule, model.encoder, block_size=None,
+    MaskedDiffusion(model.denoiser, model.schedule, model.encoder, block_size=0,
                     prior_encoder=model.prior_encoder)
   c = tiny_config("vmd")
   c.prior.kind = "conditional"
@@ -208,7 +208,7 @@ def test_block_size_and_nfe_must_fit_the_data():
     build.build_model(c, 4, 2)
   c.diffusion.block_size = 1
   c.eval.settings = "random:3"
-  with pytest.raises(ValueError, match=r"random:3: the NFE must be a multiple of the 2 blocks"):
+  with pytest.raises(ValueError, match=r"random:3: NFE 3 is not a multiple of the 2 blocks"):
     evaluate.check_settings(c, build.build_model(c, 4, 2), 2)
 
 
@@ -219,7 +219,7 @@ def test_block_vmd_runs_end_to_end(tmp_path, prior):
   samples from the command line with its own prior and with N(0, I)."""
   workdir = tmp_path / "run"
   args = [sys.executable, "-m", "vmd_jax.main", "--config=configs/synthetic_vmd.py",
-          f"--workdir={workdir}", "--config.data.synthetic=d1",
+          f"--workdir={workdir}", "--config.data.synthetic.table=d1",
           "--config.diffusion.block_size=2", "--config.diffusion.train_mask_rate_min=0.2",
           "--config.model.width=16", "--config.model.encoder_width=16",
           "--config.model.depth=1", "--config.model.encoder_depth=1",

@@ -307,8 +307,8 @@ def test_config_num_eval_reaches_the_text8_dataset(tmp_path):
   """``data.num_eval`` of a text8 run: that many windows of the test split, not all."""
   from vmd_jax.trainer import build, config as config_lib
   c = config_lib.load_config_file(os.path.join(REPO, "configs", "text8_md4.py"))
-  c.data.text8_source, c.data.text8_path = "local", str(FIXTURE)
-  c.data.text8_data_dir, c.data.seq_len, c.data.num_eval = str(tmp_path / "tfds"), 32, 10
+  c.data.text8.source, c.data.text8.path = "local", str(FIXTURE)
+  c.data.text8.data_dir, c.data.seq_len, c.data.num_eval = str(tmp_path / "tfds"), 32, 10
   ds = build.build_dataset(c)
   assert ds.num_eval == 10
   assert sum(b["weight"].sum() for b in ds.eval_batches(8)) == 10 * 32
@@ -343,8 +343,8 @@ def test_short_test_split_fails_training_at_set_up(tmp_path):
   from vmd_jax.trainer import cli, config as config_lib, train
   (tmp_path / "small.txt").write_text("ab " * 240)
   c = config_lib.load_config_file(os.path.join(REPO, "configs", "text8_md4.py"))
-  c.data.text8_source, c.data.text8_path = "local", str(tmp_path / "small.txt")
-  c.data.text8_data_dir, c.data.seq_len = str(tmp_path / "tfds"), 64
+  c.data.text8.source, c.data.text8.path = "local", str(tmp_path / "small.txt")
+  c.data.text8.data_dir, c.data.seq_len = str(tmp_path / "tfds"), 64
   c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
   c.train.batch_size, c.train.num_steps, c.train.warmup_steps = 8, 1, 1
   c.eval.settings = "ancestral:2"

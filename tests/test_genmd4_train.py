@@ -23,8 +23,8 @@ TEXT8_FIXTURE = os.path.join(REPO, "tests", "data", "text8", "sqlite3_h_comments
 
 def tiny_config(steps=10):
   c = config_lib.load_config_file(os.path.join(REPO, "configs", "synthetic_md4.py"))
-  c.data.synthetic = "two_token_uniform"   # V = 10, N = 2
-  c.diffusion.schedule = "genmd4"
+  c.data.synthetic.table = "two_token_uniform"   # V = 10, N = 2
+  c.diffusion.kind = "genmd4"
   c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
   c.train.batch_size = 32
   c.train.num_steps = steps
@@ -61,11 +61,11 @@ def test_genmd4_config_refusals_name_the_field(field, value, message):
 
 def test_schedule_lr_needs_genmd4():
   c = tiny_config()
-  c.diffusion.schedule = "linear"
+  c.diffusion.kind = "md4"
   c.eval.settings = "random:2"
   c.train.schedule_lr = 1e-2
   with pytest.raises(ValueError, match=r"config.train.schedule_lr = 0.01 needs "
-                                       r"config.diffusion.schedule = 'genmd4'"):
+                                       r"config.diffusion.kind = 'genmd4'"):
     config_lib.validate(c)
 
 
@@ -85,6 +85,7 @@ def test_equal_exponents_evaluate_as_md4(power_init):
   c = tiny_config()
   c.diffusion.genmd4_power_init = power_init
   gen = model_of(config_lib.validate(c))
+  c.diffusion.kind = "md4"
   c.diffusion.schedule, c.diffusion.schedule_k = "polynomial", power_init
   md4 = model_of(c)
   x0 = jnp.asarray(np.random.default_rng(0).integers(0, 10, (6, 2)), jnp.int32)
@@ -131,14 +132,14 @@ def test_schedule_parameters_get_gradients_and_their_own_learning_rate():
 
 
 def test_main_end_to_end_exponents_move_logged_and_restored(tmp_path):
-  """python -m vmd_jax.main with diffusion.schedule=genmd4: the exponents move from
+  """python -m vmd_jax.main with diffusion.kind=genmd4: the exponents move from
   1, appear in the logged metrics and eval.json, and the checkpoint carries them
   (EMA via vmd_jax.load equals eval.json; the restored TrainState's parameters
   are the ones a fresh init would not have)."""
   workdir = tmp_path / "run"
   args = [sys.executable, "-m", "vmd_jax.main", "--config=configs/synthetic_md4.py",
-          f"--workdir={workdir}", "--config.data.synthetic=two_token_uniform",
-          "--config.diffusion.schedule=genmd4", "--config.train.schedule_lr=0.05",
+          f"--workdir={workdir}", "--config.data.synthetic.table=two_token_uniform",
+          "--config.diffusion.kind=genmd4", "--config.train.schedule_lr=0.05",
           "--config.model.width=16", "--config.model.depth=1", "--config.model.num_heads=2",
           "--config.train.num_steps=20", "--config.train.batch_size=32",
           "--config.train.warmup_steps=2", "--config.train.log_every=10",
@@ -155,7 +156,7 @@ def test_main_end_to_end_exponents_move_logged_and_restored(tmp_path):
   assert 0 < result["nelbo"]["nelbo_nats_per_token"] < 2 * math.log(10)
 
   model, params, config = load(str(workdir))
-  assert model.learn_schedule and config.diffusion.schedule == "genmd4"
+  assert model.learn_schedule and config.diffusion.kind == "genmd4"
   np.testing.assert_allclose(genmd4.exponents(model.schedule_params(params)), w_eval,
                              rtol=1e-6)
 
@@ -178,13 +179,13 @@ def test_text8_genmd4_config_trains_on_the_fixture(tmp_path):
   exponents in eval.json, a BPC near log2(27) for an untrained model, and
   ancestral samples in the alphabet."""
   c = config_lib.load_config_file(os.path.join(REPO, "configs", "text8_genmd4.py"))
-  assert c.diffusion.schedule == "genmd4" and c.diffusion.genmd4_power_init == 1.0
+  assert c.diffusion.kind == "genmd4" and c.diffusion.genmd4_power_init == 1.0
   c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
   c.train.batch_size, c.train.num_steps, c.train.warmup_steps = 8, 4, 2
   c.train.log_every = c.train.checkpoint_every = 4
-  c.data.text8_source = "local"
-  c.data.text8_path = TEXT8_FIXTURE
-  c.data.text8_data_dir = str(tmp_path / "tfds")
+  c.data.text8.source = "local"
+  c.data.text8.path = TEXT8_FIXTURE
+  c.data.text8.data_dir = str(tmp_path / "tfds")
   c.data.seq_len = 32
   c.eval.batch_size = 128
   c.eval.settings = "ancestral:8"

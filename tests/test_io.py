@@ -49,13 +49,13 @@ def test_saved_config_holds_absolute_local_data_paths(tmp_path, monkeypatch):
   from vmd_jax.trainer import config as config_lib
   monkeypatch.chdir(tmp_path)
   c = config_lib.base_config()
-  c.data.sudoku_train = "a.csv, sub/b.csv"
-  c.data.sudoku_eval = "gs://bucket/eval.csv"
-  c.data.npy_path = "~/t.npy"
-  c.data.text8_path = "python-docs"
+  c.data.sudoku.train = "a.csv, sub/b.csv"
+  c.data.sudoku.eval = "gs://bucket/eval.csv"
+  c.data.synthetic.npy_path = "~/t.npy"
+  c.data.text8.path = "python-docs"
   saved = config_lib.with_absolute_paths(c).data
-  assert saved.sudoku_train == f"{tmp_path}/a.csv,{tmp_path}/sub/b.csv"
-  assert saved.sudoku_eval == "gs://bucket/eval.csv"
-  assert saved.npy_path == os.path.join(os.path.expanduser("~"), "t.npy")
-  assert (saved.text8_path, saved.text8_data_dir) == ("python-docs", "")
-  assert c.data.sudoku_train == "a.csv, sub/b.csv"  # the run's own config is unchanged
+  assert saved.sudoku.train == f"{tmp_path}/a.csv,{tmp_path}/sub/b.csv"
+  assert saved.sudoku.eval == "gs://bucket/eval.csv"
+  assert saved.synthetic.npy_path == os.path.join(os.path.expanduser("~"), "t.npy")
+  assert (saved.text8.path, saved.text8.data_dir) == ("python-docs", "")
+  assert c.data.sudoku.train == "a.csv, sub/b.csv"  # the run's own config is unchanged

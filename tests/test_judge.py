@@ -103,9 +103,9 @@ def trained_judge(tmp_path_factory):
   300 steps) on the text fixture; its workdir."""
   from vmd_jax.trainer import config as config_lib, train
   c = config_lib.load_config_file(str(REPO / "configs" / "text8_judge.py"))
-  c.data.text8_source = "local"
-  c.data.text8_path = str(FIXTURE)
-  c.data.text8_data_dir = str(tmp_path_factory.mktemp("tfds"))
+  c.data.text8.source = "local"
+  c.data.text8.path = str(FIXTURE)
+  c.data.text8.data_dir = str(tmp_path_factory.mktemp("tfds"))
   c.data.seq_len = 32
   c.model.width, c.model.depth, c.model.num_heads = 32, 1, 2
   c.model.embed_dim, c.model.cond_dim, c.model.time_hidden = 0, 0, 0

@@ -50,7 +50,7 @@ def test_tpu_pod_creates_copies_sets_up_and_runs_on_every_worker(tmp_path):
   run = calls[4]
   assert "--worker=all" in run and "--distributed" in run
   assert "--workdir=gs://b/runs/r1" in run
-  assert "--config.data.text8_data_dir=gs://b/tensorflow_datasets" in run
+  assert "--config.data.text8.data_dir=gs://b/tensorflow_datasets" in run
   assert run.index("--config=text8_md4") < run.index("--config.train.num_steps=5")
 
 
@@ -64,7 +64,7 @@ def test_slurm_runs_one_srun_with_distributed(tmp_path):
   (call,) = log.read_text().splitlines()
   assert call.startswith("--kill-on-bad-exit=1 .venv/bin/python -m vmd_jax.main --distributed")
   for arg in ("--config=text8_md4", "--workdir=/shared/run",
-              "--config.data.text8_data_dir=gs://b/tfds", "--config.model.dtype=bfloat16",
+              "--config.data.text8.data_dir=gs://b/tfds", "--config.model.dtype=bfloat16",
               "--config.model.attention=cudnn"):
     assert arg in call.split()
   assert call.split()[-1] == "--config.train.num_steps=5"

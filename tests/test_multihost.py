@@ -23,10 +23,10 @@ TINY = {"model.width": 16, "model.depth": 1, "model.num_heads": 2, "model.dropou
         "train.batch_size": 8, "train.num_steps": 6, "train.warmup_steps": 2,
         "train.log_every": 3, "train.checkpoint_every": 100, "eval.settings": "random:1"}
 CASES = {
-    "synthetic": ("synthetic_md4", {"data.synthetic": "two_token_uniform",
+    "synthetic": ("synthetic_md4", {"data.synthetic.table": "two_token_uniform",
                                     "data.num_eval": 64, "eval.batch_size": 16,
                                     "eval.num_samples": 32}),
-    "text8": ("text8_md4", {"data.text8_source": "local", "data.text8_path": TEXT,
+    "text8": ("text8_md4", {"data.text8.source": "local", "data.text8.path": TEXT,
                             "data.seq_len": 32, "eval.batch_size": 64}),
 }
 
@@ -81,9 +81,7 @@ def run_processes(args, logs_dir, num=2, timeout=480):
 
 def config_of(name, overrides):
   c = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
-  for key, value in overrides.items():
-    group, field = key.split(".")
-    c[group][field] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 
@@ -101,11 +99,11 @@ def saved(workdir, config, field):
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_processes_train_what_one_process_trains(tmp_path, case):
   name, overrides = CASES[case]
-  overrides = {**TINY, **overrides, "data.text8_data_dir": str(tmp_path / "tfds")}
+  overrides = {**TINY, **overrides, "data.text8.data_dir": str(tmp_path / "tfds")}
   workdir = tmp_path / "two"
   args = [f"--config={name}", f"--workdir={workdir}"] + [
       f"--config.{k}={v}" for k, v in overrides.items()
-      if not (case == "synthetic" and k == "data.text8_data_dir")]
+      if not (case == "synthetic" and k == "data.text8.data_dir")]
   codes, logs = run_processes(args, tmp_path)
   assert codes == [0, 0], "\n\n".join(log[-4000:] for log in logs)
   assert "2 processes, 4 devices" in logs[0]

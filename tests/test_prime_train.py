@@ -23,7 +23,7 @@ TEXT8_FIXTURE = next((REPO / "tests" / "data" / "text8").glob("*.txt"))
 
 def tiny(kind="md4", steps=4, block_size=0, digits=2):
   c = config_lib.load_config_file(str(REPO / "configs" / f"synthetic_{kind}.py"))
-  c.data.synthetic = "d1"  # V = 10: l = 2 gives base 4, codes 10..15 invalid
+  c.data.synthetic.table = "d1"  # V = 10: l = 2 gives base 4, codes 10..15 invalid
   c.diffusion.prime_digits = digits
   c.diffusion.block_size = block_size
   c.model.width = c.model.encoder_width = 16
@@ -229,9 +229,9 @@ def test_text8_fixture_with_prime(tmp_path):
   character from the Prime bound, and decoded text samples."""
   c = config_lib.load_config_file(str(REPO / "configs" / "text8_prime.py"))
   assert c.diffusion.prime_digits == 2
-  c.data.text8_source = "local"
-  c.data.text8_path = str(TEXT8_FIXTURE)
-  c.data.text8_data_dir = str(tmp_path / "tfds")
+  c.data.text8.source = "local"
+  c.data.text8.path = str(TEXT8_FIXTURE)
+  c.data.text8.data_dir = str(tmp_path / "tfds")
   c.data.seq_len = 16
   c.model.width, c.model.depth, c.model.num_heads, c.model.dropout = 16, 1, 2, 0.0
   c.train.batch_size, c.train.num_steps, c.train.warmup_steps = 8, 3, 1

@@ -34,7 +34,7 @@ def test_library_example_runs(capsys):
 
 def test_trained_model_example_runs(tmp_path, capsys):
   c = tiny_config("vmd", steps=6)
-  c.data.synthetic = "d1"
+  c.data.synthetic.table = "d1"
   train.train_and_evaluate(c, str(tmp_path))
   exec(compile(library_blocks()[1], "README.md", "exec"), {"WORKDIR": str(tmp_path)})
   assert "[[" in capsys.readouterr().out

@@ -51,9 +51,9 @@ def test_sudoku_config_defaults(kind):
   data/sudoku) and carry the paper's settings."""
   c = config_lib.validate(config_lib.load_config_file(str(REPO / "configs" / f"sudoku_{kind}.py")))
   assert c.data.name == "sudoku" and c.model.kind == kind and c.data.num_eval == 1000
-  train_paths = c.data.sudoku_train.split(",")
-  assert len(train_paths) == 2 and c.data.sudoku_eval not in train_paths
-  names = sorted(Path(p).name for p in train_paths + [c.data.sudoku_eval])
+  train_paths = c.data.sudoku.train.split(",")
+  assert len(train_paths) == 2 and c.data.sudoku.eval not in train_paths
+  names = sorted(Path(p).name for p in train_paths + [c.data.sudoku.eval])
   assert names == sorted(p.name for p in SUDOKU_CSV.parent.glob("*.csv"))
   assert [s for s in config_lib.parse_eval_settings(c.eval.settings)] == [
       (o, n) for n in (5, 10, 20) for o in ("top_prob", "top_prob_margin")]
@@ -69,8 +69,8 @@ def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs, monkeypatch
     (tmp_path / "data" / path.name).write_text(path.read_text())
   monkeypatch.chdir(tmp_path)
   c = _tiny(config_lib.load_config_file(str(REPO / "configs" / "sudoku_md4.py")))
-  c.data.sudoku_train = f"data/{train_csv.name}"
-  c.data.sudoku_eval = f"data/{held_out.name}"
+  c.data.sudoku.train = f"data/{train_csv.name}"
+  c.data.sudoku.eval = f"data/{held_out.name}"
   c.data.num_eval = 14  # the first 14 of 16; re-evaluation on 12 rows takes all 12
   c.eval.settings = SUDOKU_SETTINGS
   c.eval.batch_size = 16
@@ -87,7 +87,7 @@ def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs, monkeypatch
 
   monkeypatch.chdir(workdir)  # where data/train.csv and data/held_out.csv are not
   saved = json.loads((workdir / "config.json").read_text())["data"]
-  assert saved["sudoku_eval"] == str(tmp_path / "data" / held_out.name)
+  assert saved["sudoku"]["eval"] == str(tmp_path / "data" / held_out.name)
   again = evaluate.evaluate_workdir(str(workdir), settings="top_prob_margin:2",
                                     output="again.json")
   assert again["nelbo"] == result["nelbo"]  # the same rows, the same parameters and key
@@ -103,8 +103,8 @@ def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs, monkeypatch
 def test_sudoku_missing_csv_fails_before_training(tmp_path, sudoku_csvs):
   c = _tiny(config_lib.load_config_file(str(REPO / "configs" / "sudoku_md4.py")))
   missing = tmp_path / "no_such_puzzles.csv"
-  c.data.sudoku_train = f"{sudoku_csvs[0]},{missing}"
-  c.data.sudoku_eval = str(sudoku_csvs[1])
+  c.data.sudoku.train = f"{sudoku_csvs[0]},{missing}"
+  c.data.sudoku.eval = str(sudoku_csvs[1])
   c.data.num_eval = 0
   workdir = tmp_path / "run"
   with pytest.raises(train.BadSetup, match="Sudoku file not found: .*no_such_puzzles.csv"):
@@ -114,9 +114,9 @@ def test_sudoku_missing_csv_fails_before_training(tmp_path, sudoku_csvs):
 
 def test_text8_local_train_and_bpc(tmp_path):
   c = _tiny(config_lib.load_config_file(str(REPO / "configs" / "text8_md4.py")))
-  c.data.text8_source = "local"
-  c.data.text8_path = str(TEXT8_FIXTURE)
-  c.data.text8_data_dir = str(tmp_path / "tfds")
+  c.data.text8.source = "local"
+  c.data.text8.path = str(TEXT8_FIXTURE)
+  c.data.text8.data_dir = str(tmp_path / "tfds")
   c.data.seq_len = 64
   c.eval.batch_size = 64
   c.eval.nelbo_samples = 2
@@ -150,9 +150,9 @@ def test_text8_block_configs_train_tiny(tmp_path, name):
   """The block configs (L' = 4, clipped training rate) train at a tiny size and
   report the unclipped test BPC; block VMD adds the KL of every block."""
   c = _tiny(config_lib.load_config_file(str(REPO / "configs" / f"{name}.py")), steps=4)
-  c.data.text8_source = "local"
-  c.data.text8_path = str(TEXT8_FIXTURE)
-  c.data.text8_data_dir = str(tmp_path / "tfds")
+  c.data.text8.source = "local"
+  c.data.text8.path = str(TEXT8_FIXTURE)
+  c.data.text8.data_dir = str(tmp_path / "tfds")
   c.data.seq_len = 32
   c.eval.batch_size = 128
   c.eval.settings = "ancestral:8"
@@ -172,10 +172,10 @@ def test_reevaluation_never_fits_a_prior_on_the_evaluation_puzzles(tmp_path, sud
   from an older version): it keeps its training files for that."""
   train_csv, held_out, other = sudoku_csvs
   c = config_lib.load_config_file(str(REPO / "configs" / f"sudoku_{kind}.py"))
-  c.data.sudoku_train, c.data.sudoku_eval, c.data.num_eval = str(train_csv), str(held_out), 0
+  c.data.sudoku.train, c.data.sudoku.eval, c.data.num_eval = str(train_csv), str(held_out), 0
   if kind == "vmd":
     c.prior.kind = "mixture"
     (tmp_path / "prior.npz").write_bytes(b"")  # present, yet possibly stale
   evaluate.evaluation_dataset(c, str(tmp_path), str(other), None, 9, 81)
-  assert c.data.sudoku_eval == str(other)
-  assert c.data.sudoku_train == (str(train_csv) if kind == "vmd" else str(other))
+  assert c.data.sudoku.eval == str(other)
+  assert c.data.sudoku.train == (str(train_csv) if kind == "vmd" else str(other))

@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_config(kind="vmd", steps=20):
   c = config_lib.load_config_file(os.path.join(REPO, "configs", f"synthetic_{kind}.py"))
-  c.data.synthetic = "two_token_uniform"
+  c.data.synthetic.table = "two_token_uniform"
   c.model.width = c.model.encoder_width = 16
   c.model.depth = c.model.encoder_depth = 1
   c.model.num_heads = c.model.encoder_heads = 2
@@ -42,7 +42,7 @@ def test_main_runs_end_to_end(tmp_path):
   """python -m vmd_jax.main on a tiny config: checkpoint, eval.json, figure, metrics."""
   workdir = tmp_path / "run"
   args = [sys.executable, "-m", "vmd_jax.main", "--config=configs/synthetic_vmd.py",
-          f"--workdir={workdir}", "--config.data.synthetic=two_token_uniform",
+          f"--workdir={workdir}", "--config.data.synthetic.table=two_token_uniform",
           "--config.model.width=16", "--config.model.encoder_width=16",
           "--config.model.depth=1", "--config.model.encoder_depth=1",
           "--config.train.num_steps=12", "--config.train.batch_size=32",
@@ -230,7 +230,7 @@ def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_pa
 @pytest.mark.parametrize("field", ["npy_path", "schedule_lr"])
 def test_resume_with_a_state_of_another_shape_is_refused(tmp_path, field):
   """Fields a resumed run may change but that change the saved state's shape: a
-  new ``data.npy_path`` holding a table of another V, and a GenMD4 schedule rate
+  new ``data.synthetic.npy_path`` holding a table of another V, and a GenMD4 schedule rate
   turned on (its own optimizer state). Refused in one line, the checkpoints left
   where they are (they used to be moved aside as corrupt and the run restarted)."""
   from vmd_jax.trainer import io
@@ -239,11 +239,11 @@ def test_resume_with_a_state_of_another_shape_is_refused(tmp_path, field):
   io.write_json(tmp_path / "data_shape.json", {"vocab_size": 10, "seq_len": 2})
   (tmp_path / "checkpoints" / "10").mkdir(parents=True)
   if field == "npy_path":
-    c.data.npy_path = str(tmp_path / "v12.npy")
-    np.save(c.data.npy_path, np.full((12, 12), 1 / 144))
+    c.data.synthetic.npy_path = str(tmp_path / "v12.npy")
+    np.save(c.data.synthetic.npy_path, np.full((12, 12), 1 / 144))
     message = r"data \(V, N\): \(10, 2\) -> \(12, 2\)"
   else:
-    c.diffusion.schedule, c.eval.settings = "genmd4", "ancestral:2"
+    c.diffusion.kind, c.eval.settings = "genmd4", "ancestral:2"
     io.write_json(tmp_path / "config.json", c.to_dict())
     c.train.schedule_lr = 0.05
     message = r"train.schedule_lr: 0.0 -> 0.05 \(an optimizer of another layout\)"
@@ -255,16 +255,14 @@ def test_resume_with_a_state_of_another_shape_is_refused(tmp_path, field):
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"data.synthetic": "d3"}, r"unknown synthetic dataset 'd3'"),
+    ({"data.synthetic.table": "d3"}, r"unknown synthetic dataset 'd3'"),
     ({"diffusion.block_size": 3}, r"block_size must be an int >= 1 that divides"),
     ({"train.batch_size": 3, "mesh.data": 2}, r"config.mesh.data x config.mesh.fsdp must be"),
 ])
 def test_bad_setup_is_one_error_before_config_json(tmp_path, change, message):
   from vmd_jax.trainer import cli
   c = tiny_config("md4")
-  for key, value in change.items():
-    group, field = key.split(".")
-    c[group][field] = value
+  c.update_from_flattened_dict(change)
   with pytest.raises(train.BadSetup, match=message) as e:
     train.train_and_evaluate(c, str(tmp_path / "run"))
   assert cli._run_ended(e.value) == 2  # the command line: one line, exit 2

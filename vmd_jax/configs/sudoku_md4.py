@@ -5,7 +5,7 @@ Data: three public CSV files of 10,000 puzzles each, in ``$VMD_SUDOKU_DIR``
 
   bash launch/get_sudoku.sh data/sudoku    # downloads and checks their sha256
 
-or point ``--config.data.sudoku_train`` / ``--config.data.sudoku_eval`` at your
+or point ``--config.data.sudoku.train`` / ``--config.data.sudoku.eval`` at your
 own CSVs (one header line, then ``puzzle,solution`` rows). Training: the solutions of
 ``sudoku_kaggle1m_10k_jerod92.csv`` and ``sudoku_rohanrao9m_10k_tilmanschweitzer.csv``
 (20,000 grids, random masking of full solutions as in Kim et al. 2025; the
@@ -35,7 +35,7 @@ taken from the paper, which publishes no architecture for Sudoku):
       --config.model.width=384 --config.model.depth=8 --config.model.num_heads=6 \
       --config.train.batch_size=256 --config.train.num_steps=100000 \
       --config.train.lr=3e-4 --config.train.warmup_steps=2000 \
-      --config.train.ema_decay=0.9999 --config.data.sudoku_augment=True
+      --config.train.ema_decay=0.9999 --config.data.sudoku.augment=True
 
 Re-evaluate a trained workdir on another CSV (writes eval_<stem>.json):
 
@@ -57,10 +57,10 @@ def sudoku_base():
   """The data, model size, training and evaluation shared by sudoku_md4 and sudoku_vmd."""
   c = base_config()
   c.data.name = "sudoku"
-  c.data.sudoku_train = ",".join(os.path.join(DATA_DIR, f) for f in TRAIN_FILES)
-  c.data.sudoku_eval = os.path.join(DATA_DIR, EVAL_FILE)
+  c.data.sudoku.train = ",".join(os.path.join(DATA_DIR, f) for f in TRAIN_FILES)
+  c.data.sudoku.eval = os.path.join(DATA_DIR, EVAL_FILE)
   c.data.num_eval = 1000               # the first 1,000 puzzles of the eval file
-  c.data.sudoku_augment = False        # True: random digit relabelling (more data)
+  c.data.sudoku.augment = False        # True: random digit relabelling (more data)
 
   # CPU size: 0.67M parameters, measured 0.35 s per step at batch 32 on 2 busy
   # CPU cores (width 128 / depth 4: 1.5M parameters, 0.62 s per step). GPU: see

@@ -28,7 +28,7 @@ def get_config():
   runs = ml_collections.ConfigDict()
   for (data, kind), overrides in SETTINGS.items():
     c = {"md4": synthetic_md4, "vmd": synthetic_vmd}[kind].get_config()
-    c.data.synthetic = data
+    c.data.synthetic.table = data
     for field, value in overrides.items():
       group, key = field.split(".")
       c[group][key] = value

@@ -23,7 +23,7 @@ def get_config():
   for data, steps in (("d1", 3000), ("d2", 5000)):
     for kind in ("md4", "vmd"):
       c = {"md4": synthetic_md4, "vmd": synthetic_vmd}[kind].get_config()
-      c.data.synthetic = data
+      c.data.synthetic.table = data
       c.diffusion.block_size = 2
       c.train.num_steps = steps
       c.eval.settings = "random:2,random:4"

@@ -18,7 +18,7 @@ def get_config():
   runs = ml_collections.ConfigDict()
   for data in ("d1", "d2"):
     c = synthetic_md4.get_config()
-    c.data.synthetic = data
+    c.data.synthetic.table = data
     c.train.num_steps = synthetic_table.SETTINGS[(data, "md4")]["train.num_steps"]
     c.diffusion.prime_digits = PRIME_DIGITS
     runs[f"prime_{data}"] = c

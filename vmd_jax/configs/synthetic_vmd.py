@@ -11,7 +11,7 @@ from vmd_jax.trainer.config import base_config
 def get_config():
   c = base_config()
   c.data.name = "synthetic"
-  c.data.synthetic = "d1"
+  c.data.synthetic.table = "d1"
   c.model.kind = "vmd"
   c.model.latent_dim = 2
   c.model.latent_mode = "adaln"

@@ -10,12 +10,12 @@ always uses the unclipped bound). Sampling: blocks left to right with a KV cache
 L' = 4 <= 1.52 test BPC.
 
   python -m vmd_jax.main --config=configs/text8_bd3.py --workdir=runs/text8_bd3 \
-      --config.data.text8_path=/data/text8.zip
+      --config.data.text8.path=/data/text8.zip
 
 A tiny offline CPU run (Python's documentation as the text; about a minute):
 
   python -m vmd_jax.main --config=configs/text8_bd3.py --workdir=/tmp/t8_bd3 \
-      --config.data.text8_source=local --config.data.text8_data_dir=/tmp/t8_tfds \
+      --config.data.text8.source=local --config.data.text8.data_dir=/tmp/t8_tfds \
       --config.data.seq_len=64 --config.model.width=32 --config.model.depth=1 \
       --config.model.num_heads=2 --config.train.batch_size=8 \
       --config.train.num_steps=20 --config.train.warmup_steps=5 \

@@ -29,7 +29,7 @@ Sampling: ``ancestral:256`` is one step per block, i.e. exact ancestral AR
 sampling (each character drawn from p(x^n | x^{<n})).
 
   python -m vmd_jax.main --config=configs/text8_judge.py --workdir=runs/text8_judge \
-      --config.data.text8_path=/data/text8.zip
+      --config.data.text8.path=/data/text8.zip
   vmd-jax evaluate --workdir=runs/text8_md4 --judge=runs/text8_judge
 
 The judge must be trained on the same text (vocabulary and data source) as the

@@ -15,21 +15,21 @@ NELBO. Paper: test BPC <= 1.37. eval.json's ``nelbo_bits_per_token`` (and its
 ``_stderr``) is the test bits per character over the last 5M characters
 (``--config.data.num_eval=N``: over its first N windows of 256 only).
 
-Data: ``text8_source = "text8"`` reads the real corpus from ``data.text8_path``
+Data: ``data.text8.source = "text8"`` reads the real corpus from ``data.text8.path``
 (text8 or text8.zip), else the tfds manual dir
-(``<text8_data_dir>/downloads/manual``), else downloads it; prepared once under
-``data.text8_data_dir`` (default ~/tensorflow_datasets). Offline, use any local
-text in text8's format instead: ``--config.data.text8_source=local`` with
-``--config.data.text8_path=FILE_OR_DIR`` (normalised to a-z and space, split
-90/5/5), or with ``text8_path`` empty for Python's own documentation text.
+(``<data.text8.data_dir>/downloads/manual``), else downloads it; prepared once under
+``data.text8.data_dir`` (default ~/tensorflow_datasets). Offline, use any local
+text in text8's format instead: ``--config.data.text8.source=local`` with
+``--config.data.text8.path=FILE_OR_DIR`` (normalised to a-z and space, split
+90/5/5), or with ``data.text8.path`` empty for Python's own documentation text.
 
   python -m vmd_jax.main --config=configs/text8_md4.py --workdir=runs/text8_md4 \
-      --config.data.text8_path=/data/text8.zip
+      --config.data.text8.path=/data/text8.zip
 
 A tiny offline CPU run (Python's documentation as the text; ~1 minute):
 
   python -m vmd_jax.main --config=configs/text8_md4.py --workdir=/tmp/t8 \
-      --config.data.text8_source=local --config.data.text8_data_dir=/tmp/t8_tfds \
+      --config.data.text8.source=local --config.data.text8.data_dir=/tmp/t8_tfds \
       --config.model.width=32 --config.model.depth=1 --config.model.num_heads=2 \
       --config.train.batch_size=8 --config.train.num_steps=20 \
       --config.train.warmup_steps=5 --config.train.log_every=10 \
@@ -43,9 +43,9 @@ from vmd_jax.trainer.config import base_config
 def get_config():
   c = base_config()
   c.data.name = "text8"
-  c.data.text8_source = "text8"        # "local": any text file/folder at text8_path (offline)
-  c.data.text8_path = ""               # text8 / text8.zip; empty: manual dir, then download
-  c.data.text8_data_dir = ""           # tfds data dir; empty: ~/tensorflow_datasets
+  c.data.text8.source = "text8"        # "local": any text file/folder at text8.path (offline)
+  c.data.text8.path = ""               # text8 / text8.zip; empty: manual dir, then download
+  c.data.text8.data_dir = ""           # tfds data dir; empty: ~/tensorflow_datasets
   c.data.seq_len = 256
 
   c.model.kind = "md4"

@@ -7,7 +7,7 @@ characters, so eval.json's ``nelbo_bits_per_token`` is test bits per character,
 comparable with MD4's.
 
   python -m vmd_jax.main --config=configs/text8_prime.py --workdir=runs/text8_prime \
-      --config.data.text8_path=/data/text8.zip
+      --config.data.text8.path=/data/text8.zip
 
 docs/results.md's offline stand-in ("MDM-Prime") runs it with the overrides of its
 text8 section.

@@ -15,12 +15,12 @@ bound stays a bound. Measured results, few-step sample quality under an AR
 judge and the ablations behind these choices: docs/text8_vmd.md.
 
   python -m vmd_jax.main --config=configs/text8_vmd.py --workdir=runs/text8_vmd \
-      --config.data.text8_path=/data/text8.zip
+      --config.data.text8.path=/data/text8.zip
 
 A tiny offline CPU run (Python's documentation as the text; about a minute):
 
   python -m vmd_jax.main --config=configs/text8_vmd.py --workdir=/tmp/t8_vmd \
-      --config.data.text8_source=local --config.data.text8_data_dir=/tmp/t8_tfds \
+      --config.data.text8.source=local --config.data.text8.data_dir=/tmp/t8_tfds \
       --config.data.seq_len=64 --config.model.width=32 --config.model.depth=1 \
       --config.model.num_heads=2 --config.model.encoder_width=32 \
       --config.model.encoder_depth=1 --config.model.encoder_heads=2 \

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Iterator, NamedTuple, Sequence
 
+import ml_collections
 import numpy as np
 from etils import epath
 
@@ -56,7 +57,7 @@ def _read_lines(path: epath.Path) -> list[str]:
   if not path.is_file():
     raise FileNotFoundError(f"Sudoku file not found: {path} (get the public puzzles with "
                             "`bash launch/get_sudoku.sh DIR`, or point config.data."
-                            "sudoku_train / sudoku_eval at your CSV files)")
+                            "sudoku.train / sudoku.eval at your CSV files)")
   data = path.read_bytes()
   try:
     text = data.decode("utf-8-sig")
@@ -227,13 +228,53 @@ class SudokuDataset(base.Dataset):
     return {"accuracy": solved / total, "num_puzzles": int(total), "nfe": max(calls)}
 
 
+# The fields of ``config.data.sudoku`` that hold local paths (``train``: comma-separated).
+PATH_FIELDS = ("train", "eval")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.data.sudoku``: the CSV files and the training augmentation."""
+  c = ml_collections.ConfigDict()
+  c.train = ""         # comma-separated CSV paths
+  c.eval = ""          # one CSV path
+  c.augment = False    # random digit relabelling of each grid
+  return c
+
+
+def check_config(data_config, in_use: bool) -> None:
+  """A Sudoku run needs both CSV fields."""
+  s = data_config.sudoku
+  if in_use and not (s.train and s.eval):
+    raise ValueError("config.data.name = 'sudoku' needs config.data.sudoku.train and "
+                     "config.data.sudoku.eval (CSV paths)")
+
+
 def from_config(data_config, seed: int) -> SudokuDataset:
-  """The registry entry: ``data.sudoku_train`` (comma-separated CSV paths),
-  ``data.sudoku_eval``, ``data.num_eval`` (0: all rows), ``data.sudoku_augment``."""
-  train = [p.strip() for p in data_config.sudoku_train.split(",") if p.strip()]
-  return SudokuDataset(train, data_config.sudoku_eval, seed=seed,
-                       num_eval=data_config.num_eval or None,
-                       augment=data_config.sudoku_augment)
+  """The registry entry: ``data.sudoku.train`` (comma-separated CSV paths),
+  ``data.sudoku.eval``, ``data.num_eval`` (0: all rows), ``data.sudoku.augment``."""
+  s = data_config.sudoku
+  train = [p.strip() for p in s.train.split(",") if p.strip()]
+  return SudokuDataset(train, s.eval, seed=seed, num_eval=data_config.num_eval or None,
+                       augment=s.augment)
+
+
+def use_eval_file(data_config, path: str, needs_train: bool) -> None:
+  """Points ``data_config`` at the CSV ``path`` for evaluation: its rows (the
+  run's ``num_eval``, e.g. 1000, caps them, but a smaller file is read whole),
+  and, unless ``needs_train`` (a prior fitted on the training files), as the
+  training files too, so that only ``path`` is read."""
+  data_config.sudoku.eval = path
+  if data_config.num_eval:
+    data_config.num_eval = min(data_config.num_eval, len(load_sudoku_csv(path).puzzles))
+  if not needs_train:
+    data_config.sudoku.train = path
+
+
+def prompt_tokens(path: str, mask_id: int) -> np.ndarray:
+  """int32 [R, 81]: the givens of each of the R puzzles of the CSV ``path`` as
+  tokens, ``mask_id`` elsewhere; ``SudokuDataError`` for a malformed file."""
+  puzzles = load_sudoku_csv(path).puzzles
+  return np.where(puzzles != 0, puzzles.astype(np.int32) - 1, mask_id).astype(np.int32)
 
 
 def render(tokens) -> str:

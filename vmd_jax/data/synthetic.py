@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterator, NamedTuple
 
+import ml_collections
 import numpy as np
 from etils import epath
 
@@ -285,14 +286,42 @@ def save_joint_figure(probs, samples, vocab_size: int, path: str | os.PathLike,
   tmp.replace(path)  # atomic on a local disk: a reader sees the old figure or the new one
 
 
+# The fields of ``config.data.synthetic`` that hold local paths.
+PATH_FIELDS = ("npy_path",)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.data.synthetic``: a named table or a table in a .npy file."""
+  c = ml_collections.ConfigDict()
+  c.table = "d1"        # a named table (SYNTHETIC) ...
+  c.npy_path = ""       # ... or a probability table in a .npy file (V and N:
+                        # config.data.vocab_size / seq_len, or its shape)
+  return c
+
+
+def check_config(data_config, in_use: bool) -> None:
+  """Nothing to check before the table is read (``get_synthetic`` and
+  ``from_npy`` name a bad table)."""
+  del data_config, in_use
+
+
 def from_config(data_config, seed: int) -> ProbabilityTable:
-  """The registry entry: ``data.npy_path`` (a table file) or the named table
-  ``data.synthetic``; ``data.num_eval`` evaluation sequences (0: the default)."""
+  """The registry entry: ``data.synthetic.npy_path`` (a table file) or the named
+  table ``data.synthetic.table``; ``data.num_eval`` evaluation sequences (0: the
+  default)."""
+  s = data_config.synthetic
   kwargs = {"num_eval": data_config.num_eval} if data_config.num_eval else {}
-  if data_config.npy_path:
-    return from_npy(data_config.npy_path, data_config.vocab_size, data_config.seq_len,
+  if s.npy_path:
+    return from_npy(s.npy_path, data_config.vocab_size, data_config.seq_len,
                     seed=seed, **kwargs)
-  return get_synthetic(data_config.synthetic, seed=seed, **kwargs)
+  return get_synthetic(s.table, seed=seed, **kwargs)
+
+
+def use_eval_file(data_config, path: str, needs_train: bool) -> None:
+  """Points ``data_config`` at the .npy table ``path`` (V and N from its shape)."""
+  del needs_train  # one table serves both
+  data_config.synthetic.npy_path = path
+  data_config.vocab_size, data_config.seq_len = 0, 0
 
 
 def render(tokens) -> str:

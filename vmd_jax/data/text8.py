@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterator
 
+import ml_collections
 import numpy as np
 
 from vmd_jax.data import base
@@ -154,44 +155,72 @@ class Text8Dataset(base.Dataset):
     return {"text": [tn.decode(row) for row in np.asarray(x)], "nfe": int(nfe)}
 
 
+# The fields of ``config.data.text8`` that hold local paths (``path`` may also
+# name a source: "python-docs").
+PATH_FIELDS = ("path", "data_dir")
+SOURCES = ("text8", "local")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.data.text8``: where the text comes from and where it is prepared."""
+  c = ml_collections.ConfigDict()
+  c.source = "local"     # "text8" (the real corpus) or "local" (any text)
+  c.path = ""            # text8 / text8.zip, or local text file / folder
+  c.data_dir = ""        # where tfds writes the prepared dataset
+  c.normalize = True     # normalise local text to text8's alphabet
+  return c
+
+
+def check_config(data_config, in_use: bool) -> None:
+  del in_use
+  if data_config.text8.source not in SOURCES:
+    raise ValueError(f"config.data.text8.source = {data_config.text8.source!r}; accepted "
+                     f"values: {list(SOURCES)}")
+
+
 def from_config(data_config, seed: int) -> Text8Dataset:
   """The ``Text8Dataset`` a run's ``config.data`` names (windows of ``seq_len``,
   default 256; ``num_eval``: evaluate the test split's first ``num_eval``
-  windows, 0: all):
+  windows, 0: all), from ``config.data.text8``:
 
-  ``text8_source = "text8"``: the real corpus from ``text8_path`` (text8 or
-  text8.zip), else the tfds manual dir, else the public download;
-  ``text8_source = "local"``: the text file or folder at ``text8_path``,
-  normalised unless ``text8_normalize`` is off; ``text8_path = "python-docs"``
-  (or empty) uses Python's documentation (``write_python_docs_text``).
-  Prepared once under ``text8_data_dir`` (default ~/tensorflow_datasets; local
-  or ``gs://``), by process 0 alone when several share it; the others wait, then
-  read it.
+  ``source = "text8"``: the real corpus from ``path`` (text8 or text8.zip), else
+  the tfds manual dir, else the public download; ``source = "local"``: the text
+  file or folder at ``path``, normalised unless ``normalize`` is off; ``path =
+  "python-docs"`` (or empty) uses Python's documentation
+  (``write_python_docs_text``). Prepared once under ``data_dir`` (default
+  ~/tensorflow_datasets; local or ``gs://``), by process 0 alone when several
+  share it; the others wait, then read it.
   """
-  data_dir = as_path(data_config.text8_data_dir or "~/tensorflow_datasets")
-  prepare_on_first_process(lambda: _prepare(data_config, data_dir),
-                           f"preparing text8 in {data_dir}")
-  return Text8Dataset.from_builder(_builder(data_config, data_dir),
+  t = data_config.text8
+  data_dir = as_path(t.data_dir or "~/tensorflow_datasets")
+  prepare_on_first_process(lambda: _prepare(t, data_dir), f"preparing text8 in {data_dir}")
+  return Text8Dataset.from_builder(_builder(t, data_dir),
                                    seq_len=data_config.seq_len or 256, seed=seed,
                                    num_eval=data_config.num_eval)
 
 
-def _builder(d, data_dir):
-  """The tfds builder of ``config.data`` ``d`` (not prepared)."""
+def config_shape(data_config) -> tuple[int, int]:
+  """(V, N) of the windows ``config.data`` asks for, without preparing the text
+  (``trainer.compile``)."""
+  return tn.VOCAB_SIZE, data_config.seq_len or 256
+
+
+def _builder(t, data_dir):
+  """The tfds builder of ``config.data.text8`` ``t`` (not prepared)."""
   from vmd_jax.data.text8_builder import Text8, local_text_config
-  if d.text8_source == "text8":
-    return Text8(data_dir=os.fspath(data_dir), config="text8", local_path=d.text8_path or None)
-  path = data_dir / "python_docs.txt" if d.text8_path in ("", PYTHON_DOCS) else d.text8_path
+  if t.source == "text8":
+    return Text8(data_dir=os.fspath(data_dir), config="text8", local_path=t.path or None)
+  path = data_dir / "python_docs.txt" if t.path in ("", PYTHON_DOCS) else t.path
   return Text8(data_dir=os.fspath(data_dir),
-               config=local_text_config(path, normalize=d.text8_normalize))
+               config=local_text_config(path, normalize=t.normalize))
 
 
-def _prepare(d, data_dir):
-  if d.text8_source != "text8" and d.text8_path in ("", PYTHON_DOCS):
+def _prepare(t, data_dir):
+  if t.source != "text8" and t.path in ("", PYTHON_DOCS):
     data_dir.mkdir(parents=True, exist_ok=True)
     if not (data_dir / "python_docs.txt").exists():
       write_python_docs_text(data_dir / "python_docs.txt")
-  _builder(d, data_dir).download_and_prepare()
+  _builder(t, data_dir).download_and_prepare()
 
 
 def render(tokens) -> str:

@@ -47,7 +47,8 @@ from vmd_jax.networks import adapters
 from vmd_jax.forward import check_tokens
 from vmd_jax.networks.denoiser import Denoiser
 from vmd_jax.networks.encoder import LatentEncoder
-from vmd_jax.schedules import LinearSchedule, PolynomialSchedule, Schedule
+from vmd_jax.networks.variant import Variant, check_variant
+from vmd_jax.schedules import Schedule
 
 Params = Any
 PriorSampler = Callable[[jax.Array, int], jax.Array]  # (key, batch) -> z [B, D]
@@ -59,34 +60,38 @@ def standard_normal_prior(latent_dim: int) -> PriorSampler:
 
 @dataclasses.dataclass(frozen=True)
 class MaskedDiffusion:
-  """MD4 when ``encoder`` is None, VMD otherwise."""
+  """MD4 when ``encoder`` is None, VMD otherwise. "Off" is 0 for ``block_size``
+  and ``loss_steps``, as in the config; which fields compose is
+  ``variant.check_variant``'s, run on construction."""
 
   denoiser: Denoiser
   schedule: Schedule
   encoder: LatentEncoder | None = None
   beta: float = 0.1
   free_bits: float = 0.0
-  loss_steps: int | None = None   # None: continuous-time NELBO
+  loss_steps: int = 0             # 0: continuous-time NELBO; T: the T-step NELBO
   antithetic: bool = True
-  block_size: int | None = None   # None: one block (plain masked diffusion)
+  block_size: int = 0             # 0: one block (plain masked diffusion)
   train_mask_rate: tuple[float, float] = (0.0, 1.0)  # block training's clipped rate
   learn_schedule: bool = False    # GenMD4: per-token exponents in params["schedule"]
   prior_encoder: LatentEncoder | None = None  # block VMD: p(z_b | x^{<b}); None: N(0, I)
 
   def __post_init__(self):
-    if self.prior_encoder is not None and (self.encoder is None or not self.block_size
-                                           or self.prime_code):
-      raise ValueError("prior_encoder (the conditional prior p(z_b | x^{<b})) needs block "
-                       "VMD: an encoder and block_size, without prime digits")
-    if self.block_size and self.prime_code:
-      self.prime_code.check_packable()  # the block sampler's KV cache packs digits
-    if self.learn_schedule:
-      if not isinstance(self.schedule, (LinearSchedule, PolynomialSchedule)):
-        raise ValueError("learn_schedule (GenMD4) starts from a 'linear' or 'polynomial' "
-                         f"schedule, got {self.schedule.name!r}")
-      if self.encoder is not None or self.block_size or self.loss_steps:
-        raise ValueError("learn_schedule (GenMD4) supports MD4 with the continuous-time "
-                         "NELBO only (no encoder, block_size or loss_steps)")
+    check_variant(self.variant)
+
+  @property
+  def variant(self) -> Variant:
+    """The fields ``check_variant`` reads."""
+    enc = self.encoder
+    return Variant(
+        latent=enc is not None, encoder_sees_xt=enc is not None and enc.sees_xt,
+        encoder_pooling=enc.pooling if enc is not None else "mean",
+        latent_mode=self.denoiser.latent_mode, genmd4=self.learn_schedule,
+        schedule=self.schedule.name, block_size=self.block_size or 0,
+        train_mask_rate=tuple(self.train_mask_rate), prime_digits=self.denoiser.prime_digits,
+        loss_steps=self.loss_steps or 0,
+        prior="standard_normal" if self.prior_encoder is None else "conditional",
+        vocab_size=self.vocab_size)
 
   @property
   def vocab_size(self) -> int:
@@ -182,7 +187,7 @@ class MaskedDiffusion:
       denoise = self.denoise_fn(params, train=train, rng=rng)
       return lambda key, z: fn(denoise, x0, key, self.schedule_params(params),
                                eps=self.schedule.eps, z=z, **common)
-    common["num_steps"] = self.loss_steps
+    common["num_steps"] = self.loss_steps or None  # 0: continuous time
     code = self.prime_code
     if self.block_size:
       denoise, _ = adapters.block_denoiser_fns(self.denoiser, params["denoiser"], train=train,
@@ -216,9 +221,8 @@ class MaskedDiffusion:
     generated) and keeps it for every step. ``use_cache``: blocks read the clean earlier
     blocks from a KV cache (else they are recomputed; same samples).
     """
-    if self.learn_schedule and order != "ancestral":
-      raise ValueError(f"GenMD4 (a learned schedule) samples in the 'ancestral' order "
-                       f"only, got {order!r}")
+    check_variant(self.variant, seq_len=x_init.shape[1], orders=[(order, num_steps)],
+                  source="sample")
     blocks = self.num_blocks(x_init.shape[1])
     z, prior_fn = None, None
     if self.prior_encoder is not None and prior is None:
@@ -229,8 +233,6 @@ class MaskedDiffusion:
       z = prior(z_key, x_init.shape[0] * blocks)
       if self.block_size:
         z = z.reshape(x_init.shape[0], blocks, self.latent_dim)
-    if self.block_size and num_steps % blocks:
-      raise ValueError(f"NFE {num_steps} is not a multiple of the {blocks} blocks")
     run = self._sampler(params, num_steps // blocks, order, z, prior_fn, use_cache,
                         sampler_kwargs)
     if not self.prime_code:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from vmd_jax import data
 from vmd_jax.networks import Denoiser, LatentEncoder, MaskedDiffusion
+from vmd_jax.networks.variant import check_variant
 from vmd_jax.schedules import Schedule, get_schedule
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -40,11 +41,11 @@ def build_dataset(config):
 
 
 def build_schedule(config) -> Schedule:
-  """The fixed schedule; for "genmd4", the polynomial schedule every learned
-  exponent starts from (``MaskedDiffusion.learn_schedule``)."""
+  """The fixed schedule; for ``diffusion.kind = "genmd4"``, the polynomial
+  schedule every learned exponent starts from (``MaskedDiffusion.learn_schedule``)."""
   f = config.diffusion
   params = {"eps": f.eps}
-  if f.schedule == "genmd4":
+  if f.kind == "genmd4":
     return get_schedule("polynomial", k=f.genmd4_power_init, **params)
   if f.schedule == "polynomial":
     params["k"] = f.schedule_k
@@ -87,10 +88,9 @@ def build_model(config, vocab_size: int, seq_len: int) -> MaskedDiffusion:
   model = MaskedDiffusion(
       denoiser=build_denoiser(config, vocab_size, seq_len), schedule=build_schedule(config),
       encoder=build_encoder(config, vocab_size), beta=f.beta, free_bits=f.free_bits,
-      loss_steps=f.loss_steps or None, antithetic=f.antithetic,
-      block_size=f.block_size or None,
+      loss_steps=f.loss_steps, antithetic=f.antithetic, block_size=f.block_size,
       train_mask_rate=(f.train_mask_rate_min, f.train_mask_rate_max),
-      learn_schedule=f.schedule == "genmd4",
+      learn_schedule=f.kind == "genmd4",
       prior_encoder=build_prior_encoder(config, vocab_size))
-  model.num_blocks(seq_len)  # block_size must divide the length
+  check_variant(model.variant, seq_len=seq_len)  # block_size must divide the length
   return model

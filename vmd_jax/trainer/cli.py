@@ -103,6 +103,8 @@ def check_overrides(argv: list[str]) -> list[str]:
   for arg in argv:
     if arg.startswith("--config.") and "=" in arg:
       key = arg[len("--config."):].split("=", 1)[0]
+      if key in config_lib.MOVED_KEYS:  # data.synthetic: a group now
+        raise InputError(config_lib.moved_key_message(key))
       node, walked = config, []
       for part in key.split("."):
         if not hasattr(node, "keys") or part not in node.keys():
@@ -272,7 +274,8 @@ def _define_compile_flags(argv):
 
 def _define_evaluate_flags(argv):
   flags.DEFINE_string("workdir", None, "A trained vmd_jax workdir.", required=True)
-  flags.DEFINE_string("data", None, "Evaluation file: a Sudoku CSV or a .npy table.")
+  flags.DEFINE_string("data", None, "Evaluation file: a Sudoku CSV or a .npy table "
+                      "(the dataset's use_eval_file).")
   flags.DEFINE_string("settings", None, "ORDER:NFE pairs, e.g. top_prob:5,top_prob_margin:5.")
   flags.DEFINE_string("output", None, "Output JSON name inside the workdir.")
   flags.DEFINE_string("judge", None, "Workdir of an AR judge (configs/text8_judge.py): "

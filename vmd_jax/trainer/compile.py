@@ -32,6 +32,7 @@ import time
 import jax
 import numpy as np
 
+from vmd_jax import data as data_registry
 from vmd_jax.trainer import build, config as config_lib, evaluate, mfu, sharding, train
 from vmd_jax.trainer.state import make_optimizer
 
@@ -112,11 +113,12 @@ def _describe_host_without_tpu() -> None:
 
 
 def data_shape(config) -> tuple[int, int]:
-  """(V, N) of ``config.data`` without reading the data where it is fixed by the
-  config (text8: 27 characters, ``data.seq_len``); other datasets are built."""
-  if config.data.name == "text8":
-    from vmd_jax.data import text_normalize
-    return text_normalize.VOCAB_SIZE, config.data.seq_len
+  """(V, N) of ``config.data`` without reading the data where the config fixes
+  it (the dataset's ``config_shape``: text8's 27 characters and ``data.seq_len``);
+  other datasets are built."""
+  config_shape = data_registry.hook(config.data.name, "config_shape")
+  if config_shape is not None:
+    return config_shape(config.data)
   dataset = build.build_dataset(config)
   return dataset.vocab_size, dataset.seq_len
 

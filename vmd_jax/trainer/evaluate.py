@@ -47,9 +47,10 @@ from absl import logging
 from vmd_jax import prior as prior_lib
 from vmd_jax.losses import DiagonalGaussian
 from vmd_jax.networks import MaskedDiffusion
+from vmd_jax.networks.variant import check_variant
 from vmd_jax.trainer import config as config_lib
 from vmd_jax.trainer import io, sharding
-from vmd_jax.trainer.load import BadInput
+from vmd_jax.trainer.load import BadInput, bad_input
 
 
 class OutputNotWritten(OSError):
@@ -62,13 +63,11 @@ class OutputNotWritten(OSError):
 
 
 def check_settings(config, model: MaskedDiffusion, seq_len: int) -> None:
-  """With K blocks every ORDER:NFE setting needs NFE a multiple of K (each block
-  gets NFE / K steps); refused at start, naming the setting."""
-  blocks = model.num_blocks(seq_len)
-  for order, nfe in config_lib.parse_eval_settings(config.eval.settings):
-    if nfe % blocks:
-      raise ValueError(f"config.eval.settings {order}:{nfe}: the NFE must be a multiple of "
-                       f"the {blocks} blocks (each block gets NFE / {blocks} steps)")
+  """Every ORDER:NFE setting fits the model (``check_variant``: with K blocks the
+  NFE a multiple of K, each block getting NFE / K steps; GenMD4: ancestral
+  only); refused at start, naming the setting."""
+  check_variant(model.variant, seq_len=seq_len,
+                orders=config_lib.parse_eval_settings(config.eval.settings))
 
 
 def eval_batch_size(batch_size: int, mesh) -> int:
@@ -291,40 +290,31 @@ def check_writable(path) -> None:
 def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
                        vocab_size: int, seq_len: int):
   """The dataset ``evaluate_workdir`` evaluates on, ``config`` set to match: the
-  run's, or with ``data`` that file (a Sudoku CSV: only it is read, unless a
-  mixture prior must be fitted on the training files; a .npy table: V and N from
-  its shape). Raises ``BadInput`` for a file or setting the run cannot use."""
+  run's, or with ``data`` that file (the dataset's ``use_eval_file``: a Sudoku
+  CSV, read alone unless a mixture prior must be fitted on the training files;
+  a .npy table, V and N from its shape). Raises ``BadInput`` for a file or
+  setting the run cannot use."""
   from etils import epath
 
+  from vmd_jax import data as data_registry
   from vmd_jax.trainer import build
-  try:
+  with bad_input():  # a malformed file (SudokuDataError, a bad table) or setting
     if data:
       if not epath.Path(data).exists():
         raise FileNotFoundError(f"evaluation data not found: {data}")
-      field = {"sudoku": "sudoku_eval", "synthetic": "npy_path"}.get(config.data.name)
-      if field is None:
-        raise BadInput(f"--data takes a Sudoku CSV or a .npy table, not a file for a "
+      use_eval_file = data_registry.hook(config.data.name, "use_eval_file")
+      if use_eval_file is None:
+        takes = [n for n in data_registry.names() if data_registry.hook(n, "use_eval_file")]
+        raise BadInput(f"--data takes a file for a run on {takes} data, not for a "
                        f"{config.data.name!r} run")
-      config.data[field] = data
-      if field == "sudoku_eval":
-        from vmd_jax.data import sudoku
-        if config.data.num_eval:
-          # The run's num_eval (e.g. 1000) caps the rows read, but a smaller file is whole.
-          rows = len(sudoku.load_sudoku_csv(data).puzzles)
-          config.data.num_eval = min(config.data.num_eval, rows)
-        # A mixture prior may be fitted again (prior.npz absent, or of another step or
-        # settings): on the training files, never on the evaluation puzzles.
-        fits_prior = config.model.kind == "vmd" and config.prior.kind == "mixture"
-        if not fits_prior:  # the training files are not needed
-          config.data.sudoku_train = data
-      if field == "npy_path":
-        config.data.vocab_size, config.data.seq_len = 0, 0  # read from the table's shape
+      # A mixture prior may be fitted again (prior.npz absent, or of another step or
+      # settings): on the training files, never on the evaluation data.
+      use_eval_file(config.data, data,
+                    needs_train=config.model.kind == "vmd" and config.prior.kind == "mixture")
     if settings:
       config.eval.settings = settings
     config_lib.validate(config)
     dataset = build.build_dataset(config)
-  except ValueError as e:  # a malformed file (SudokuDataError, a bad table) or setting
-    raise BadInput(str(e)) from None
   if dataset.vocab_size != vocab_size:
     raise BadInput(f"{data}: a vocabulary of {dataset.vocab_size} tokens, but the model "
                    f"in {workdir} was trained on {vocab_size}")
@@ -357,10 +347,8 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   from vmd_jax.trainer.load import open_run, restore_ema
 
   if settings:
-    try:
+    with bad_input(f"--settings={settings}: "):
       config_lib.parse_eval_settings(settings)
-    except ValueError as e:
-      raise BadInput(f"--settings={settings}: {e}") from None
   if output is None:
     output = f"eval_{epath.Path(data).stem}.json" if data else "eval.json"
   inside = posixpath.normpath(output)  # a name relative to the workdir (local or gs://)
@@ -374,10 +362,8 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
     open_judge(judge, run.config, run.vocab_size, run.seq_len)  # before any data is read
   dataset = evaluation_dataset(run.config, workdir, data, settings, run.vocab_size,
                                run.seq_len)
-  try:
+  with bad_input():
     check_settings(run.config, run.model, dataset.seq_len)
-  except ValueError as e:
-    raise BadInput(str(e)) from None
   params, step = restore_ema(workdir, run)
   judge_run = load_judge(judge, run.config, run.vocab_size, run.seq_len) if judge else None
   result = evaluate_run(run.config, run.model, dataset, params, workdir, output=None,

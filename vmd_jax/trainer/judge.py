@@ -5,7 +5,7 @@ The judge is a block-diffusion run with L' = 1 (an AR model; ``vmd_jax.judge``).
 ``open_judge`` checks it against the evaluated run before any checkpoint is read
 and refuses, in one line naming the judge (``load.BadInput``), one that cannot
 score it: another dataset or text source, another vocabulary, L' != 1, MDM-Prime
-digits, VMD latents, or windows shorter than the run's (``text8_path`` is not
+digits, VMD latents, or windows shorter than the run's (``data.text8.path`` is not
 compared: the same text may sit at other paths). ``Judge.score`` gives,
 for samples int [S, L]:
 
@@ -42,9 +42,9 @@ def open_judge(judge_workdir, run_config, vocab_size: int, seq_len: int) -> Run:
   problem = None
   if c.data.name != d.name:
     problem = f"trained on {c.data.name!r} data, the run on {d.name!r}"
-  elif d.name == "text8" and c.data.text8_source != d.text8_source:
-    problem = (f"trained on text8_source {c.data.text8_source!r}, the run on "
-               f"{d.text8_source!r}")
+  elif d.name == "text8" and c.data.text8.source != d.text8.source:
+    problem = (f"trained on text8.source {c.data.text8.source!r}, the run on "
+               f"{d.text8.source!r}")
   elif judge.vocab_size != vocab_size:
     problem = f"a vocabulary of {judge.vocab_size} tokens, the run's has {vocab_size}"
   elif c.diffusion.block_size != 1:

@@ -15,6 +15,7 @@ created, moved or removed, so it is safe while a training run holds the workdir
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import jax
@@ -34,6 +35,16 @@ class BadInput(ValueError):
   the message names it. ``vmd-jax evaluate`` / ``sample`` report it in one line."""
 
 
+@contextlib.contextmanager
+def bad_input(prefix: str = ""):
+  """A ValueError inside (a check's refusal) raised as ``BadInput``, its message
+  after ``prefix`` (the flag it concerns)."""
+  try:
+    yield
+  except ValueError as e:
+    raise BadInput(f"{prefix}{e}") from None
+
+
 def write_data_shape(workdir, vocab_size: int, seq_len: int) -> None:
   """Records the dataset's V and N, so ``load`` needs no dataset."""
   io.write_json(io.as_path(workdir) / SHAPE_FILE, {"vocab_size": int(vocab_size),
@@ -42,12 +53,14 @@ def write_data_shape(workdir, vocab_size: int, seq_len: int) -> None:
 
 def load_config(workdir) -> ml_collections.ConfigDict:
   """The validated config a run in ``workdir`` was trained with; a field added to
-  ``config.base_config`` after the run was made takes its default."""
+  ``config.base_config`` after the run was made takes its default, and one moved
+  since (``config.MOVED_KEYS``) is read under its new name."""
   path = io.as_path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: is {workdir} a vmd_jax workdir?")
   config = config_lib.base_config()
-  config.update(io.read_json(path))  # recursive: the saved values over the defaults
+  # recursive: the saved values over the defaults
+  config.update(config_lib.migrate_saved(io.read_json(path)))
   return config_lib.validate(config)
 
 

@@ -14,8 +14,9 @@ import numpy as np
 
 from vmd_jax import data, sampling
 from vmd_jax.networks.diffusion import standard_normal_prior
+from vmd_jax.networks.variant import check_variant
 from vmd_jax.trainer import evaluate, io
-from vmd_jax.trainer.load import BadInput, Run, open_run, restore_ema
+from vmd_jax.trainer.load import BadInput, Run, bad_input, open_run, restore_ema
 
 
 def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior: str,
@@ -27,13 +28,9 @@ def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior
     raise BadInput(f"--order={order}: unknown sampling order; known orders: "
                    f"{list(sampling.ORDERS)}")
   config, model, vocab_size, seq_len = run
-  if model.learn_schedule and order != "ancestral":
-    raise BadInput(f"--order={order}: GenMD4 (a learned schedule) samples in the "
-                   "'ancestral' order only")
-  blocks = model.num_blocks(seq_len)
-  if (steps or seq_len) % blocks:
-    raise BadInput(f"--steps={steps}: the network calls (0: the length {seq_len}) must be a "
-                   f"multiple of the run's {blocks} blocks")
+  with bad_input():
+    check_variant(model.variant, seq_len=seq_len, orders=[(order, steps or seq_len)],
+                  source="--order/--steps")
   if prior == "conditional" and model.prior_encoder is None:
     raise BadInput(f"--prior=conditional needs a run trained with prior.kind = "
                    f"'conditional'; {workdir} has prior.kind = {config.prior.kind!r}")
@@ -43,22 +40,18 @@ def initial_tokens(workdir, run: Run, *, num: int, steps: int, order: str, prior
   if prior == "mixture" and not (io.as_path(workdir) / "prior.npz").exists():
     raise FileNotFoundError(f"{io.as_path(workdir) / 'prior.npz'} not found: the run "
                             "fitted no mixture prior")
-  x_init = np.full((num, seq_len), vocab_size, np.int32)
-  if puzzles:
-    from vmd_jax.data import sudoku
-    if config.data.name != "sudoku":
-      raise BadInput(f"--puzzles needs a Sudoku run; {workdir} is a "
-                     f"{config.data.name!r} run")
-    try:
-      grids = sudoku.load_sudoku_csv(puzzles)
-    except sudoku.SudokuDataError as e:
-      raise BadInput(f"--puzzles: {e}") from None
-    if len(grids.puzzles) < num:
-      raise BadInput(f"--puzzles={puzzles} has {len(grids.puzzles)} puzzles, fewer than "
-                     f"--num={num}")
-    given = grids.puzzles[:num] != 0
-    x_init = np.where(given, grids.puzzles[:num] - 1, vocab_size).astype(np.int32)
-  return x_init
+  if not puzzles:
+    return np.full((num, seq_len), vocab_size, np.int32)
+  prompt_tokens = data.hook(config.data.name, "prompt_tokens")
+  if prompt_tokens is None:
+    raise BadInput(f"--puzzles needs a Sudoku run; {workdir} is a "
+                   f"{config.data.name!r} run")
+  with bad_input("--puzzles: "):  # a malformed file (SudokuDataError)
+    x_init = prompt_tokens(puzzles, vocab_size)
+  if len(x_init) < num:
+    raise BadInput(f"--puzzles={puzzles} has {len(x_init)} puzzles, fewer than "
+                   f"--num={num}")
+  return x_init[:num]
 
 
 def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ancestral",
@@ -68,10 +61,8 @@ def sample_workdir(workdir, *, num: int = 16, steps: int = 0, order: str = "ance
   (0: one per position) in ``order``, one rendered sample per paragraph. VMD's
   ``prior``: "run" (the one it trained with: its conditional prior, else N(0, I)),
   "standard_normal", "mixture" or "conditional"."""
-  try:
+  with bad_input(f"--temperature={temperature}: "):
     sampling.check_temperature(temperature)
-  except ValueError as e:
-    raise BadInput(f"--temperature={temperature}: {e}") from None
   run = open_run(workdir)
   x_init = initial_tokens(workdir, run, num=num, steps=steps, order=order, prior=prior,
                           puzzles=puzzles)

@@ -183,7 +183,7 @@ def _set_up(config, workdir):
 
 def _check_resumable(config, workdir, data_shape: tuple[int, int]):
   """Refuses to resume a workdir's checkpoints with another run's config, or
-  with a state of another shape: other data (V, N; a new ``data.npy_path`` may
+  with a state of another shape: other data (V, N; a new ``data.synthetic.npy_path`` may
   hold another table) or a GenMD4 schedule rate turned on or off (``schedule_lr``
   > 0 gives the exponents their own optimizer state). Orbax could not restore
   such a state, and the run would take its steps for corrupt ones."""
