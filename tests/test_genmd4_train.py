@@ -73,7 +73,7 @@ def test_model_sample_refuses_other_orders():
   c = config_lib.validate(tiny_config())
   model = model_of(c)
   params = model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
-  with pytest.raises(ValueError, match=r"'ancestral' order only, got 'top_prob'"):
+  with pytest.raises(ValueError, match=r"'ancestral' order only, got 'top_prob:2' in sample"):
     model.sample(params, jax.random.key(0), jnp.full((1, 2), 10), 2, "top_prob")
 
 
@@ -147,7 +147,12 @@ def test_main_end_to_end_exponents_move_logged_and_restored(tmp_path):
           "--config.eval.settings=ancestral:2", "--config.data.num_eval=100"]
   out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "genmd4/w_9=" in out.stderr and "score=" in out.stderr
+  # The exponents and the RLOO score term reach TensorBoard at each logged step.
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(workdir))
+  events.Reload()
+  assert [e.step for e in events.Scalars("genmd4/w_9")] == [10, 20]
+  assert [e.step for e in events.Scalars("score")] == [10, 20]
   result = json.loads((workdir / "eval.json").read_text())
   assert result["step"] == 20  # the final step's EMA parameters
   w_eval = np.array([result["schedule"][f"genmd4/w_{v}"] for v in range(10)])

@@ -32,7 +32,7 @@ def learned(workdir, lr: float = 3e-3, steps: int = 300,
   samples drawn one token per call that lie in the data's support) after
   ``steps`` of MD4."""
   c = config_lib.base_config()
-  c.data.name, c.data.synthetic, c.data.num_eval = "synthetic", DATA, 2000
+  c.data.name, c.data.synthetic.table, c.data.num_eval = "synthetic", DATA, 2000
   c.model.kind = "md4"
   c.model.width, c.model.depth, c.model.num_heads = 32, 1, 2
   c.model.dtype = dtype

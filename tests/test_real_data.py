@@ -140,7 +140,7 @@ def test_text8_local_train_and_bpc(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
   events = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
   events.Reload()
-  [logged] = events.Tensors("eval/ancestral:4/text/text_summary")
+  [logged] = events.Tensors("eval/ancestral_4/text/text_summary")  # summaries.tag
   assert logged.step == result["step"]
   assert logged.tensor_proto.string_val == [evaluate.samples_markdown(texts).encode()]
 

@@ -39,6 +39,11 @@ def test_scalars_texts_and_hparams_read_back(tmp_path):
   assert b"train.lr" in hparams["_hparams_/experiment"]
 
 
+def test_tags_are_legal():
+  assert summaries.tag("eval/ancestral:64/mixture/nfe") == "eval/ancestral_64/mixture/nfe"
+  assert summaries.tag("genmd4/w_9.x-y") == "genmd4/w_9.x-y"
+
+
 def test_hparam_values_keep_what_tensorboard_takes():
   assert summaries.hparam_values({"a": 1, "b": 0.5, "c": "x", "d": True, "e": (1, 2),
                                   "f": None}) == {"a": 1, "b": 0.5, "c": "x", "d": True,
@@ -74,7 +79,7 @@ def test_a_training_run_loads_no_tensorflow(tmp_path):
 import sys
 from vmd_jax.trainer import config as config_lib, train
 c = config_lib.base_config()
-c.data.synthetic, c.data.num_eval = "two_token_uniform", 100
+c.data.synthetic.table, c.data.num_eval = "two_token_uniform", 100
 c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
 c.train.batch_size, c.train.num_steps, c.train.log_every = 8, 2, 1
 c.eval.settings, c.eval.num_samples, c.eval.batch_size = "random:1", 10, 10

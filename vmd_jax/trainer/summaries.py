@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io as _io
 import json
+import re
 from typing import Any, Mapping
 
 from tensorboardX import SummaryWriter as _TBXWriter, record_writer
@@ -19,6 +20,13 @@ from tensorboardX.summary import hparams as _hparams_summaries
 from vmd_jax.trainer import io
 
 HPARAM_TYPES = (bool, int, float, str)  # what TensorBoard's HParams plugin takes
+
+
+def tag(name: str) -> str:
+  """``name`` as a legal TensorBoard tag: any character but letters, digits and
+  ``_ - / .`` becomes ``_`` (``eval/ancestral:64/nfe`` -> ``eval/ancestral_64/nfe``),
+  as TensorBoard would do with a warning."""
+  return re.sub(r"[^-/\w.]", "_", name)
 
 
 class _EpathRecordFile:
@@ -66,12 +74,12 @@ class SummaryWriter:
   def write_scalars(self, step: int, scalars: Mapping[str, float]):
     if self._writer is not None:
       for name, value in scalars.items():
-        self._writer.add_scalar(name, float(value), global_step=int(step))
+        self._writer.add_scalar(tag(name), float(value), global_step=int(step))
 
   def write_texts(self, step: int, texts: Mapping[str, str]):
     if self._writer is not None:
       for name, text in texts.items():
-        self._writer.add_text(name, text, global_step=int(step))
+        self._writer.add_text(tag(name), text, global_step=int(step))
 
   def write_hparams(self, flat_config: Mapping[str, Any]):
     """The config as TensorBoard hyperparameters (no metrics attached)."""
