@@ -47,17 +47,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   assert "Traceback" not in out.stderr and not workdir.exists()  # nothing written
 
 
-def test_training_without_tensorflow_is_one_line_and_exit_2(tmp_path):
-  """clu's metric writers need TensorFlow; an install without it is told what to add."""
+def test_training_without_tensorboardx_is_one_line_and_exit_2(tmp_path):
+  """The run's summaries need tensorboardX; an install without it is told what to add."""
   workdir = tmp_path / "run"
-  code = ("import sys; sys.modules['tensorflow'] = None; from vmd_jax.trainer import cli; "
+  code = ("import sys; sys.modules['tensorboardX'] = None; from vmd_jax.trainer import cli; "
           f"cli.run(['vmd-jax', 'train', '--config=synthetic_md4', '--workdir={workdir}'])")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
   assert out.returncode == 2, out.stderr[-2000:]
   lines = [l for l in out.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].endswith(
-      "which needs tensorflow: pip install 'vmd_jax[train]'"), out.stderr[-2000:]
+      "which needs tensorboardX: pip install 'vmd_jax[train]'"), out.stderr[-2000:]
   assert not workdir.exists()
 
 
@@ -68,6 +68,47 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
   assert out.returncode == 2 and out.stderr.strip().endswith(f"--workdir={path} is a file, "
                                                              "not a directory")
   assert path.read_text() == "keep me"
+
+
+def test_help_and_version_exit_0():
+  """vmd-jax --help lists every command; COMMAND --help lists its own flags first
+  (not absl's "Try --helpfull"); --version names the package's version."""
+  out = run_cli("--help")
+  assert out.returncode == 0 and out.stdout.startswith("usage: vmd-jax COMMAND"), out.stderr
+  assert [l.split()[0] for l in out.stdout.splitlines() if l.startswith("  ")][:4] == [
+      "train", "evaluate", "sample", "compile"]
+  out = run_cli("train", "--help")
+  assert out.returncode == 0, out.stderr[-2000:]
+  flags_listed = [l.split(":")[0].strip() for l in out.stdout.splitlines()
+                  if l.startswith("  --")]
+  assert flags_listed == ["--config", "--workdir", "--[no]distributed"], out.stdout
+  assert "text8_vmd" in out.stdout  # the packaged configs are named
+  for command in ("evaluate", "sample", "compile"):
+    out = run_cli(command, "-h")
+    assert out.returncode == 0 and out.stdout.startswith(f"usage: vmd-jax {command} ")
+  out = run_cli("--version")
+  assert out.returncode == 0 and out.stdout.strip() == f"vmd-jax {vmd_jax.__version__}"
+
+
+def test_train_without_config_names_the_packaged_configs(tmp_path):
+  out = run_cli("train", f"--workdir={tmp_path / 'run'}")
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+  assert lines[0].startswith("vmd-jax train: error: --config is required") and \
+      "synthetic_table" in lines[0]
+  assert not (tmp_path / "run").exists()
+
+
+def test_core_only_install_is_told_what_to_add():
+  """Without the trainer's packages (absl here) the console script prints one line
+  naming the extra, not an import traceback."""
+  code = ("import sys; sys.modules['absl'] = None; from vmd_jax.__main__ import main; "
+          "main(['vmd-jax', 'train'])")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2 and out.stderr == (
+      "vmd-jax: the command line needs vmd_jax[train] (absl is not installed): "
+      "pip install 'vmd_jax[train]'\n"), out.stderr[-2000:]
 
 
 def test_unknown_command():
@@ -251,6 +292,7 @@ def test_sample_command_prints_samples(trained):
   out = run_cli("sample", f"--workdir={workdir}", "--num=5", "--steps=2", "--order=random",
                 "--prior=mixture", timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
+  assert "Given directory is read only" not in out.stderr  # orbax's notice, dropped
   header, *rows = out.stdout.strip().split("\n\n")
   assert header.startswith("# 5 samples of") and "2 network calls" in header
   assert len(rows) == 5
@@ -276,10 +318,14 @@ def test_evaluate_on_a_table_file_reads_its_shape(trained, tmp_path):
                 "--settings=random:2", timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   after = _files(workdir)
-  assert (workdir / "eval_table.json").is_file()
-  assert {k: v for k, v in after.items() if k != "eval_table.json"} == before
+  # Named for what changed (the data file and the settings), never the training's
+  # eval.json, which stays as it was with every other file; the last line says where.
+  name = "eval_table_random_2.json"
+  assert (workdir / name).is_file()
+  assert {k: v for k, v in after.items() if k != name} == before
+  assert out.stderr.strip().splitlines()[-1] == f"vmd-jax evaluate: results in {workdir}/{name}"
   printed = json.loads(out.stdout)  # the whole result, as in the file: NELBO and samples
-  assert printed == json.loads((workdir / "eval_table.json").read_text())
+  assert printed == json.loads((workdir / name).read_text())
   assert set(printed["samples"]) == {"random:2", "random:2/mixture"}  # the prior fitted, not saved
   assert printed["nelbo"]["eval_tokens"] > 0
 

@@ -78,7 +78,7 @@ def test_core_dependencies_and_extras():
   # no wheel (macOS arm64, aarch64 Linux).
   assert not [d for d in extras["train"] if d.startswith(("tensorflow", "clu", "tensorboard>"))]
   assert any(d.startswith("tensorflow-cpu") for d in extras["text8"])
-  assert project["scripts"]["vmd-jax"] == "vmd_jax.trainer.cli:run"
+  assert project["scripts"]["vmd-jax"] == "vmd_jax.__main__:main"  # core-only: one line
   assert "version" in project["dynamic"]  # one source: vmd_jax.__version__
   assert (REPO / "LICENSE").is_file() and (REPO / "vmd_jax" / "py.typed").is_file()
   pins = (REPO / "launch" / "constraints.txt").read_text()

@@ -138,8 +138,8 @@ def run_cli(*args):
 
 def test_evaluate_uses_the_newest_intact_step_and_touches_no_checkpoint(trained, tmp_path):
   """``vmd-jax evaluate`` on the corrupt copy: exit 0, one warning line per bad
-  step, and eval.json's bound equals the bound of step 5's EMA parameters and
-  names step 5."""
+  step, and eval_latest.json's bound equals the bound of step 5's EMA parameters
+  and names step 5."""
   workdir = corrupt_copy(trained, tmp_path / "run")
   before = snapshot(workdir / "checkpoints")
   out = run_cli("evaluate", f"--workdir={workdir}")
@@ -154,7 +154,7 @@ def test_evaluate_uses_the_newest_intact_step_and_touches_no_checkpoint(trained,
   data = build.build_dataset(c)
   model = build.build_model(c, data.vocab_size, data.seq_len)
   expected = evaluate.evaluate_run(c, model, data, trained[1][5].ema_params, str(tmp_path))
-  got = json.loads((workdir / "eval.json").read_text())
+  got = json.loads((workdir / "eval_latest.json").read_text())  # not the training's eval.json
   assert got["step"] == 5  # the step evaluated, not the newest one on disk
   np.testing.assert_allclose(got["nelbo"]["nelbo_nats_per_token"],
                              expected["nelbo"]["nelbo_nats_per_token"], rtol=1e-6)

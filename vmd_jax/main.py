@@ -3,7 +3,7 @@ evaluates (``vmd-jax train``; see ``vmd_jax.trainer.cli``)."""
 
 import sys
 
-from vmd_jax.trainer import cli
+from vmd_jax.__main__ import trainer_cli
 
 if __name__ == "__main__":
-  cli.run_command("train", sys.argv)
+  trainer_cli().run_command("train", sys.argv)

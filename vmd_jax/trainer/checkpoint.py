@@ -157,6 +157,23 @@ class _AbandonedReadRecords:
     return not (record.exc_info and _is_abandoned_read(*record.exc_info))
 
 
+@contextlib.contextmanager
+def _without_log(prefix: str):
+  """Drops absl log records whose message starts with ``prefix`` meanwhile."""
+  import logging as std_logging
+
+  class Drop:
+    def filter(self, record):
+      return not str(record.msg).startswith(prefix)
+
+  logger, drop = std_logging.getLogger("absl"), Drop()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
 def drop_abandoned_reads():
   """Keeps ``_is_abandoned_read`` reports (made through ``sys.unraisablehook``, at
   any moment, even mid-line, or logged by asyncio) out of stderr. Installed once, by
@@ -204,11 +221,13 @@ class Checkpointer:
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
                                              create=False)
-    else:
-      # Steps are chosen here (orbax alone would also save the very first step);
-      # temporary directories of a killed save are removed at the next start.
-      options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
-                                             cleanup_tmp_directories=True)
+      with _without_log("Given directory is read only"):  # orbax repeating what we asked
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+      return
+    # Steps are chosen here (orbax alone would also save the very first step);
+    # temporary directories of a killed save are removed at the next start.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
+                                           cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:

@@ -43,8 +43,8 @@ from vmd_jax.trainer import config as config_lib
 
 PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "configs")
-DEFAULT_CONFIG = "synthetic_table"
 FLAGS = flags.FLAGS
+HELP = ("--help", "-h", "-help")
 
 
 class InputError(Exception):
@@ -77,24 +77,28 @@ def resolve_config_path(value: str) -> str:
   packaged = os.path.join(PACKAGED_CONFIGS, name if name.endswith(".py") else name + ".py")
   if os.path.isfile(packaged):
     return packaged + sep + args
-  known = sorted(f[:-3] for f in os.listdir(PACKAGED_CONFIGS)
-                 if f.endswith(".py") and not f.startswith("_"))
-  raise InputError(f"config file {path!r} not found (packaged configs: {', '.join(known)})")
+  raise InputError(f"config file {path!r} not found (packaged configs: "
+                   f"{', '.join(packaged_configs())})")
+
+
+def packaged_configs() -> list[str]:
+  """The names ``--config`` takes for the configs packaged in ``vmd_jax/configs``."""
+  return sorted(f[:-3] for f in os.listdir(PACKAGED_CONFIGS)
+                if f.endswith(".py") and not f.startswith("_"))
 
 
 def check_overrides(argv: list[str]) -> list[str]:
   """Resolves ``--config`` in ``argv`` and checks every ``--config.KEY=...``
   against that config, before ml_collections sees them; returns the new argv."""
   argv = list(argv)
-  index, value = None, DEFAULT_CONFIG
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      index, value = i, arg.split("=", 1)[1]
-  resolved = resolve_config_path(value)
+  index = next((i for i, arg in enumerate(argv) if arg.startswith("--config=")), None)
   if index is None:
-    argv.insert(1, f"--config={resolved}")
-  else:
-    argv[index] = f"--config={resolved}"
+    if any(arg in HELP for arg in argv):
+      return argv
+    raise InputError(f"--config is required: a config file or one of the packaged configs "
+                     f"({', '.join(packaged_configs())})")
+  resolved = resolve_config_path(argv[index].split("=", 1)[1])
+  argv[index] = f"--config={resolved}"
   path, _, args = resolved.partition(":")
   try:
     config = config_lib.load_config_file(path, *([args] if args else []))
@@ -158,7 +162,6 @@ def _check_workdir(workdir: str):
 
 
 def _train():
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
   if FLAGS.distributed:
     jax.distributed.initialize(**distributed_args(os.environ))
@@ -177,8 +180,12 @@ def _train():
                jax.device_count(), jax.devices()[0].platform)
   if "runs" in config:
     sweep.run_sweep(config, FLAGS.workdir)
+    say(f"vmd-jax train: results in {FLAGS.workdir}/table.md and {FLAGS.workdir}/<run>/"
+        "eval.json, one workdir per run")
   else:
     train.train_and_evaluate(config, FLAGS.workdir)
+    say(f"vmd-jax train: results in {FLAGS.workdir}/eval.json (checkpoints in "
+        f"{FLAGS.workdir}/checkpoints; tensorboard --logdir={FLAGS.workdir})")
 
 
 def distributed_args(environ) -> dict:
@@ -207,15 +214,19 @@ def _reading_a_workdir(command):
 
 def _evaluate():
   import json
-  from vmd_jax.trainer.evaluate import OutputNotWritten, evaluate_workdir
+  from etils import epath
+  from vmd_jax.trainer.evaluate import OutputNotWritten, default_output, evaluate_workdir
+  output = FLAGS.output or default_output(FLAGS.data and epath.Path(FLAGS.data).stem,
+                                          FLAGS.settings, bool(FLAGS.judge))
   try:
     result = _reading_a_workdir(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.data,
-                                                         FLAGS.settings, FLAGS.output,
+                                                         FLAGS.settings, output,
                                                          FLAGS.judge))
   except OutputNotWritten as e:  # the results on stdout, not lost
     print(json.dumps(e.result, indent=2, sort_keys=True), flush=True)
     raise InputError(f"{e} (the results are on stdout)") from None
-  print(json.dumps(result, indent=2, sort_keys=True))  # what the output file holds
+  print(json.dumps(result, indent=2, sort_keys=True), flush=True)  # the output file's
+  say(f"vmd-jax evaluate: results in {FLAGS.workdir}/{output}")
 
 
 def _sample():
@@ -243,7 +254,6 @@ def _define_train_flags(argv):
 
 
 def _compile():
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   from vmd_jax.trainer import compile as compile_lib, io
   try:
     config = config_lib.validate(FLAGS.config)
@@ -277,7 +287,9 @@ def _define_evaluate_flags(argv):
   flags.DEFINE_string("data", None, "Evaluation file: a Sudoku CSV or a .npy table "
                       "(the dataset's use_eval_file).")
   flags.DEFINE_string("settings", None, "ORDER:NFE pairs, e.g. top_prob:5,top_prob_margin:5.")
-  flags.DEFINE_string("output", None, "Output JSON name inside the workdir.")
+  flags.DEFINE_string("output", None, "Output JSON name inside the workdir (default "
+                      "eval_<data stem>_<settings>[_judged].json, or eval_latest.json; "
+                      "never the training's eval.json).")
   flags.DEFINE_string("judge", None, "Workdir of an AR judge (configs/text8_judge.py): "
                       "scores every setting's samples (judge bits per character, unigram "
                       "entropy, repeated 4-grams) and real windows for reference.")
@@ -303,17 +315,63 @@ COMMANDS = {"train": (_define_train_flags, _train),
             "evaluate": (_define_evaluate_flags, _evaluate),
             "sample": (_define_sample_flags, _sample),
             "compile": (_define_compile_flags, _compile)}
+# command: (its arguments, what it does), for --help
+USAGE = {
+    "train": ("--config=CONFIG --workdir=DIR [--config.KEY=VALUE ...]",
+              "Train a config and evaluate it: checkpoints, TensorBoard events and eval.json "
+              "in the workdir; run it again to resume."),
+    "evaluate": ("--workdir=DIR [--settings=ORDER:NFE,...] [--data=FILE] [--judge=DIR]",
+                 "Evaluate a trained run's newest intact checkpoint (bound and samples) "
+                 "into eval_<what>.json; the training's eval.json is never overwritten."),
+    "sample": ("--workdir=DIR [--num=16] [--steps=NFE] [--order=ORDER]",
+               "Draw samples from a trained run and print them."),
+    "compile": ("--config=CONFIG --topology=TOPOLOGY [--config.KEY=VALUE ...]",
+                "Compile a config's train step and sampler ahead of time for a TPU "
+                "topology on this host (vmd_jax[tpu]): per-chip bytes, FLOPs, estimated "
+                "step time."),
+}
+
+
+def command_help(command: str, own_flags) -> str:
+  """``vmd-jax COMMAND --help``: the command's own flags first."""
+  args, what = USAGE[command]
+  lines = [f"usage: vmd-jax {command} {args}", "", what, "", "flags:"]
+  for flag in own_flags:
+    name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
+    default = "" if flag.default is None else f" (default: {flag.default!r})"
+    lines.append(f"  {name}: {flag.help}{default}")
+  if any(flag.name == "config" for flag in own_flags):
+    lines += ["", "--config.KEY=VALUE overrides one field of the config "
+              "(--config.train.num_steps=100).",
+              f"packaged configs: {', '.join(packaged_configs())}"]
+  lines += ["", "--helpfull also lists absl's and JAX's flags."]
+  return "\n".join(lines)
+
+
+def usage() -> str:
+  """``vmd-jax --help``."""
+  width = max(map(len, COMMANDS))
+  lines = ["usage: vmd-jax COMMAND [--flags]   (vmd-jax COMMAND --help: its flags)", "",
+           "commands:"]
+  lines += [f"  {name:<{width}}  {USAGE[name][1]}" for name in COMMANDS]
+  lines += ["", "  --version  print the version"]
+  return "\n".join(lines)
 
 
 def run_command(command: str, argv: list[str]):
   """Runs ``command`` with absl ``argv`` (argv[0] the program name)."""
   define, main = COMMANDS[command]
   try:
+    before = set(FLAGS)
     argv = define(argv)
+    if any(arg in HELP for arg in argv[1:]):
+      print(command_help(command, [FLAGS[name] for name in FLAGS if name not in before]))
+      sys.exit(0)
 
     def guarded(args):
       from vmd_jax.trainer import checkpoint
       checkpoint.drop_abandoned_reads()
+      logging.get_absl_handler().addFilter(_QuietLibraries())  # every command's log
       try:  # every command takes flags only, and all but compile a --workdir
         if len(args) > 1:
           raise InputError(f"unexpected arguments: {args[1:]}")
@@ -341,6 +399,14 @@ def run_command(command: str, argv: list[str]):
 def run(argv: list[str] | None = None):
   """``vmd-jax COMMAND ...``: the console script."""
   argv = sys.argv if argv is None else argv
+  if argv[1:2] and argv[1] in HELP + ("help",):
+    print(usage())
+    sys.exit(0)
+  if argv[1:2] == ["--version"]:
+    import vmd_jax
+    print(f"vmd-jax {vmd_jax.__version__}")
+    sys.exit(0)
   if len(argv) < 2 or argv[1] not in COMMANDS:
-    fail(f"usage: vmd-jax {{{'|'.join(COMMANDS)}}} [--flags]; got {argv[1:2] or 'nothing'}")
+    fail(f"usage: vmd-jax {{{'|'.join(COMMANDS)}}} [--flags]; got {argv[1:2] or 'nothing'} "
+         "(vmd-jax --help lists the commands)")
   run_command(argv[1], [f"vmd-jax {argv[1]}"] + argv[2:])

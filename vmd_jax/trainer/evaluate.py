@@ -38,6 +38,7 @@ import functools
 import math
 import os
 import posixpath
+import re
 
 import jax
 import jax.numpy as jnp
@@ -324,6 +325,19 @@ def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
   return dataset
 
 
+def default_output(data_stem: str | None, settings: str | None, judged: bool) -> str:
+  """``eval_<what>.json`` for what a re-evaluation changed: the data file's stem,
+  the settings (``top_prob:5,random:4`` -> ``top_prob_5_random_4``), ``judged``;
+  ``eval_latest.json`` for none. Never ``eval.json``, which holds the training's
+  own final evaluation."""
+  parts = [data_stem] if data_stem else []
+  if settings:
+    parts.append(re.sub(r"[^\w]+", "_", settings).strip("_"))
+  if judged:
+    parts.append("judged")
+  return f"eval_{'_'.join(parts) or 'latest'}.json"
+
+
 def evaluate_workdir(workdir, data: str | None = None, settings: str | None = None,
                      output: str | None = None, judge: str | None = None) -> dict:
   """Evaluates the EMA weights of the newest intact checkpoint of a trained
@@ -335,8 +349,8 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   ``data``: another evaluation file (a Sudoku CSV, or a .npy probability table);
   ``settings``: ORDER:NFE pairs replacing ``eval.settings``; ``judge``: the
   workdir of an AR judge (``configs/text8_judge.py``, checked against the run by
-  ``trainer.judge.open_judge``) scoring the samples. Writes ``output``
-  (default ``eval.json``, or ``eval_<data file stem>.json`` with ``data``).
+  ``trainer.judge.open_judge``) scoring the samples. Writes ``output`` (default
+  ``default_output(...)``: never the training's ``eval.json``).
 
   Every argument is checked before the checkpoint is read (``BadInput`` names the
   one the run cannot use, and an output that cannot be written); a write that
@@ -350,7 +364,7 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
     with bad_input(f"--settings={settings}: "):
       config_lib.parse_eval_settings(settings)
   if output is None:
-    output = f"eval_{epath.Path(data).stem}.json" if data else "eval.json"
+    output = default_output(data and epath.Path(data).stem, settings, bool(judge))
   inside = posixpath.normpath(output)  # a name relative to the workdir (local or gs://)
   if posixpath.isabs(output) or "://" in output or inside == ".." or inside.startswith("../"):
     raise BadInput(f"--output={output} leaves the workdir {workdir}; name a file inside it")
