@@ -243,7 +243,7 @@ def vmd_loss(denoise_fn: DenoiseFn, encode_fn: Callable, x0, key, schedule, *,
       x_0 alone ignores its last two arguments (it still gets x_t and t).
     x0, key, schedule: as in ``md4.nelbo_terms``; **kwargs its other arguments
       (vocab_size, t, noise, num_steps, antithetic).
-    beta: weight of the KL term (README "VMD settings": 0.1 works, 1 collapses).
+    beta: weight of the KL term (docs/vmd_settings.md: 0.1 works, 1 collapses).
     free_bits: nats per latent dimension below which the KL is not penalised.
 
   Returns:

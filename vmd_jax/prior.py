@@ -2,7 +2,7 @@
 
 VMD samples z ~ p(z) = N(0, I), but the encoder's posteriors q(z | x_0) need not
 cover N(0, I): z drawn where no posterior lives decodes to garbage, which is
-VMD's main one-step error (README "VMD settings"). The remedy fitted here, after
+VMD's main one-step error (docs/vmd_settings.md). The remedy fitted here, after
 training (a second stage), is the aggregate posterior
   q(z) = E_{x_0 ~ data} q(z | x_0)
 approximated by a K-component diagonal Gaussian mixture

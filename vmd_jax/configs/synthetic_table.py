@@ -1,7 +1,7 @@
 """The paper's 4-token table, one block (B1): MDM against VMD on D1 and D2 at
 NFE 1 and NFE 4 (Zhang et al. 2025, arXiv:2510.23606). The README's main job; minutes on a CPU.
 
-Per-dataset VMD settings, from what README "VMD settings" measured to work and the
+Per-dataset VMD settings, from what docs/vmd_settings.md measured to work and the
 structure of the data: D1 (10 sequences) with beta = 0.03 and 3,000 steps; D2
 (100 sequences, so about 100 clusters of encodings in the 2-D latent) with
 beta = 0.1, 8,000 steps and a 128-component mixture prior. MDM: 3,000 / 5,000.

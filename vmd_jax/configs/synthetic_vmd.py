@@ -1,4 +1,4 @@
-"""VMD on a synthetic joint, with the settings measured to work (README "VMD settings"):
+"""VMD on a synthetic joint, with the settings measured to work (docs/vmd_settings.md):
 latent dimension 2, beta = 0.1, an encoder of x_0 only, z added through adaLN;
 plus the learned (Gaussian-mixture) prior fitted to the encodings after training.
 

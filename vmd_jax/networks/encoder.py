@@ -45,7 +45,7 @@ class LatentEncoder(nn.Module):
       ``Denoiser``.
     latent_dim: D.
     sees_xt: add an embedding of x_t to that of x_0 (then no likelihood bound;
-      README "VMD settings").
+      docs/vmd_settings.md).
     pooling: "mean" over tokens, or "cls" (a learned token in front).
     logvar_min, logvar_max: the range of the soft clip on logvar.
     init_scale: the output Dense's kernel ~ N(0, init_scale^2 / W), so q starts

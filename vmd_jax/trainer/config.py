@@ -113,7 +113,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   c.encoder_width = 64
   c.encoder_depth = 1
   c.encoder_heads = 4
-  c.encoder_sees_xt = False           # True gives no likelihood bound (README "VMD settings")
+  c.encoder_sees_xt = False           # True gives no likelihood bound (docs/vmd_settings.md)
   c.encoder_pooling = "mean"          # encoder.POOLINGS
   c.cond_dim = 0                      # adaLN conditioning width; 0 = width (md4's text8: 64)
   c.logvar_min = -10.0                # VMD encoder: soft clip of log sigma^2
@@ -167,7 +167,7 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
   c.eps = 1e-4                        # md4's shift (loglinear: MDLM's eps)
   c.loss_steps = 0                    # 0 = continuous-time NELBO, T = T-step NELBO
   c.antithetic = True                 # stratified times over the batch
-  c.beta = 0.1                        # VMD KL weight (1 collapses, README "VMD settings")
+  c.beta = 0.1                        # VMD KL weight (1 collapses, docs/vmd_settings.md)
   c.free_bits = 0.0                   # nats per latent dimension
   c.block_size = 0                    # 0 = one block (MD4/VMD); L' = block diffusion
   c.train_mask_rate_min = 0.0         # block training's clipped mask rate U[min, max]
