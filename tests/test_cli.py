@@ -243,7 +243,7 @@ def test_evaluate_refuses_a_read_only_workdir_before_evaluating(trained):
       " and access(p, m, **k)"))
   assert out.returncode == 2, out.stderr[-3000:]
   lines = [l for l in out.stderr.splitlines() if l.strip()]
-  assert lines == [f"vmd-jax evaluate: error: cannot write the output {workdir}/eval.json: "
+  assert lines == [f"vmd-jax evaluate: error: cannot write the output {workdir}/eval_latest.json: "
                    f"{workdir} is not writable"], out.stderr[-3000:]
   assert _files(workdir) == before
 

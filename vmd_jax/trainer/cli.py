@@ -91,7 +91,8 @@ def check_overrides(argv: list[str]) -> list[str]:
   """Resolves ``--config`` in ``argv`` and checks every ``--config.KEY=...``
   against that config, before ml_collections sees them; returns the new argv."""
   argv = list(argv)
-  index = next((i for i, arg in enumerate(argv) if arg.startswith("--config=")), None)
+  given = [i for i, arg in enumerate(argv) if arg.startswith("--config=")]
+  index = given[-1] if given else None  # the last one wins, as in absl
   if index is None:
     if any(arg in HELP for arg in argv):
       return argv
@@ -165,7 +166,6 @@ def _train():
   import jax
   if FLAGS.distributed:
     jax.distributed.initialize(**distributed_args(os.environ))
-  from vmd_jax.trainer import sweep, train
   try:
     config = config_lib.validate(FLAGS.config)
     config_lib.check_platform(config, jax.devices()[0].platform)
@@ -176,6 +176,7 @@ def _train():
   except ImportError as e:
     raise InputError(f"training writes TensorBoard summaries through tensorboardX, which needs "
                      f"{e.name}: pip install 'vmd_jax[train]'") from None
+  from vmd_jax.trainer import sweep, train
   logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   if "runs" in config:
