@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -114,22 +115,26 @@ def frontier(args) -> dict:
 
 def plot(result: dict, path: str):
   """Judge bits per character against seconds per sample and against network
-  calls, one line per run (and prior), the real text's value dashed."""
+  calls, one line per group of seeds (and prior; ``groups``: the mean, bars from
+  the lowest to the highest seed), the real text's value dashed."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-  for name, run in result["runs"].items():
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+  for group, settings in groups(result).items():
     lines = {}
-    for setting, row in run["settings"].items():
+    for setting, row in settings.items():
       suffix = setting.partition("/")[2]
       order = setting.split(":")[0]
-      lines.setdefault(f"{name} {order}" + (f" /{suffix}" if suffix else ""), []).append(row)
+      label = f"{group} {order}" + (f" /{suffix}" if suffix else "") + f" (n={row['n']})"
+      lines.setdefault(label, []).append(row)
     for label, rows in lines.items():
       rows = sorted(rows, key=lambda r: r["nfe"])
-      y = [r["judge_bits_per_char"] for r in rows]
-      axes[0].plot([r["seconds_per_sample"] for r in rows], y, "o-", label=label)
-      axes[1].plot([r["nfe"] for r in rows], y, "o-", label=label)
+      y = np.array([r["judge_bits_per_char"] for r in rows])
+      spread = np.array([[m - r["min"], r["max"] - m] for m, r in zip(y, rows)]).T
+      for ax, x in zip(axes, ([r["seconds_per_sample"] for r in rows],
+                              [r["nfe"] for r in rows])):
+        ax.errorbar(x, y, yerr=spread, fmt="o-", capsize=2, label=label)
   for ax, xlabel in zip(axes, ("wall seconds per sample", "network calls per sample")):
     ax.axhline(result["reference"]["judge_bits_per_char"], color="k", ls="--", lw=1,
                label="real text")
@@ -143,10 +148,33 @@ def plot(result: dict, path: str):
   fig.savefig(path, dpi=110)
 
 
+def groups(result: dict) -> dict:
+  """{group: {setting: {"judge_bits_per_char" (mean over seeds), "sd", "min",
+  "max", "n", "nfe", "seconds_per_sample" (means)}}}: the runs named
+  ``GROUP_s<seed>`` (``--run=bd3_s0=...``) pooled, any other name a group of its own."""
+  pooled = {}
+  for name, run in result["runs"].items():
+    group = re.sub(r"_s\d+$", "", name)
+    for setting, row in run["settings"].items():
+      pooled.setdefault(group, {}).setdefault(setting, []).append(row)
+  out = {}
+  for group, settings in pooled.items():
+    for setting, rows in settings.items():
+      judged = np.array([r["judge_bits_per_char"] for r in rows])
+      out.setdefault(group, {})[setting] = {
+          "judge_bits_per_char": float(judged.mean()),
+          "sd": float(judged.std(ddof=1)) if len(rows) > 1 else 0.0,
+          "min": float(judged.min()), "max": float(judged.max()), "n": len(rows),
+          "nfe": float(np.mean([r["nfe"] for r in rows])),
+          "seconds_per_sample": float(np.mean([r["seconds_per_sample"] for r in rows]))}
+  return out
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--judge", required=True, help="an AR judge's workdir (configs/text8_judge.py)")
-  p.add_argument("--run", action="append", required=True, help="NAME=WORKDIR, repeated")
+  p.add_argument("--judge", help="an AR judge's workdir (configs/text8_judge.py)")
+  p.add_argument("--run", action="append", help="NAME=WORKDIR, repeated (NAME_s<seed>: "
+                 "pooled over seeds in 'groups' and the plot)")
   p.add_argument("--settings", default="", help="ORDER:NFE,... for every run (default: "
                  "per run kind)")
   p.add_argument("--num", type=int, default=64, help="samples per setting")
@@ -157,7 +185,21 @@ def main(argv=None):
   p.add_argument("--output", default="")
   p.add_argument("--plot", default="")
   p.add_argument("--title", default="")
+  p.add_argument("--replot", default="", help="a JSON this script wrote: add its 'groups' "
+                 "and redraw --plot from it, sampling nothing")
   args = p.parse_args(argv)
+  if args.replot:
+    with open(args.replot) as f:
+      result = json.load(f)
+    result["groups"] = groups(result)
+    with open(args.replot, "w") as f:
+      json.dump(result, f, indent=2)
+      f.write("\n")
+    if args.plot:
+      plot(result, args.plot)
+    return
+  if not args.judge or not args.run:
+    p.error("--judge and --run are required (or --replot=JSON)")
   if args.num < 1 or args.batch < 1:
     p.error(f"--num and --batch must be >= 1, got {args.num} and {args.batch}")
   result = frontier(args)
@@ -168,6 +210,7 @@ def main(argv=None):
                 machine=f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores",
                 device=str(jax.devices()[0].device_kind), title=args.title or
                 "quality against cost (judge bits per character)")
+  result["groups"] = groups(result)
   if args.output:
     with open(args.output, "w") as f:
       json.dump(result, f, indent=2)

@@ -136,6 +136,30 @@ def test_text8_cpu_script_trains_a_row_and_archives_it(tmp_path):
   assert bad.returncode == 2 and "unknown row 'gpt'" in bad.stderr
 
 
+def test_frontier_pools_seeds_into_groups():
+  """frontier.groups: runs named GROUP_s<seed> pooled per setting (mean, sample sd,
+  range, n); any other name a group of its own."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("frontier", f"{REPO}/benchmarks/frontier.py")
+  frontier = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(frontier)
+  row = lambda bits, nfe, s: {"judge_bits_per_char": bits, "nfe": nfe, "seconds_per_sample": s}
+  result = {"runs": {
+      "bd3_s0": {"settings": {"ancestral:16": row(6.0, 16, 1.0)}},
+      "bd3_s1": {"settings": {"ancestral:16": row(6.5, 16, 3.0)}},
+      "bd3_s12": {"settings": {"ancestral:16": row(7.0, 16, 2.0)}},
+      "md4": {"settings": {"ancestral:16": row(5.0, 15, 4.0)}}}}
+  groups = frontier.groups(result)
+  assert set(groups) == {"bd3", "md4"}
+  bd3 = groups["bd3"]["ancestral:16"]
+  assert bd3["n"] == 3 and bd3["judge_bits_per_char"] == pytest.approx(6.5)
+  assert bd3["sd"] == pytest.approx(0.5) and (bd3["min"], bd3["max"]) == (6.0, 7.0)
+  assert bd3["seconds_per_sample"] == pytest.approx(2.0)
+  assert groups["md4"]["ancestral:16"] == {"judge_bits_per_char": 5.0, "sd": 0.0, "min": 5.0,
+                                           "max": 5.0, "n": 1, "nfe": 15.0,
+                                           "seconds_per_sample": 4.0}
+
+
 def test_frontier_scores_each_setting_with_the_judge(tmp_path):
   """benchmarks/frontier.py on two tiny runs of the fixture (an AR judge and block
   MDM, via text8_cpu.sh): per block run 1, 2 and 4 calls per block, each row's
