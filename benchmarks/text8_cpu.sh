@@ -17,8 +17,10 @@
 # GenMD4 step draws. prime2 and prime4 are MDM-Prime with l = 2 and 4 digits.
 # judge is configs/text8_judge.py (block diffusion with L' = 1: an autoregressive
 # model), the judge for `vmd-jax evaluate --judge=RUNS/judge/seed0`.
-# vmd_cond is block VMD with the conditional prior p(z_b | x^{<b}); vmd_b01 and
-# vmd_cond_b01 the two at beta = 0.1 (not run by default), where z is used. The ablation
+# vmd is configs/text8_vmd_bpc.py (block VMD at beta = 1, the likelihood row);
+# vmd_cond the same with the conditional prior p(z_b | x^{<b}); vmd_b01 at beta = 0.1
+# with N(0, I), and vmd_cond_b01 (configs/text8_vmd.py, the generation setting) with the
+# conditional prior (the last two not run by default), where z is used. The ablation
 # rows (not run by default) change one thing at a time (docs/text8_vmd.md):
 # vmd_sinpos is text8_vmd as it was before it dropped sinusoidal absolute
 # positions, bd3_sinpos block MDM with them, vmd_zero and vmd_sinpos_zero VMD
@@ -47,18 +49,19 @@ flags=(--config.data.text8.source=local --config.data.text8.data_dir="$runs/tfds
 
 for row in "${rows[@]}"; do
   case $row in
-    md4|bd3|vmd|genmd4|judge) config=configs/text8_$row.py; extra=() ;;
+    md4|bd3|genmd4|judge) config=configs/text8_$row.py; extra=() ;;
+    vmd) config=configs/text8_vmd_bpc.py; extra=() ;;
     genmd4_frozen) config=configs/text8_genmd4.py; extra=(--config.train.schedule_lr=1e-12) ;;
     prime2) config=configs/text8_prime.py; extra=(--config.diffusion.prime_digits=2) ;;
     prime4) config=configs/text8_prime.py; extra=(--config.diffusion.prime_digits=4) ;;
-    vmd_cond) config=configs/text8_vmd.py; extra=(--config.prior.kind=conditional) ;;
-    vmd_b01) config=configs/text8_vmd.py; extra=(--config.diffusion.beta=0.1) ;;
-    vmd_cond_b01) config=configs/text8_vmd.py
-      extra=(--config.prior.kind=conditional --config.diffusion.beta=0.1) ;;
-    vmd_sinpos) config=configs/text8_vmd.py; extra=(--config.model.position_embedding=sinusoidal) ;;
+    vmd_cond) config=configs/text8_vmd_bpc.py; extra=(--config.prior.kind=conditional) ;;
+    vmd_b01) config=configs/text8_vmd_bpc.py; extra=(--config.diffusion.beta=0.1) ;;
+    vmd_cond_b01) config=configs/text8_vmd.py; extra=() ;;
+    vmd_sinpos) config=configs/text8_vmd_bpc.py
+      extra=(--config.model.position_embedding=sinusoidal) ;;
     bd3_sinpos) config=configs/text8_bd3.py; extra=(--config.model.position_embedding=sinusoidal) ;;
-    vmd_zero) config=configs/text8_vmd.py; extra=(--config.model.latent_init=zeros) ;;
-    vmd_sinpos_zero) config=configs/text8_vmd.py
+    vmd_zero) config=configs/text8_vmd_bpc.py; extra=(--config.model.latent_init=zeros) ;;
+    vmd_sinpos_zero) config=configs/text8_vmd_bpc.py
       extra=(--config.model.position_embedding=sinusoidal --config.model.latent_init=zeros) ;;
     *) echo "text8_cpu.sh: unknown row '$row'; rows: $all $ablations $low_beta" >&2
        exit 2 ;;
