@@ -94,3 +94,27 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu"))
   # The rate of each logged step's update: 0, then 1e-3 x 1/100 of the warmup.
   assert [(e.step, e.value) for e in events.Scalars("learning_rate")] == [
       (1, 0.0), (2, pytest.approx(1e-5, rel=1e-5))]  # float32
+
+
+def test_profile_steps_write_a_trace(tmp_path):
+  """train.profile_steps = "2:3": a jax.profiler trace of steps 2..3 in
+  WORKDIR/profile, where TensorBoard's profile plugin looks."""
+  from vmd_jax.trainer import config as config_lib, train
+  c = config_lib.base_config()
+  c.data.synthetic.table, c.data.num_eval = "two_token_uniform", 100
+  c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
+  c.train.batch_size, c.train.num_steps, c.train.log_every = 8, 4, 2
+  c.train.profile_steps = "2:3"
+  c.eval.settings, c.eval.num_samples, c.eval.batch_size = "random:1", 10, 10
+  train.train_and_evaluate(config_lib.validate(c), str(tmp_path / "run"))
+  traces = list((tmp_path / "run" / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("spec", ["3", "0:2", "4:3", "a:b"])
+def test_bad_profile_steps_are_refused(spec):
+  from vmd_jax.trainer import config as config_lib
+  c = config_lib.base_config()
+  c.train.profile_steps = spec
+  with pytest.raises(ValueError, match=f"config.train.profile_steps = '{spec}'; must be 'FIRST:LAST'"):
+    config_lib.validate(c)

@@ -241,7 +241,21 @@ def train_defaults() -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 2
   c.peak_flops_per_device = 0.0       # for the MFU log; 0 = the chip's from trainer/mfu.py
+  c.profile_steps = ""                # "FIRST:LAST": a jax.profiler trace in WORKDIR/profile
   return c
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+  """``train.profile_steps = "FIRST:LAST"`` as (FIRST, LAST), 1 <= FIRST <= LAST
+  (steps counted from 1, as logged); "" is None (no trace)."""
+  if not spec:
+    return None
+  first, sep, last = str(spec).partition(":")
+  if not (sep and first.strip().isdigit() and last.strip().isdigit()
+          and 1 <= int(first) <= int(last)):
+    raise ValueError(f"config.train.profile_steps = {spec!r}; must be 'FIRST:LAST' with "
+                     "1 <= FIRST <= LAST (steps counted from 1), or '' for no trace")
+  return int(first), int(last)
 
 
 def check_train(t) -> None:
@@ -253,6 +267,7 @@ def check_train(t) -> None:
     _positive(f"train.{name}", t[name], allow_zero=True)
   for name in ("ema_decay", "b1", "b2"):
     _in_unit_interval(f"train.{name}", t[name])
+  parse_profile_steps(t.profile_steps)
 
 
 def mesh_defaults() -> ml_collections.ConfigDict:  # trainer/sharding.py
@@ -462,8 +477,8 @@ def data_paths() -> tuple[str, ...]:
 # the prior fitted after training. Anything else would train another run from its
 # checkpoints.
 RESUME_MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.peak_flops_per_device", "train.lr",
-                     "train.warmup_steps", "train.end_lr_factor", "train.schedule_lr", "eval.",
+                     "train.keep_checkpoints", "train.peak_flops_per_device",
+                     "train.profile_steps", "train.lr", "train.warmup_steps", "train.end_lr_factor", "train.schedule_lr", "eval.",
                      "mesh.", "prior.", "model.attention", "model.remat")
 
 

@@ -287,9 +287,12 @@ def _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt
           done, jax.device_get(metrics),
           None if latest is None else f"{ckpt.directory}/{latest}"))
 
+  profile = Profile(tc.profile_steps, ckpt.directory.parent / "profile")
   for step in range(start, tc.num_steps):
+    profile.before(step + 1)
     state_box[0], metrics, ok = step_fn(state_box[0], feed(step), ok)
     done = step + 1
+    profile.after(done, state_box[0])
     if pending is not None:
       check(*pending)
     pending = (done, ok, metrics)
@@ -319,8 +322,32 @@ def _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt
         writer.flush()
     if stopping:
       raise stop.stopped(done, tc.num_steps, f"{ckpt.directory}/{done}")
+  profile.after(None, state_box[0])  # LAST past train.num_steps: the trace ends here
   if tc.num_steps > start:
     logging.info("Trained steps %d..%d", start, tc.num_steps)
+
+
+class Profile:
+  """A ``jax.profiler`` trace of steps FIRST..LAST (``train.profile_steps``) in
+  ``logdir`` (``tensorboard --logdir=WORKDIR``, profile tab); process 0 only."""
+
+  def __init__(self, spec: str, logdir):
+    steps = config_lib.parse_profile_steps(spec)
+    self.first, self.last = steps if steps and jax.process_index() == 0 else (0, -1)
+    self.logdir, self.tracing = logdir, False
+
+  def before(self, step: int):
+    if step == self.first:
+      jax.profiler.start_trace(str(self.logdir))
+      self.tracing = True
+
+  def after(self, step: int, state):
+    """Ends the trace after step LAST (``step = None``: now, the last step run)."""
+    if self.tracing and step in (self.last, None):
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.tracing = False
+      logging.info("Profile of steps %d..%d in %s", self.first, self.last, self.logdir)
 
 
 def _flops_text(scalars) -> str:
