@@ -92,7 +92,7 @@ def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs, monkeypatch
                                     output="again.json")
   assert again["nelbo"] == result["nelbo"]  # the same rows, the same parameters and key
   out = evaluate.evaluate_workdir(str(workdir), data=str(other), settings="top_prob_margin:2")
-  written = json.loads((workdir / "eval_other.json").read_text())
+  written = json.loads((workdir / "eval_other_top_prob_margin_2.json").read_text())  # data, settings
   assert set(written["samples"]) == {"top_prob_margin:2"}
   for metrics in written["samples"].values():
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_puzzles"] == 12
