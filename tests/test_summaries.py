@@ -4,13 +4,10 @@ import subprocess
 import sys
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator  # vmd_jax[test]
 from tensorboardX import record_writer
 
 from vmd_jax.trainer import summaries
-
-event_accumulator = pytest.importorskip(
-    "tensorboard.backend.event_processing.event_accumulator",
-    reason="tensorboard (the reader) comes with vmd_jax[text8]")
 
 
 def read_events(logdir):
