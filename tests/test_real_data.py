@@ -7,8 +7,11 @@ eval.json, re-evaluation on another CSV), not the numbers.
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vmd_jax.trainer import config as config_lib, evaluate, train
@@ -98,6 +101,21 @@ def test_sudoku_train_evaluate_and_reevaluate(tmp_path, sudoku_csvs, monkeypatch
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_puzzles"] == 12
   assert written["nelbo"]["eval_tokens"] == 12 * 81
   assert out["samples"].keys() == written["samples"].keys()
+
+  # The command line on valid puzzles: each printed grid is complete and keeps every
+  # given of its puzzle (the givens stay fixed; only the empty cells are drawn).
+  from vmd_jax.data.sudoku import load_sudoku_csv
+  cli = subprocess.run([sys.executable, "-m", "vmd_jax", "sample", f"--workdir={workdir}",
+                        f"--puzzles={other}", "--num=2", "--steps=9", "--order=top_prob"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert cli.returncode == 0, cli.stderr[-3000:]
+  header, *grids = cli.stdout.strip().split("\n\n")
+  assert header.startswith("# 2 samples of") and len(grids) == 2, cli.stdout[-2000:]
+  puzzles = load_sudoku_csv(other).puzzles[:2]
+  for grid, puzzle in zip(grids, puzzles):
+    digits = np.array([int(ch) for ch in grid if ch.isdigit()])
+    assert digits.shape == (81,) and set(digits) <= set(range(1, 10)), grid
+    np.testing.assert_array_equal(digits[puzzle != 0], puzzle[puzzle != 0])
 
 
 def test_sudoku_missing_csv_fails_before_training(tmp_path, sudoku_csvs):
