@@ -215,10 +215,8 @@ def _reading_a_workdir(command):
 
 def _evaluate():
   import json
-  from etils import epath
   from vmd_jax.trainer.evaluate import OutputNotWritten, default_output, evaluate_workdir
-  output = FLAGS.output or default_output(FLAGS.data and epath.Path(FLAGS.data).stem,
-                                          FLAGS.settings, bool(FLAGS.judge))
+  output = FLAGS.output or default_output(FLAGS.data, FLAGS.settings, FLAGS.judge)
   try:
     result = _reading_a_workdir(lambda: evaluate_workdir(FLAGS.workdir, FLAGS.data,
                                                          FLAGS.settings, output,

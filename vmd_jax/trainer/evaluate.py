@@ -325,15 +325,16 @@ def evaluation_dataset(config, workdir, data: str | None, settings: str | None,
   return dataset
 
 
-def default_output(data_stem: str | None, settings: str | None, judged: bool) -> str:
-  """``eval_<what>.json`` for what a re-evaluation changed: the data file's stem,
-  the settings (``top_prob:5,random:4`` -> ``top_prob_5_random_4``), ``judged``;
-  ``eval_latest.json`` for none. Never ``eval.json``, which holds the training's
-  own final evaluation."""
-  parts = [data_stem] if data_stem else []
+def default_output(data: str | None, settings: str | None, judge: str | None) -> str:
+  """``eval_<what>.json`` for what a re-evaluation changed: the ``data`` file's
+  stem, the settings (``top_prob:5,random:4`` -> ``top_prob_5_random_4``),
+  ``judged``; ``eval_latest.json`` for none. Never ``eval.json``, which holds the
+  training's own final evaluation."""
+  from etils import epath
+  parts = [epath.Path(data).stem] if data else []
   if settings:
     parts.append(re.sub(r"[^\w]+", "_", settings).strip("_"))
-  if judged:
+  if judge:
     parts.append("judged")
   return f"eval_{'_'.join(parts) or 'latest'}.json"
 
@@ -356,15 +357,13 @@ def evaluate_workdir(workdir, data: str | None = None, settings: str | None = No
   one the run cannot use, and an output that cannot be written); a write that
   still fails raises ``OutputNotWritten`` holding the result.
   """
-  from etils import epath
-
   from vmd_jax.trainer.load import open_run, restore_ema
 
   if settings:
     with bad_input(f"--settings={settings}: "):
       config_lib.parse_eval_settings(settings)
   if output is None:
-    output = default_output(data and epath.Path(data).stem, settings, bool(judge))
+    output = default_output(data, settings, judge)
   inside = posixpath.normpath(output)  # a name relative to the workdir (local or gs://)
   if posixpath.isabs(output) or "://" in output or inside == ".." or inside.startswith("../"):
     raise BadInput(f"--output={output} leaves the workdir {workdir}; name a file inside it")

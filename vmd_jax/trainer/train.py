@@ -289,9 +289,9 @@ def _train_loop(state_box, start, step_fn, feed, rate, dataset, tc, writer, ckpt
 
   profile = Profile(tc.profile_steps, ckpt.directory.parent / "profile")
   for step in range(start, tc.num_steps):
-    profile.before(step + 1)
-    state_box[0], metrics, ok = step_fn(state_box[0], feed(step), ok)
     done = step + 1
+    profile.before(done)
+    state_box[0], metrics, ok = step_fn(state_box[0], feed(step), ok)
     profile.after(done, state_box[0])
     if pending is not None:
       check(*pending)
